@@ -1,0 +1,445 @@
+"""Find the subjects of a BraTS download (2018/2019, 2020, 2021 or any folder of subjects) and write a datalist.
+
+The datalist is a MONAI-style JSON file::
+
+    {"description": "medkd3d datalist", "layout": "brats2019", "root": "...",
+     "modalities": ["t1", "t1ce", "t2", "flair"], "class_names": ["LGG", "HGG"],
+     "training": [{"subject": "...", "image": [t1, t1ce, t2, flair], "seg": "... or null",
+                   "label": 1, "class_name": "HGG"}, ...]}
+
+In the file, paths are relative to the file's folder (so ``monai.data.load_decathlon_datalist`` reads it too);
+:func:`load_datalist` returns them absolute.
+
+Discovery is tolerant where real downloads are messy - ``.nii`` or ``.nii.gz``, any capitalisation, common
+modality spellings (``t1ce``/``t1gd``/``t1c``, ``t2flair``, the BraTS 2023 ``t1n/t1c/t2w/t2f``), files whose name
+does not start with the subject id (the modality is read from the last name token; the misnamed BraTS 2020
+segmentation ``W39_1998.09.19_Segm.nii`` is recognised) - and strict where it matters: each of the four modalities
+exactly once per subject.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medkd3d.data._io import atomic_write_text
+from medkd3d.data._problems import DataProblem, DataValidationError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DISCOVERY_LAYOUTS",
+    "GRADE_CLASS_NAMES",
+    "MODALITIES",
+    "detect_layout",
+    "discover_brats",
+    "load_datalist",
+    "match_modality",
+    "write_datalist",
+]
+
+#: Modalities of a datalist record's ``image``, in this order.
+MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+#: Classes of glioma grading; the index is the integer label (HGG = 1, the positive class).
+GRADE_CLASS_NAMES: tuple[str, ...] = ("LGG", "HGG")
+#: Values of ``layout`` that :func:`discover_brats` accepts.
+DISCOVERY_LAYOUTS: tuple[str, ...] = ("auto", "brats2019", "brats2020", "brats2021", "generic")
+#: Subject-id columns recognised in a labels CSV, in order of preference (compared case-insensitively).
+SUBJECT_COLUMNS: tuple[str, ...] = (
+    "BraTS_2020_subject_ID", "BraTS21ID", "BraTS_2019_subject_ID", "subject", "subject_id", "ID",
+)
+
+# Last name token(s) -> modality. Two-token spellings (``t2_flair``, ``t1_ce``) are tried before one token, so
+# the ``t2`` of ``t2_flair`` never counts as T2.
+_MODALITY_TOKENS: dict[str, str] = {
+    **dict.fromkeys(("t1", "t1w", "t1n", "t1native"), "t1"),
+    **dict.fromkeys(("t1ce", "t1gd", "t1c", "t1post", "t1wce", "t1contrast"), "t1ce"),
+    **dict.fromkeys(("t2", "t2w"), "t2"),
+    **dict.fromkeys(("flair", "t2flair", "t2f"), "flair"),
+    **dict.fromkeys(("seg", "segm", "segmentation", "label", "labels", "gt"), "seg"),
+}
+_MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "none", "null", "unknown"})
+
+
+def _is_name_mapping(path: Path) -> bool:
+    """BraTS 2020 ``name_mapping.csv`` (training, with ``Grade``) or ``name_mapping_validation_data.csv`` (without)."""
+    name = path.name.lower()
+    return name.startswith("name_mapping") and name.endswith(".csv") and path.is_file()
+
+
+def nifti_stem(name: str) -> str | None:
+    """The file name without ``.nii``/``.nii.gz`` (any case), or ``None`` if it is not a NIfTI file."""
+    lower = name.lower()
+    for suffix in (".nii.gz", ".nii"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def match_modality(file_name: str) -> str | None:
+    """The modality (``t1``, ``t1ce``, ``t2``, ``flair`` or ``seg``) a NIfTI file name stands for.
+
+    The modality is read from the last token(s) of the name (tokens split at anything but letters and digits,
+    case-insensitive), so ``BraTS19_2013_2_1_T1CE.NII.GZ``, ``scan_t2_flair.nii`` and ``W39_1998.09.19_Segm.nii``
+    are all recognised, whatever precedes the modality.
+
+    Args:
+        file_name: a file name (no folder).
+
+    Returns:
+        The modality, or ``None`` for a non-NIfTI file or an unrecognised name.
+    """
+    stem = nifti_stem(file_name)
+    if stem is None:
+        return None
+    tokens = [t for t in re.split(r"[^a-z0-9]+", stem.lower()) if t]
+    if len(tokens) >= 2 and tokens[-2] + tokens[-1] in _MODALITY_TOKENS:
+        return _MODALITY_TOKENS[tokens[-2] + tokens[-1]]
+    return _MODALITY_TOKENS.get(tokens[-1]) if tokens else None
+
+
+def _subject_folders(root: Path) -> list[Path]:
+    """Folders under ``root`` (any depth, hidden ones skipped) that directly hold NIfTI files, sorted."""
+    folders = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if any(nifti_stem(f) is not None for f in files):
+            folders.append(Path(folder))
+    return sorted(folders, key=lambda p: p.relative_to(root).as_posix())
+
+
+def detect_layout(root: str | os.PathLike) -> str:
+    """Guess the layout of a dataset folder.
+
+    Args:
+        root: dataset root.
+
+    Returns:
+        ``"brats2019"`` (``HGG``/``LGG`` folders, also BraTS 2018), ``"brats2020"`` (a ``name_mapping.csv``),
+        ``"brats2021"`` (``BraTS2021_NNNNN`` folders) or ``"generic"``.
+    """
+    root = Path(root)
+    children = [child for child in root.iterdir() if not child.name.startswith(".")]
+    folders = [child for child in children if child.is_dir()]
+    # HGG/LGG in the root, or one level down (the root holds MICCAI_BraTS_2019_Data_Training/)
+    if any(f.name.upper() in GRADE_CLASS_NAMES for parent in (root, *folders) for f in parent.iterdir() if f.is_dir()):
+        return "brats2019"
+    if any(_is_name_mapping(child) for child in children):
+        return "brats2020"
+    if folders and all(re.fullmatch(r"brats2021_\d+", c.name.lower()) for c in folders):
+        return "brats2021"
+    return "generic"
+
+
+def _find_modalities(folder: Path, subject: str) -> tuple[dict[str, Path], list[DataProblem]]:
+    """The modality files of one subject folder, and the problems (missing or ambiguous modalities)."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        modality = match_modality(path.name) if path.is_file() else None
+        if modality is not None:
+            found.setdefault(modality, []).append(path)
+        elif nifti_stem(path.name) is not None:
+            logger.debug("%s: ignoring %s (no modality in its name)", subject, path.name)
+    where = str(folder)
+    problems = []
+    for modality in (*MODALITIES, "seg"):
+        paths = found.get(modality, [])
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            problems.append(DataProblem(
+                subject, where, f"{len(paths)} files match modality {modality}: {names}",
+                "keep exactly one file per modality in the subject folder (remove or rename the others)",
+            ))
+        elif not paths and modality != "seg":
+            present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+            problems.append(DataProblem(
+                subject, where, f"missing modality {modality} (folder holds: {present})",
+                f"add <subject>_{modality}.nii.gz to the folder, or remove the subject",
+            ))
+    return {m: paths[0] for m, paths in found.items() if len(paths) == 1}, problems
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+        return [f.strip() for f in reader.fieldnames or []], rows
+
+
+def _pick_column(fields: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, path: Path) -> str:
+    by_lower = {f.lower(): f for f in fields}
+    if wanted is not None:
+        if wanted.lower() not in by_lower:
+            raise ValueError(f"{path}: no {what} column {wanted!r}; its columns are {list(fields)}")
+        return by_lower[wanted.lower()]
+    for candidate in candidates:
+        if candidate.lower() in by_lower:
+            return by_lower[candidate.lower()]
+    raise ValueError(
+        f"{path}: cannot tell which column holds the {what} (columns: {list(fields)}); "
+        f"name it with --{what.replace(' ', '-')}-column"
+    )
+
+
+def _class_names(values: Sequence[str]) -> list[str]:
+    """Class list for the label values: the grades, integer codes 0..max, or the sorted distinct strings."""
+    distinct = sorted(set(values))
+    if distinct and {v.upper() for v in distinct} <= set(GRADE_CLASS_NAMES):
+        return list(GRADE_CLASS_NAMES)
+    if distinct and all(re.fullmatch(r"\d+", v) for v in distinct) and int(max(distinct, key=int)) < 1000:
+        # codes such as MGMT_value 0/1 keep their value as the label, even if a subset lacks a class
+        return [str(i) for i in range(int(max(distinct, key=int)) + 1)]
+    return distinct
+
+
+def _canonical_label(value: str, class_names: Sequence[str]) -> str:
+    if class_names == list(GRADE_CLASS_NAMES):
+        return value.upper()
+    return str(int(value)) if value.isdigit() else value
+
+
+def _read_labels(
+    path: Path, label_column: str | None, subject_column: str | None
+) -> tuple[dict[str, str], list[DataProblem]]:
+    """``subject id -> label value`` from a CSV (empty / NA values are left out), and conflicting duplicates."""
+    fields, rows = _read_csv(path)
+    subject_col = _pick_column(fields, subject_column, SUBJECT_COLUMNS, "subject", path)
+    others = [f for f in fields if f != subject_col]
+    label_col = _pick_column(fields, label_column, ("Grade", *others) if len(others) == 1 else ("Grade",), "label", path)
+    labels: dict[str, str] = {}
+    problems = []
+    for row in rows:
+        subject, value = row.get(subject_col, ""), row.get(label_col, "")
+        if not subject or value.lower() in _MISSING_VALUES:
+            continue
+        if labels.get(subject, value) != value:
+            problems.append(DataProblem(
+                subject, path.name, f"conflicting labels {labels[subject]!r} and {value!r} in column {label_col}",
+                "keep one row per subject in the labels CSV",
+            ))
+        labels[subject] = value
+    logger.info("read %d labels from %s (subject column %s, label column %s)", len(labels), path, subject_col,
+                label_col)
+    return labels, problems
+
+
+def _label_finder(labels: Mapping[str, str]) -> Callable[[str], str | None]:
+    """Look up a subject's label by exact id, then case-insensitively, then by its zero-padded trailing number.
+
+    The last rule matches the RSNA-MICCAI ``BraTS21ID`` column (``12`` or ``00012``) to ``BraTS2021_00012``; it
+    needs at least three trailing digits, so the ``_1`` of ``BraTS19_TCIA01_131_1`` never matches id ``1``.
+    """
+    lowered = {k.lower(): v for k, v in labels.items()}
+    numeric = {int(k): v for k, v in labels.items() if k.isdigit()}
+
+    def find(subject: str) -> str | None:
+        if subject in labels:
+            return labels[subject]
+        if subject.lower() in lowered:
+            return lowered[subject.lower()]
+        number = re.search(r"(?<!\d)(\d{3,})$", subject)
+        return numeric.get(int(number.group(1))) if number else None
+
+    return find
+
+
+def _default_labels_csv(root: Path, layout: str) -> Path | None:
+    if layout == "brats2020":
+        mapping = next((p for p in sorted(root.iterdir()) if _is_name_mapping(p)), None)
+        if mapping is not None and "grade" not in {f.lower() for f in _read_csv(mapping)[0]}:
+            logger.info("%s has no Grade column (validation data): subjects stay unlabeled", mapping.name)
+            return None
+        return mapping
+    if layout in ("brats2021", "generic"):
+        csvs = sorted(p for p in root.glob("*.csv") if p.is_file())
+        if len(csvs) == 1:
+            logger.info("using %s as the labels CSV (pass labels_csv to choose another)", csvs[0])
+            return csvs[0]
+    return None
+
+
+def _discover(
+    root: str | os.PathLike,
+    labels_csv: str | os.PathLike | None = None,
+    label_column: str | None = None,
+    subject_column: str | None = None,
+    layout: str = "auto",
+) -> tuple[dict[str, Any], list[DataProblem]]:
+    """:func:`discover_brats` that returns the problems instead of raising; subjects with problems are left out."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} is not a folder; pass the folder that holds the subjects")
+    if layout not in DISCOVERY_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: use one of {DISCOVERY_LAYOUTS}")
+    if layout == "auto":
+        layout = detect_layout(root)
+    logger.info("discovering %s as layout %s", root, layout)
+
+    if labels_csv is None:
+        labels_csv = _default_labels_csv(root, layout)
+    problems: list[DataProblem] = []
+    labels: dict[str, str] | None = None
+    if labels_csv is not None:
+        if not Path(labels_csv).is_file():
+            raise FileNotFoundError(f"labels CSV {labels_csv} not found; pass an existing file (--labels)")
+        if layout == "brats2020" and _is_name_mapping(Path(labels_csv)):
+            label_column = label_column or "Grade"
+            subject_column = subject_column or "BraTS_2020_subject_ID"
+        labels, problems = _read_labels(Path(labels_csv), label_column, subject_column)
+
+    find_label = _label_finder(labels) if labels is not None else None
+    records = []
+    for folder in _subject_folders(root):
+        subject = folder.name
+        files, subject_problems = _find_modalities(folder, subject)
+        problems += subject_problems
+        if subject_problems:
+            continue
+        if find_label is not None:
+            value = find_label(subject)
+        else:  # BraTS 2018/2019: the grade is the name of a folder above the subject's
+            parents = [part.upper() for part in folder.relative_to(root).parts[:-1]]
+            value = next((part for part in parents if part in GRADE_CLASS_NAMES), None)
+        records.append({
+            "subject": subject,
+            "image": [str(files[m]) for m in MODALITIES],
+            "seg": str(files["seg"]) if "seg" in files else None,
+            "value": value,
+        })
+    if not records and not problems:
+        problems.append(DataProblem("<dataset>", str(root), "no subject folders with NIfTI files found",
+                                    "point to the folder that holds the subject folders (or HGG/LGG)"))
+
+    class_names = _class_names([r["value"] for r in records if r["value"] is not None])
+    for record in records:
+        value = record.pop("value")
+        label = class_names.index(_canonical_label(value, class_names)) if value is not None else None
+        record["label"] = label
+        record["class_name"] = class_names[label] if label is not None else None
+    unlabeled = sum(r["label"] is None for r in records)
+    if unlabeled:
+        logger.warning("%d of %d subjects have no label", unlabeled, len(records))
+    datalist = {
+        "description": "medkd3d datalist",
+        "layout": layout,
+        "root": str(root),
+        "modalities": list(MODALITIES),
+        "class_names": class_names,
+        "training": records,
+    }
+    return datalist, problems
+
+
+def discover_brats(
+    root: str | os.PathLike,
+    labels_csv: str | os.PathLike | None = None,
+    label_column: str | None = None,
+    subject_column: str | None = None,
+    layout: str = "auto",
+) -> dict[str, Any]:
+    """Find every subject of a BraTS-style dataset and build a datalist (absolute paths).
+
+    Labels come from, in this order: ``labels_csv`` if given; ``name_mapping.csv`` (column ``Grade``) for BraTS
+    2020; the ``HGG``/``LGG`` folder for BraTS 2018/2019; the only CSV in the root for BraTS 2021 and generic
+    folders. Grades map to ``class_names = ["LGG", "HGG"]``; integer codes (e.g. ``MGMT_value``) to ``"0".."max"``
+    with the code as the label; other values to their sorted distinct strings.
+
+    Args:
+        root: dataset root (the folder holding ``HGG``/``LGG`` or the subject folders).
+        labels_csv: CSV with one row per subject.
+        label_column: column of ``labels_csv`` holding the label; default ``Grade``, or the only non-subject column.
+        subject_column: column holding the subject id; default the first of :data:`SUBJECT_COLUMNS` present.
+            Ids match folder names exactly, case-insensitively, or by a trailing number of at least three digits
+            (``12`` = ``BraTS2021_00012``).
+        layout: one of :data:`DISCOVERY_LAYOUTS`; ``"auto"`` uses :func:`detect_layout`.
+
+    Returns:
+        The datalist dict; subjects without a label have ``label`` and ``class_name`` ``None``.
+
+    Raises:
+        FileNotFoundError: if ``root`` is not a folder.
+        DataValidationError: listing every subject with a missing or ambiguous modality (and conflicting labels).
+        ValueError: for an unknown layout or a labels CSV without the needed columns.
+    """
+    datalist, problems = _discover(root, labels_csv, label_column, subject_column, layout)
+    if problems:
+        raise DataValidationError(problems, context=f"dataset {datalist['root']}")
+    return datalist
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# datalist files
+
+_PATH_KEYS = ("image", "seg")
+
+
+def _map_paths(datalist: Mapping[str, Any], convert) -> dict[str, Any]:
+    """Copy of ``datalist`` with ``convert`` applied to ``root`` and to every record's image and seg paths."""
+
+    def convert_entry(value: Any) -> Any:
+        if isinstance(value, list):
+            return [convert_entry(v) for v in value]
+        return convert(value) if isinstance(value, str) else value
+
+    out = dict(datalist)
+    out["root"] = convert_entry(out.get("root"))
+    for key, value in datalist.items():
+        if isinstance(value, list) and all(isinstance(r, Mapping) for r in value):
+            out[key] = [{k: convert_entry(v) if k in _PATH_KEYS else v for k, v in r.items()} for r in value]
+    return out
+
+
+def write_datalist(datalist: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write a datalist as JSON, with paths relative to the file's folder, atomically.
+
+    ``monai.data.load_decathlon_datalist`` reads the file too, but it turns *any* string that names an existing
+    path relative to the file into an absolute path - a ``class_name`` ``"HGG"`` beside an ``HGG`` folder, a
+    ``subject`` beside its own folder. Read it with :func:`load_datalist`, or keep it outside the dataset root.
+
+    Args:
+        datalist: a datalist dict (absolute or relative-to-cwd paths).
+        path: the JSON file to write.
+
+    Returns:
+        The written path.
+    """
+    path = Path(path).resolve()
+
+    def relative(p: str) -> str:
+        try:
+            return Path(os.path.relpath(Path(p).resolve(), path.parent)).as_posix()
+        except ValueError:  # another drive on Windows
+            return str(p)
+
+    return atomic_write_text(path, json.dumps(_map_paths(datalist, relative), indent=2) + "\n")
+
+
+def load_datalist(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a datalist JSON file, making its paths absolute.
+
+    Args:
+        path: the JSON file (written by :func:`write_datalist` or by hand in the same format).
+
+    Returns:
+        The datalist dict with absolute paths.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is not valid JSON or has no ``training`` list.
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist {path} not found; create it with `medkd3d datalist ROOT --out {path.name}`")
+    try:
+        datalist = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"datalist {path} is not valid JSON ({error}); regenerate it with `medkd3d datalist`") from None
+    if not isinstance(datalist, dict) or not isinstance(datalist.get("training"), list):
+        raise ValueError(f"datalist {path} has no 'training' list of records; regenerate it with `medkd3d datalist`")
+    return _map_paths(datalist, lambda p: str((path.parent / p).resolve()))

@@ -1,0 +1,1 @@
+"""medkd3d.engines."""
