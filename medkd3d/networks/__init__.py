@@ -1,12 +1,9 @@
 """Teachers, students, building blocks and the model registry.
 
-Importing this package registers every model, so ``create_model(name)`` and ``list_models()`` see them all.
+``create_model(name)`` and ``list_models()`` import every model family on first use, so they see all models
+while ``import medkd3d.networks`` itself stays light.
 """
 
 from medkd3d.networks.registry import ModelEntry, create_model, get_model_entry, list_models, register_model
-
-# --- model families (each import registers its models) ---
-# NET-A: VGG / ViT / hybrid teacher (added by the network-zoo work)
-# NET-B: HDKD, EfficientNet 3D / 2.5D (added by the network-zoo work)
 
 __all__ = ["ModelEntry", "create_model", "get_model_entry", "list_models", "register_model"]

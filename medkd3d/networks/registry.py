@@ -1,6 +1,7 @@
 """Model registry in the style of timm: ``create_model(name, **kwargs)`` and ``list_models()``.
 
-Model files register a factory with :func:`register_model`. Each registration also records a tiny
+Model files register a factory with :func:`register_model`. The model families are imported on the first
+look-up (:data:`MODEL_FAMILY_MODULES`), so importing the registry, and ``medkd3d --help``, stays light. Each registration also records a tiny
 configuration (constructor overrides and an input shape) that builds and runs in milliseconds; the test
 suite uses it to check every registered model against the network contract without knowing the models.
 """
@@ -8,11 +9,13 @@ suite uses it to check every registered model against the network contract witho
 from __future__ import annotations
 
 import fnmatch
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["ModelEntry", "create_model", "get_model_entry", "list_models", "register_model"]
 
@@ -39,6 +42,22 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+
+#: Modules whose import registers a model family, in the order of ``list_models`` ties.
+MODEL_FAMILY_MODULES: tuple[str, ...] = (
+    "medkd3d.networks.vgg3d",
+    "medkd3d.networks.vit3d",
+    "medkd3d.networks.vggvit3d",
+    "medkd3d.networks.hdkd",
+    "medkd3d.networks.efficientnet3d",
+    "medkd3d.networks.efficientnet25d",
+)
+
+
+def _import_model_families() -> None:
+    """Import every model family once so that its ``register_model`` decorators have run."""
+    for module_name in MODEL_FAMILY_MODULES:
+        importlib.import_module(module_name)
 
 
 def register_model(
@@ -93,6 +112,7 @@ def list_models(pattern: str = "*", role: str | None = None) -> list[str]:
     Returns:
         The matching model names.
     """
+    _import_model_families()
     return sorted(
         name
         for name, entry in _REGISTRY.items()
@@ -106,6 +126,7 @@ def get_model_entry(name: str) -> ModelEntry:
     Raises:
         KeyError: if no model of that name is registered; the message lists the known names.
     """
+    _import_model_families()
     try:
         return _REGISTRY[name]
     except KeyError:

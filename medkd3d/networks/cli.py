@@ -1,0 +1,194 @@
+"""``medkd3d models``: a table of every registered model - parameters, GFLOPs and eager latency at an input.
+
+Input shapes. Without ``--input-shape`` each model gets its registry ``default_input_shape`` (``--tiny``: its tiny
+configuration and ``tiny_input_shape``). ``--input-shape C X Y Z`` describes a volume and is adapted per model:
+
+- a model with as many spatial axes as the shape gets it as is (its ``in_channels`` becomes ``C``; and a model
+  whose factory takes ``img_size``, such as the ViT, is built for the new size);
+- a 2D / 2.5D model (fewer spatial axes) keeps its own leading axes (channels ``4*K``, or slices and channels)
+  and takes the first spatial axes of the shape - the slice plane of that volume;
+- a model with more spatial axes than the shape keeps its default shape.
+
+The ``input`` column shows what each model actually received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["derive_input_shape", "profile_registered_model", "register"]
+
+logger = logging.getLogger(__name__)
+
+
+def derive_input_shape(
+    model_shape: Sequence[int], spatial_rank: int, requested: Sequence[int] | None
+) -> tuple[int, ...]:
+    """The input shape (no batch axis) a model gets for a requested ``(C, *spatial)`` shape (module docstring).
+
+    Args:
+        model_shape: the model's own input shape, e.g. ``(4, 128, 128, 128)`` or ``(12, 128, 128)``.
+        spatial_rank: number of spatial axes the model convolves over (trailing axes of ``model_shape``).
+        requested: the requested shape ``(C, *spatial)``, or ``None`` to keep ``model_shape``.
+
+    Returns:
+        The shape to build and run the model with.
+
+    Raises:
+        ValueError: if ``spatial_rank`` does not fit ``model_shape``.
+    """
+    model_shape = tuple(model_shape)
+    if not 0 < spatial_rank < len(model_shape):
+        raise ValueError(f"spatial_rank={spatial_rank} does not fit the model input shape {model_shape}.")
+    if requested is None:
+        return model_shape
+    channels, spatial = int(requested[0]), tuple(int(n) for n in requested[1:])
+    leading = model_shape[:-spatial_rank]
+    if len(spatial) == spatial_rank:
+        return (*leading[:-1], channels, *spatial)
+    if len(spatial) > spatial_rank:
+        return (*leading, *spatial[:spatial_rank])
+    return model_shape
+
+
+def profile_registered_model(
+    name: str,
+    input_shape: Sequence[int] | None = None,
+    tiny: bool = False,
+    repeats: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Builds a registered model and measures it.
+
+    Args:
+        name: registry name.
+        input_shape: requested ``(C, *spatial)`` shape, adapted per model (see :func:`derive_input_shape`);
+            ``None`` for the model's own shape.
+        tiny: use the model's tiny configuration and tiny input shape as the starting point.
+        repeats: timed forward passes; ``0`` skips the latency measurement.
+        warmup: untimed passes before timing.
+        device: device to run on.
+
+    Returns:
+        ``{"name", "role", "input_shape", "params", "gflops", "median_ms", "p90_ms"}`` (latencies ``None`` when
+        not measured).
+    """
+    from medkd3d.networks.profile import count_gflops, count_parameters, measure_latency, spatial_rank
+    from medkd3d.networks.registry import get_model_entry
+
+    entry = get_model_entry(name)
+    kwargs = dict(entry.tiny_kwargs) if tiny else {}
+    own_shape = entry.tiny_input_shape if tiny else entry.default_input_shape
+    model = entry.factory(**kwargs)
+    rank = spatial_rank(model)
+    shape = derive_input_shape(own_shape, rank, input_shape)
+    if shape != tuple(own_shape):
+        if shape[-rank - 1] != own_shape[-rank - 1]:
+            kwargs["in_channels"] = shape[-rank - 1]
+        if "img_size" in inspect.signature(entry.factory).parameters:
+            kwargs["img_size"] = shape[-rank:]
+        model = entry.factory(**kwargs)
+    model = model.to(device)
+    row: dict[str, Any] = {
+        "name": name,
+        "role": entry.role,
+        "input_shape": shape,
+        "params": count_parameters(model),
+        "gflops": count_gflops(model, shape, device=device),
+        "median_ms": None,
+        "p90_ms": None,
+    }
+    if repeats > 0:
+        row.update(measure_latency(model, shape, warmup=warmup, repeats=repeats, device=device))
+    return row
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    latency = (
+        f"{row['median_ms']:>10.1f} {row['p90_ms']:>10.1f}" if row["median_ms"] is not None else f"{'-':>10} {'-':>10}"
+    )
+    shape = "x".join(str(n) for n in row["input_shape"])
+    return (
+        f"{row['name']:<24} {row['role']:<8} {shape:<18} {row['params'] / 1e6:>10.3f} {row['gflops']:>10.3f} {latency}"
+    )
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from medkd3d.networks import list_models
+
+    if args.input_shape is not None and len(args.input_shape) < 3:
+        print(
+            f"medkd3d models: --input-shape {' '.join(map(str, args.input_shape))} has no spatial size; "
+            "give channels and 2 or 3 spatial sizes, e.g. --input-shape 4 128 128 128.",
+            file=sys.stderr,
+        )
+        return 2
+    names = list_models(args.filter)
+    if not names:
+        print(f"No registered model matches {args.filter!r}; known models: {', '.join(list_models())}.")
+        return 1
+    header = (
+        f"{'model':<24} {'role':<8} {'input':<18} {'params (M)':>10} {'GFLOPs':>10} {'median ms':>10} {'p90 ms':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    failed = 0
+    for name in names:
+        try:
+            row = profile_registered_model(
+                name, args.input_shape, tiny=args.tiny, repeats=args.repeats, warmup=args.warmup, device=args.device
+            )
+        except Exception as error:  # one broken model must not hide the others
+            logger.debug("profiling %s failed", name, exc_info=True)
+            print(f"{name:<24} failed: {type(error).__name__}: {error}")
+            failed += 1
+            continue
+        print(_format_row(row), flush=True)
+    latency_note = f"{args.device} eager, batch 1, {args.repeats} timed runs" if args.repeats else "not measured"
+    print(f"\nGFLOPs: convolutions and matmuls of one eval forward (batch 1); latency: {latency_note}.")
+    return 1 if failed else 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``medkd3d models`` to the ``medkd3d`` command."""
+    parser = subparsers.add_parser(
+        "models",
+        help="list the registered models with parameters, GFLOPs and latency",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--input-shape",
+        nargs="+",
+        type=_positive_int,
+        metavar="N",
+        help="input shape without batch, C X Y Z (a volume; 2D/2.5D models take its slice plane) or C H W",
+    )
+    parser.add_argument("--tiny", action="store_true", help="use the tiny test configurations (fast)")
+    parser.add_argument("--filter", default="*", metavar="PATTERN", help="shell-style name filter, e.g. 'vgg*'")
+    parser.add_argument(
+        "--repeats", type=_non_negative_int, default=5, help="timed forward passes per model (0: skip timing)"
+    )
+    parser.add_argument("--warmup", type=_non_negative_int, default=1, help="untimed passes before timing")
+    parser.add_argument("--device", default="cpu", help="device for the measurements (default: cpu)")
+    parser.set_defaults(func=_run_models)

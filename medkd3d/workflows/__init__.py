@@ -1,0 +1,67 @@
+"""Glue between the medkd3d package and its MONAI bundles, and the one-command pipeline.
+
+Bundle configs reference these by dotted path (``"_target_": "medkd3d.workflows.prepare_dataset"``), so the
+logic lives in the package, tested, and never in copied config code:
+
+- data: :func:`prepare_dataset` (synthesise the embedded default when ``dataset_dir`` is missing, discover or
+  load the datalist, validate every file before training), :func:`split_dataset` (patient-level stratified
+  folds), :func:`inference_records` (unlabelled subjects);
+- checkpoints: :func:`load_teacher`, :func:`require_checkpoint`, :func:`require_teacher_checkpoint` (a clear
+  "train the teacher first");
+- handlers: :class:`AtomicCheckpointSaver`, :class:`TrainingCheckpoint` (resume), :class:`ValidationEarlyStopping`,
+  :class:`ClassificationMetricsWriter`, :class:`ClassProbabilityWriter` (per-subject probabilities CSV);
+- :class:`SliceStackInferer` (subject-level predictions of 2.5D networks);
+- export: :func:`prepare_for_export`, :data:`EXPORTERS`;
+- :func:`find_bundle_root`, :func:`run_bundle_config`; the ``medkd3d pipeline`` command
+  (:mod:`medkd3d.workflows.pipeline`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> submodule. Attributes load on first access (PEP 562), so ``medkd3d --help`` (which imports
+#: :mod:`medkd3d.workflows.pipeline`) does not pull in torch and MONAI.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["BUNDLE_NAMES", "bundle_command", "find_bundle_root", "run_bundle_config"], "bundle"),
+    **dict.fromkeys(
+        ["SYNTHETIC_DEFAULT", "ensure_dataset", "inference_records", "prepare_dataset", "split_dataset"], "data"
+    ),
+    **dict.fromkeys(
+        [
+            "EXPORTERS",
+            "export_torchscript",
+            "load_bundle_network",
+            "prepare_for_export",
+            "register_exporter",
+            "torchscript_max_abs_diff",
+        ],
+        "export",
+    ),
+    **dict.fromkeys(
+        [
+            "AtomicCheckpointSaver",
+            "ClassProbabilityWriter",
+            "ClassificationMetricsWriter",
+            "TrainingCheckpoint",
+            "ValidationEarlyStopping",
+            "write_text_atomic",
+        ],
+        "handlers",
+    ),
+    "SliceStackInferer": "inferers",
+    **dict.fromkeys(["load_teacher", "require_checkpoint", "require_teacher_checkpoint"], "teacher"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

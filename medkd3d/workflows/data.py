@@ -1,0 +1,187 @@
+"""Dataset preparation for the bundles: synthesise the embedded default, discover, validate, split by fold."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SYNTHETIC_DEFAULT", "ensure_dataset", "inference_records", "prepare_dataset", "split_dataset"]
+
+logger = logging.getLogger(__name__)
+
+#: What ``generate_synthetic_brats`` writes when a bundle's ``dataset_dir`` does not exist: BraTS 2019 layout,
+#: full BraTS volume size, a grade balance close to BraTS 2019 (259 HGG / 76 LGG) but with enough LGG per fold.
+SYNTHETIC_DEFAULT: dict[str, Any] = {
+    "layout": "brats2019",
+    "n_hgg": 24,
+    "n_lgg": 16,
+    "shape": (240, 240, 155),
+    "seed": 0,
+}
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def ensure_dataset(dataset_dir: str | os.PathLike, synthetic: Mapping[str, Any] | None = None) -> Path:
+    """Return ``dataset_dir``, first generating a synthetic BraTS dataset there when it does not exist.
+
+    The dataset is written to a temporary sibling folder and renamed into place, so an interrupted generation
+    never leaves a half-written dataset that a later run would mistake for a complete one. Under DDP rank 0
+    generates and the other ranks wait.
+
+    Args:
+        dataset_dir: dataset root (a BraTS release folder, or where the synthetic default goes).
+        synthetic: keyword arguments of :func:`medkd3d.data.generate_synthetic_brats` overriding
+            :data:`SYNTHETIC_DEFAULT`; ``None`` uses the default.
+
+    Returns:
+        The dataset root.
+    """
+    root = Path(dataset_dir).expanduser().resolve()
+    if not root.exists() and _is_main_process():
+        from medkd3d.data import generate_synthetic_brats
+
+        settings = {**SYNTHETIC_DEFAULT, **(synthetic or {})}
+        logger.warning(
+            "dataset_dir %s does not exist: generating a synthetic BraTS dataset there (%s layout, %d HGG + %d LGG, "
+            "shape %s, seed %d). Point dataset_dir at a BraTS folder to use real data.",
+            root,
+            settings["layout"],
+            settings["n_hgg"],
+            settings["n_lgg"],
+            tuple(settings["shape"]),
+            settings["seed"],
+        )
+        staging = root.with_name(f".{root.name}.partial-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            generate_synthetic_brats(staging, **settings)
+            os.replace(staging, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    _barrier()
+    return root
+
+
+def prepare_dataset(
+    dataset_dir: str | os.PathLike,
+    datalist: str | os.PathLike | None = None,
+    class_names: Sequence[str] | None = None,
+    synthetic: Mapping[str, Any] | None = None,
+    labels_csv: str | os.PathLike | None = None,
+    label_column: str | None = None,
+    require_labels: bool = True,
+    validate: bool = True,
+) -> dict[str, Any]:
+    """The datalist a bundle trains, evaluates or infers on, validated before any training starts.
+
+    Args:
+        dataset_dir: dataset root; a synthetic BraTS dataset is generated there when it does not exist (and no
+            ``datalist`` is given).
+        datalist: a datalist JSON (``medkd3d datalist`` output); when given, the records come from this file and
+            ``dataset_dir`` is not used.
+        class_names: the classes the bundle's network predicts, in label order; the dataset must have the same.
+        synthetic: overrides of :data:`SYNTHETIC_DEFAULT` for the generated dataset.
+        labels_csv: labels CSV for layouts without grade folders (BraTS 2021, generic layouts).
+        label_column: the label column of ``labels_csv``.
+        require_labels: report subjects without a label as problems (``False`` for inference).
+        validate: read every file once and fail on any problem (missing modality, corrupt file, shape
+            mismatch, NaNs, missing labels...) before training; see :func:`medkd3d.data.assert_data_valid`.
+
+    Returns:
+        The datalist dictionary with absolute paths (``training`` records, ``class_names``...).
+
+    Raises:
+        medkd3d.data.DataValidationError: listing every problem found, with subject, file and fix.
+        ValueError: if the dataset's class names differ from ``class_names``.
+    """
+    from medkd3d.data import assert_data_valid, discover_brats, load_datalist
+
+    source = Path(datalist) if datalist else ensure_dataset(dataset_dir, synthetic)
+    labels = {"labels_csv": labels_csv, "label_column": label_column} if not datalist else {}
+    if validate:
+        data = assert_data_valid(source, require_labels=require_labels, **labels)
+    else:
+        data = load_datalist(source) if datalist else discover_brats(source, **labels)
+    if class_names is not None and list(data["class_names"]) != list(class_names):
+        raise ValueError(
+            f"The dataset {source} has classes {data['class_names']} but the bundle predicts {list(class_names)}; "
+            f'override the bundle\'s class names to match, e.g. --class_names "{list(data["class_names"])}".'
+        )
+    logger.info("Dataset %s: %d subjects, classes %s.", source, len(data["training"]), data["class_names"])
+    return data
+
+
+def split_dataset(
+    datalist: Mapping[str, Any],
+    fold: int = 0,
+    num_folds: int = 5,
+    seed: int = 0,
+    splits_file: str | os.PathLike | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The training and validation records of one fold, split by patient and stratified by class.
+
+    The split depends only on the subjects, ``num_folds`` and ``seed``, so the teacher and every student
+    bundle (same overrides) train and validate on the same subjects: a student is never validated on a
+    subject its teacher was trained on.
+
+    Args:
+        datalist: the prepared datalist (:func:`prepare_dataset`).
+        fold: the fold to use, ``0 <= fold < num_folds``.
+        num_folds: number of stratified folds.
+        seed: split seed.
+        splits_file: a split file made by ``medkd3d split`` to use instead (its held-out test side is returned
+            as ``"test"``).
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` record lists.
+    """
+    from medkd3d.data.splits import load_splits, make_splits, split_records
+
+    records = list(datalist["training"])
+    splits = load_splits(splits_file) if splits_file else make_splits(records, num_folds=num_folds, seed=seed)
+    sides = split_records(records, splits, fold=fold)
+    logger.info(
+        "Fold %d: %d training, %d validation, %d test subjects.",
+        fold,
+        len(sides["train"]),
+        len(sides["val"]),
+        len(sides["test"]),
+    )
+    return sides
+
+
+def inference_records(datalist: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The records of a datalist prepared for inference, where subjects may have no label.
+
+    MONAI's collation cannot batch ``None``, so a missing label becomes ``-1`` (written as an empty label by
+    :class:`~medkd3d.workflows.handlers.ClassProbabilityWriter`).
+
+    Args:
+        datalist: a datalist dictionary (``training`` records, as returned by :func:`prepare_dataset`).
+
+    Returns:
+        The records, each with an integer ``label``.
+    """
+    return [
+        {**record, "label": -1 if record.get("label") is None else record["label"]} for record in _records(datalist)
+    ]
+
+
+def _records(datalist: Mapping[str, Any]) -> Sequence[dict[str, Any]]:
+    return list(datalist.get("training", [])) + list(datalist.get("testing", []))

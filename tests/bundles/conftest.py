@@ -1,0 +1,124 @@
+"""Fixtures of the bundle tests: tiny overrides per bundle and the bundles trained once per session.
+
+Tests override configs, never edit them: tiny networks (each model's registry ``tiny_kwargs``), 32^3 volumes,
+one epoch, batch 2, no workers, 3 folds over the session's 12 synthetic subjects (8 train / 4 validation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medkd3d.workflows.bundle import BUNDLE_NAMES
+
+BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
+SPATIAL = [32, 32, 32]
+
+
+class BundleKit:
+    """Overrides and runners shared by the bundle tests (a fixture, as test modules cannot import conftest)."""
+
+    bundles_dir = BUNDLES_DIR
+    spatial = SPATIAL
+    teacher_of = {
+        "brats_student_effnet3d": "brats_teacher_vggvit3d",
+        "brats_student_effnet25d": "brats_teacher_vggvit3d",
+        "brats_hdkd_student3d": "brats_hdkd_teacher3d",
+    }
+    model_of = {
+        "brats_teacher_vggvit3d": "vggvit3d",
+        "brats_hdkd_teacher3d": "hdkd_teacher3d",
+        "brats_student_effnet3d": "efficientnet3d_b0",
+        "brats_student_effnet25d": "efficientnet25d",
+        "brats_hdkd_student3d": "hdkd_student3d",
+    }
+
+    def network_overrides(self, bundle: str, prefix: str = "network_def") -> dict[str, Any]:
+        """``<prefix>#<arg>`` overrides making the bundle's network tiny (its registry ``tiny_kwargs``)."""
+        from medkd3d.networks import get_model_entry
+
+        kwargs = dict(get_model_entry(self.model_of[bundle]).tiny_kwargs)
+        kwargs.pop("img_size", None)  # the configs tie it to spatial_size
+        if bundle == "brats_student_effnet25d":
+            kwargs["backbone"] = "mobilenetv3_small_050"  # a tiny timm backbone keeps the 2.5D tests fast
+        return {f"{prefix}#{key}": list(value) if isinstance(value, tuple) else value for key, value in kwargs.items()}
+
+    def inference_overrides(self, bundle: str, dataset_dir: Path, out: Path) -> dict[str, Any]:
+        """Overrides of ``inference.json`` (a standalone config: no teacher, no training knobs)."""
+        return {
+            "bundle_root": str(BUNDLES_DIR / bundle),
+            "dataset_dir": str(dataset_dir),
+            "output_dir": str(out / "eval"),
+            "ckpt_path": str(out / "models" / "model.pt"),
+            "spatial_size": SPATIAL,
+            "num_workers": 0,
+            **self.network_overrides(bundle),
+        }
+
+    def train_overrides(self, bundle: str, dataset_dir: Path, out: Path, outputs: Path) -> dict[str, Any]:
+        """Overrides of ``train.json`` (and ``evaluate.json`` on top of it); teachers' checkpoints under ``outputs``."""
+        overrides = {
+            "bundle_root": str(BUNDLES_DIR / bundle),
+            "dataset_dir": str(dataset_dir),
+            "ckpt_dir": str(out / "models"),
+            "output_dir": str(out / "eval"),
+            "epochs": 1,
+            "batch_size": 2,
+            "spatial_size": SPATIAL,
+            "num_workers": 0,
+            "num_folds": 3,
+            **self.network_overrides(bundle),
+        }
+        teacher = self.teacher_of.get(bundle)
+        if teacher:
+            overrides["teacher_ckpt"] = str(outputs / teacher / "models" / "model.pt")
+            overrides.update(self.network_overrides(teacher, prefix="teacher_def"))
+        return overrides
+
+    def config_files(self, bundle: str, *names: str) -> list[str]:
+        return [str(BUNDLES_DIR / bundle / "configs" / name) for name in names]
+
+    def workflow(self, bundle: str, configs: list[str], workflow_type: str, **overrides: Any) -> Any:
+        """An initialised ``ConfigWorkflow``. ``logging.conf`` is left out in-process (it would reset the root
+        logger of the whole test session); the ``torchrun`` test runs the command line, which applies it."""
+        from monai.bundle import ConfigWorkflow
+
+        workflow = ConfigWorkflow(
+            config_file=self.config_files(bundle, *configs),
+            meta_file=str(BUNDLES_DIR / bundle / "configs" / "metadata.json"),
+            logging_file=False,
+            workflow_type=workflow_type,
+            **overrides,
+        )
+        workflow.initialize()
+        return workflow
+
+    def run(self, bundle: str, configs: list[str], workflow_type: str, **overrides: Any) -> Any:
+        """Run a config the way MONAI's model zoo tests bundles: initialize, check_properties, run, finalize."""
+        workflow = self.workflow(bundle, configs, workflow_type, **overrides)
+        assert workflow.check_properties() == [], f"{bundle} {configs} misses model-zoo properties"
+        workflow.run()
+        workflow.finalize()
+        return workflow
+
+
+@pytest.fixture(scope="session")
+def bundle_kit() -> BundleKit:
+    return BundleKit()
+
+
+@pytest.fixture(scope="session")
+def trained_bundles(
+    bundle_kit: BundleKit, synthetic_brats_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Every bundle trained for one epoch at tiny size, teachers first; returns the folder of their outputs.
+
+    ``<returned>/<bundle>/models/model.pt`` (best validation model) and ``last.pt`` (training state).
+    """
+    outputs = tmp_path_factory.mktemp("bundle_outputs")
+    for bundle in BUNDLE_NAMES:  # teachers come before their students
+        overrides = bundle_kit.train_overrides(bundle, synthetic_brats_root, outputs / bundle, outputs)
+        bundle_kit.run(bundle, ["train.json"], "train", **overrides)
+    return outputs

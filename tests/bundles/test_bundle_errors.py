@@ -1,0 +1,94 @@
+"""What a user gets wrong: no teacher yet, no trained model, bad data, other class names; and resuming."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from medkd3d.data import DataValidationError
+from medkd3d.workflows import prepare_dataset
+
+
+def _cause_chain(error: BaseException) -> list[BaseException]:
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__
+    return chain
+
+
+@pytest.mark.parametrize("student", ["brats_student_effnet3d", "brats_student_effnet25d", "brats_hdkd_student3d"])
+def test_student_without_teacher_says_train_the_teacher_first(
+    student: str, bundle_kit, synthetic_brats_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(bundle_kit.bundles_dir.parent)  # the repository root, where users run the bundles from
+    overrides = bundle_kit.train_overrides(student, synthetic_brats_root, tmp_path / student, tmp_path / "none")
+    with pytest.raises(Exception) as info:
+        bundle_kit.workflow(student, ["train.json"], "train", **overrides)
+    missing = [e for e in _cause_chain(info.value) if isinstance(e, FileNotFoundError)]
+    assert missing, f"expected a FileNotFoundError in {_cause_chain(info.value)}"
+    message = str(missing[0])
+    teacher = bundle_kit.teacher_of[student]
+    assert "train the teacher first" in message and overrides["teacher_ckpt"] in message
+    assert f"python -m monai.bundle run --config_file bundles/{teacher}/configs/train.json" in message
+    assert not (tmp_path / student / "models").exists()  # stopped before doing any work
+
+
+def test_evaluate_without_a_trained_model_names_the_training_command(
+    bundle_kit, synthetic_brats_root: Path, tmp_path: Path
+) -> None:
+    bundle = "brats_hdkd_teacher3d"
+    overrides = bundle_kit.train_overrides(bundle, synthetic_brats_root, tmp_path, tmp_path)
+    with pytest.raises(Exception) as info:
+        bundle_kit.workflow(bundle, ["train.json", "evaluate.json"], "infer", **overrides)
+    message = str(next(e for e in _cause_chain(info.value) if isinstance(e, FileNotFoundError)))
+    assert "train the model first" in message and f"{bundle}/configs/train.json" in message
+
+
+def test_training_validates_the_data_first(bundle_kit, synthetic_brats_root: Path, tmp_path: Path) -> None:
+    broken = shutil.copytree(synthetic_brats_root, tmp_path / "broken")
+    flair = next(broken.rglob("*_flair.nii.gz"))
+    flair.write_bytes(flair.read_bytes()[:100])  # truncated download
+    bundle = "brats_teacher_vggvit3d"
+    workflow = bundle_kit.workflow(
+        bundle, ["train.json"], "train", **bundle_kit.train_overrides(bundle, broken, tmp_path / "out", tmp_path)
+    )
+    with pytest.raises(Exception) as info:
+        workflow.check_properties()  # builds the datasets, which validates every file
+    problems = [e for e in _cause_chain(info.value) if isinstance(e, DataValidationError)]
+    assert problems and flair.name in str(problems[0]) and flair.parent.name in str(problems[0])
+
+
+def test_other_class_names_are_refused_with_the_fix(synthetic_brats_root: Path) -> None:
+    with pytest.raises(ValueError, match=r"--class_names") as info:
+        prepare_dataset(synthetic_brats_root, class_names=["0", "1"], validate=False)
+    assert "['LGG', 'HGG']" in str(info.value)
+
+
+def test_resume_continues_from_the_last_checkpoint(
+    bundle_kit, trained_bundles: Path, synthetic_brats_root: Path, tmp_path: Path
+) -> None:
+    bundle = "brats_teacher_vggvit3d"
+    out = tmp_path / bundle
+    shutil.copytree(trained_bundles / bundle / "models", out / "models")
+    before = torch.load(out / "models" / "last.pt", weights_only=True)
+    overrides = {**bundle_kit.train_overrides(bundle, synthetic_brats_root, out, trained_bundles), "resume": True}
+
+    # the saved run already finished its single epoch: resuming it trains nothing and rewrites nothing
+    bundle_kit.run(bundle, ["train.json"], "train", **overrides)
+    unchanged = torch.load(out / "models" / "last.pt", weights_only=True)
+    assert unchanged["trainer"] == before["trainer"]
+    torch.testing.assert_close(unchanged["model"], before["model"])
+
+    # one more epoch continues at iteration 4 with the saved optimizer, tracked with MLflow
+    overrides["epochs"] = 2
+    workflow = bundle_kit.workflow(bundle, ["train.json"], "train", tracking="mlflow", **overrides)
+    workflow.run()
+    workflow.finalize()
+    after = torch.load(out / "models" / "last.pt", weights_only=True)
+    assert after["trainer"]["iteration"] == 8 and after["trainer"]["max_epochs"] == 2
+    assert after["optimizer"]["state"][0]["step"] == before["optimizer"]["state"][0]["step"] + 4
+    assert (out / "eval" / "mlruns.db").is_file()

@@ -1,0 +1,140 @@
+"""The ``medkd3d.workflows`` pieces the bundle configs reference, on real MONAI/Ignite engines."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.engines import SupervisedEvaluator
+from monai.transforms import Activationsd
+from torch import nn
+
+from medkd3d.workflows import (
+    AtomicCheckpointSaver,
+    ClassProbabilityWriter,
+    SliceStackInferer,
+    ValidationEarlyStopping,
+    ensure_dataset,
+    find_bundle_root,
+)
+
+
+def _linear(weight: float) -> nn.Module:
+    net = nn.Linear(2, 2)
+    nn.init.constant_(net.weight, weight)
+    nn.init.zeros_(net.bias)
+    return net
+
+
+def _epoch_engine(metric_values: list[float]) -> Engine:
+    """An engine that reports ``metric_values[epoch - 1]`` as its key metric after each epoch."""
+    engine = Engine(lambda e, b: None)
+    engine.state.key_metric_name = "val_auc"
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _(e: Engine) -> None:
+        e.state.metrics["val_auc"] = metric_values[e.state.epoch - 1]
+
+    return engine
+
+
+def test_atomic_checkpoint_keeps_the_best_model_when_a_save_fails(tmp_path: Path, monkeypatch) -> None:
+    net = _linear(1.0)
+    saver = AtomicCheckpointSaver(
+        save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True, key_metric_filename="model.pt"
+    )
+    engine = _epoch_engine([0.6, 0.9, 0.95])
+    saver.attach(engine)
+
+    @engine.on(Events.EPOCH_STARTED)
+    def _(e: Engine) -> None:
+        nn.init.constant_(net.weight, float(e.state.epoch))
+
+    real_save = torch.save
+
+    def crash_in_third_epoch(obj, f, *args, **kwargs):
+        if engine.state.epoch == 3:
+            f.write(b"half a checkpoint")
+            raise OSError("disk full")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", crash_in_third_epoch)
+    with pytest.raises(OSError, match="disk full"):
+        engine.run([0], max_epochs=3)
+    # epoch 2 (best so far) is intact; no partial or temporary file is left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    torch.testing.assert_close(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], torch.full((2, 2), 2.0))
+
+
+def test_validation_early_stopping_stops_the_trainer(tmp_path: Path) -> None:
+    validator = _epoch_engine([0.7, 0.8, 0.75, 0.79, 0.9, 0.95])
+    trainer = Engine(lambda e, b: None)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: validator.run([0], max_epochs=e.state.epoch))
+    ValidationEarlyStopping(validator, patience=2).attach(trainer)
+    trainer.run([0], max_epochs=6)
+    assert trainer.state.epoch == 4  # no improvement over 0.8 at epochs 3 and 4
+    with pytest.raises(ValueError, match="patience"):
+        ValidationEarlyStopping(validator, patience=0)
+
+
+def test_probability_writer_writes_softmax_per_subject(tmp_path: Path) -> None:
+    data = [
+        {"image": torch.tensor([[1.0, 0.0]]), "label": torch.tensor([1]), "subject": ["s1"]},
+        {"image": torch.tensor([[0.0, 2.0], [0.5, 0.5]]), "label": torch.tensor([0, -1]), "subject": ["s2", "s3"]},
+    ]
+    net = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
+    evaluator = SupervisedEvaluator(
+        device="cpu", val_data_loader=data, network=net, postprocessing=Activationsd("pred", softmax=True)
+    )
+    ClassProbabilityWriter(tmp_path, class_names=["LGG", "HGG"]).attach(evaluator)
+    evaluator.run()
+    with (tmp_path / "predictions.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["subject"] for r in rows] == ["s1", "s2", "s3"]
+    assert [r["label"] for r in rows] == ["HGG", "LGG", ""]  # -1: unlabelled
+    logits = net(torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.5, 0.5]])).detach()
+    expected = torch.softmax(logits, dim=1)
+    got = torch.tensor([[float(r["prob_LGG"]), float(r["prob_HGG"])] for r in rows])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert [r["predicted"] for r in rows] == ["LGG" if p[0] > p[1] else "HGG" for p in expected.tolist()]
+
+
+def test_slice_stack_inferer_averages_stack_logits() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    stacks = torch.randn(2, 5, 3, 4, 4)
+    out = SliceStackInferer()(stacks, net)
+    expected = torch.stack([net(stacks[b]).mean(dim=0) for b in range(2)])
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(SliceStackInferer()(stacks[:, 0], net), net(stacks[:, 0]))
+    with pytest.raises(ValueError, match="num_stacks"):
+        SliceStackInferer()(torch.randn(2, 3, 4), net)
+
+
+def test_ensure_dataset_generates_once_into_place(tmp_path: Path, caplog) -> None:
+    target = tmp_path / "brats"
+    with caplog.at_level(logging.WARNING, logger="medkd3d.workflows.data"):
+        root = ensure_dataset(target, {"n_hgg": 1, "n_lgg": 1, "shape": (24, 24, 20)})
+    assert root == target.resolve() and len(list(root.rglob("*_flair.nii.gz"))) == 2
+    assert "does not exist: generating a synthetic BraTS dataset" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brats"]  # no staging folder left
+    stamp = next(root.rglob("*_t1.nii.gz")).stat().st_mtime_ns
+    ensure_dataset(target)  # an existing dataset is used as it is
+    assert next(root.rglob("*_t1.nii.gz")).stat().st_mtime_ns == stamp
+
+
+def test_find_bundle_root_from_repo_bundle_and_elsewhere(tmp_path: Path, monkeypatch, bundle_kit) -> None:
+    expected = str(bundle_kit.bundles_dir / "brats_teacher_vggvit3d")
+    monkeypatch.chdir(bundle_kit.bundles_dir.parent)
+    assert find_bundle_root("brats_teacher_vggvit3d") == expected
+    monkeypatch.chdir(expected)
+    assert find_bundle_root("brats_teacher_vggvit3d") == expected
+    monkeypatch.chdir(tmp_path)  # falls back to the bundles next to the medkd3d sources
+    assert find_bundle_root("brats_teacher_vggvit3d") == expected
+    with pytest.raises(FileNotFoundError, match="--bundle_root"):
+        find_bundle_root("no_such_bundle")

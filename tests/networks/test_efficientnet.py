@@ -1,0 +1,135 @@
+"""EfficientNet students: MONAI 3D EfficientNet with stage features, timm 2.5D/2D, multi-slice attention pooling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.blocks.activation import MemoryEfficientSwish, Swish
+from monai.networks.nets import EfficientNetBN, EfficientNetBNFeatures
+
+from medkd3d.networks import create_model
+from medkd3d.networks.efficientnet3d import EfficientNet3D
+from medkd3d.networks.efficientnet25d import EfficientNet25D, GatedAttentionPooling
+
+
+def _assert_features_match_info(model: torch.nn.Module, features: list[torch.Tensor], size: int, dim: int = 1) -> None:
+    """Channels at ``dim`` and trailing spatial sizes follow ``feature_info``; each module path yields its feature."""
+    assert len(features) == len(model.feature_info)
+    for feature, info in zip(features, model.feature_info):
+        assert feature.shape[dim] == info["num_chs"]
+        assert all(s == -(-size // info["reduction"]) for s in feature.shape[dim + 1 :])
+
+
+def test_efficientnet3d_is_monai_efficientnet_bn_with_its_stage_features() -> None:
+    model = create_model("efficientnet3d_b0").eval()
+    reference = EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=3, in_channels=4, num_classes=2)
+    features_reference = EfficientNetBNFeatures(
+        "efficientnet-b0", pretrained=False, spatial_dims=3, in_channels=4, num_classes=2
+    )
+    reference.load_state_dict(model.state_dict())  # same parameter names and shapes
+    features_reference.load_state_dict(model.state_dict())
+    reference.eval()
+    features_reference.eval()
+
+    x = torch.randn(1, 4, 32, 32, 32)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        torch.testing.assert_close(model(x), reference(x))
+        for ours, theirs in zip(features, features_reference(x), strict=True):
+            torch.testing.assert_close(ours, theirs)
+    assert [info["reduction"] for info in model.feature_info] == [2, 4, 8, 16, 32]
+    _assert_features_match_info(model, features, size=32)
+
+
+def test_efficientnet3d_features_and_logits_come_from_one_pass() -> None:
+    model = create_model("efficientnet3d_b0", width_multiplier=0.25).eval()
+    calls = []
+    model._conv_stem.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(1, 4, 32, 32, 32)
+    with torch.no_grad():
+        assert model(x).shape == (1, 2)
+        assert len(calls) == 1
+        features = model.forward_features(x)
+    assert len(calls) == 2
+    _assert_features_match_info(model, features, size=32)
+    with pytest.raises(ValueError, match="efficientnet-b9"):
+        EfficientNet3D("efficientnet-b9")
+
+
+def test_prepare_for_export_switches_off_memory_efficient_swish() -> None:
+    model = create_model("efficientnet3d_b0", width_multiplier=0.25).eval()
+    x = torch.randn(1, 4, 32, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    assert any(isinstance(m, MemoryEfficientSwish) for m in model.modules())
+    model.prepare_for_export()
+    assert not any(isinstance(m, MemoryEfficientSwish) for m in model.modules())
+    assert isinstance(model._swish, Swish)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv3_small_050", "test_resnet", "test_efficientnet"])
+def test_efficientnet25d_accepts_timm_backbones_and_k_slices(backbone: str) -> None:
+    model = EfficientNet25D(backbone, num_slices=2, num_classes=3).eval()
+    assert model.in_channels == 8
+    stem = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert stem.in_channels == 8
+
+    captured = {}
+    for info in model.feature_info:
+        module = model.get_submodule(info["module"])
+        module.register_forward_hook(lambda _m, _a, out, path=info["module"]: captured.setdefault(path, out))
+    x = torch.randn(2, 8, 32, 32)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        logits = model.forward_head(features)
+        torch.testing.assert_close(logits, model.backbone(x))  # exactly timm's own forward
+    assert logits.shape == (2, 3)
+    _assert_features_match_info(model, features, size=32)
+    for feature, info in zip(features, model.feature_info):  # every module path yields its feature
+        torch.testing.assert_close(captured[info["module"]], feature)
+    # EfficientNet transforms its last stage (conv_head, bn2) before pooling; that head input is a feature too.
+    assert model.has_head_feature == (backbone == "test_efficientnet")
+
+
+def test_efficientnet2d_takes_one_slice_and_transformers_are_refused() -> None:
+    model = create_model("efficientnet2d", backbone="mobilenetv3_small_050")
+    assert model.in_channels == 4
+    assert model(torch.randn(2, 4, 32, 32)).shape == (2, 2)
+    with pytest.raises(ValueError, match="test_vit"):
+        EfficientNet25D("test_vit")
+
+
+def test_gated_attention_pooling_weights_sum_to_one() -> None:
+    pooling = GatedAttentionPooling(embed_dim=6, attention_dim=4)
+    embeddings = torch.randn(3, 5, 6)
+    pooled, weights = pooling(embeddings)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(3))
+    assert (weights > 0).all()
+    torch.testing.assert_close(pooled, (weights[..., None] * embeddings).sum(dim=1))
+
+
+@pytest.mark.filterwarnings("ignore:.*trace_method.*deprecated")
+def test_multi_slice_model_is_permutation_invariant_and_exposes_attention() -> None:
+    model = create_model("efficientnet25d_multi", backbone="test_efficientnet", attention_dim=8).eval()
+    x = torch.randn(2, 4, 12, 32, 32)
+    permutation = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad():
+        logits, weights = model.forward_attention(x)
+        permuted_logits, permuted_weights = model.forward_attention(x[:, permutation])
+        features = model.forward_features(x)
+        torch.testing.assert_close(model(x), logits)
+        torch.testing.assert_close(model.forward_head(features), logits)
+        assert model(x[:, :3]).shape == (2, 2)  # any number of stacks
+
+    assert logits.shape == (2, 2) and weights.shape == (2, 4)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(2))
+    torch.testing.assert_close(permuted_logits, logits)
+    torch.testing.assert_close(permuted_weights, weights[:, permutation])
+    assert features[-1].shape[:2] == (2, 4)  # [B, S, C, h, w]
+    _assert_features_match_info(model, features, size=32, dim=2)
+
+    traced = torch.jit.trace_module(model, {"forward_attention": x}, check_trace=False)
+    for ours, theirs in zip(traced.forward_attention(x), (logits, weights)):
+        torch.testing.assert_close(ours, theirs)
