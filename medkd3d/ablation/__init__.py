@@ -1,0 +1,46 @@
+"""Slice-vs-volume and data-size distillation studies: the grid, the runner, statistics and reports.
+
+``medkd3d ablate`` (:mod:`medkd3d.ablation.cli`) or, from Python::
+
+    from medkd3d.ablation import StudyConfig, run_study
+
+    outcome = run_study(StudyConfig.quick("data/synthetic", "runs/ablation"))
+    print(outcome.reports["summary_md"])
+
+Modules: :mod:`~medkd3d.ablation.grid` (grid, run keys, resumable result files), :mod:`~medkd3d.ablation.runner`
+(teachers, students, evaluation), :mod:`~medkd3d.ablation.stats` (means, bootstrap CIs, KD gains),
+:mod:`~medkd3d.ablation.report` (CSV, Markdown, plots), :mod:`~medkd3d.ablation.aggregation` (per-subject
+predictions of slice models).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> submodule. Attributes load on first access (PEP 562), so ``medkd3d --help`` (which imports
+#: :mod:`medkd3d.ablation.cli`) does not pull in torch and MONAI.
+_EXPORTS: dict[str, str] = {
+    "SliceProbabilityInferer": "aggregation",
+    **dict.fromkeys(["KD_MODES", "ResultStore", "RunSpec", "StudyGrid", "atomic_path", "parse_size"], "grid"),
+    **dict.fromkeys(
+        ["RESULT_COLUMNS", "format_summary", "plot_metric_vs_size", "plot_pareto", "write_report", "write_results_csv"],
+        "report",
+    ),
+    **dict.fromkeys(
+        ["STUDENTS", "StudentSpec", "StudyConfig", "StudyOutcome", "run_study", "training_subset"], "runner"
+    ),
+    **dict.fromkeys(["CellSummary", "KDGain", "bootstrap_ci", "kd_gains", "mean_std", "summarize_cells"], "stats"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

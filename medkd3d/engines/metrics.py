@@ -1,0 +1,248 @@
+"""Classification metrics (accuracy, balanced accuracy, ROC AUC, F1, sensitivity, specificity, per-class
+precision/recall, confusion matrix) as plain functions and as Ignite metrics for MONAI workflows.
+
+Binary tasks (two classes) report sensitivity, specificity, F1 and AUC for the positive class 1 (HGG in
+glioma grading); tasks with more classes report their macro averages over classes. Undefined ratios
+(0/0, e.g. the precision of a class never predicted) are 0 like scikit-learn's ``zero_division=0``; an AUC
+without both positive and negative samples is NaN.
+
+Attach to a MONAI ``SupervisedEvaluator``::
+
+    evaluator = SupervisedEvaluator(
+        device, val_loader, network,
+        key_val_metric={"balanced_accuracy": ClassificationMetric("balanced_accuracy")},
+        additional_metrics={"auc": ClassificationMetric("auc")},
+    )
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
+from monai.handlers import from_engine
+from scipy.stats import rankdata
+
+__all__ = [
+    "METRIC_NAMES",
+    "ClassificationMetric",
+    "ClassificationReport",
+    "classification_metrics",
+    "confusion_matrix",
+    "roc_auc",
+]
+
+logger = logging.getLogger(__name__)
+
+#: MONAI's default ``(y_pred, y)`` output transform: ``pred`` and ``label`` of batch or decollated outputs.
+_PRED_AND_LABEL = from_engine(["pred", "label"])
+
+#: The scalar metrics :func:`classification_metrics` reports (any of them can be a key metric).
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "auc", "f1", "sensitivity", "specificity")
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """``C[i, j]`` = number of samples of true class ``i`` predicted as class ``j`` (int64 ``[K, K]``)."""
+    return np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
+
+
+def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positives``, NaN without both classes.
+
+    Computed as the Mann-Whitney U statistic with average ranks for ties, which equals the trapezoidal area
+    under the ROC curve (a tie between a positive and a negative counts one half).
+    """
+    n_pos = int(positives.sum())
+    n_neg = positives.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Elementwise ``numerator / denominator`` with 0 where the denominator is 0."""
+    return np.divide(numerator, denominator, out=np.zeros(numerator.shape, dtype=float), where=denominator > 0)
+
+
+def classification_metrics(
+    probabilities: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """All classification metrics of a set of predictions.
+
+    Args:
+        probabilities: ``[N, K]`` class probabilities (or any per-class scores; AUC uses them as scores and
+            the predicted class is their argmax), ``K >= 2``.
+        labels: ``[N]`` integer true classes in ``[0, K)``.
+        class_names: ``K`` names for the per-class entries; defaults to ``"0"``, ``"1"``, ...
+
+    Returns:
+        ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present in ``labels``), ``auc``,
+        ``f1``, ``sensitivity``, ``specificity`` (positive class 1 when ``K == 2``, macro averages otherwise),
+        ``precision``/``recall``/``f1_per_class`` (dicts by class name), ``confusion_matrix`` (rows: true class,
+        columns: predicted class, as nested lists), ``class_names`` and ``num_samples``.
+
+    Raises:
+        ValueError: for mismatched shapes or labels outside ``[0, K)``.
+    """
+    probabilities = np.asarray(torch.as_tensor(probabilities, dtype=torch.float64).cpu())
+    labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64).reshape(-1)
+    if probabilities.ndim != 2 or probabilities.shape[1] < 2 or probabilities.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"Classification metrics need [N, num_classes >= 2] probabilities and [N] labels, got shapes "
+            f"{probabilities.shape} and {labels.shape}."
+        )
+    num_classes = probabilities.shape[1]
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"Labels {sorted(set(labels.tolist()))} fall outside the {num_classes} predicted classes.")
+    names = [str(c) for c in range(num_classes)] if class_names is None else [str(c) for c in class_names]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class_names {names} for {num_classes} predicted classes.")
+
+    predictions = probabilities.argmax(axis=1)
+    cm = confusion_matrix(labels, predictions, num_classes)
+    true_per_class = cm.sum(axis=1)
+    predicted_per_class = cm.sum(axis=0)
+    tp = np.diag(cm)
+    recall = _ratio(tp, true_per_class)
+    precision = _ratio(tp, predicted_per_class)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    tn = cm.sum() - true_per_class - predicted_per_class + tp
+    specificity = _ratio(tn, tn + predicted_per_class - tp)
+    auc = [roc_auc(probabilities[:, c], labels == c) for c in range(num_classes)]
+    present = true_per_class > 0
+
+    if num_classes == 2:
+        summary = {"auc": auc[1], "f1": f1[1], "sensitivity": recall[1], "specificity": specificity[1]}
+    else:
+        defined_auc = [a for a in auc if not np.isnan(a)]
+        summary = {
+            "auc": float(np.mean(defined_auc)) if defined_auc else float("nan"),
+            "f1": f1.mean(),
+            "sensitivity": recall.mean(),
+            "specificity": specificity.mean(),
+        }
+    return {
+        "accuracy": float((predictions == labels).mean()) if labels.size else float("nan"),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
+        **{key: float(value) for key, value in summary.items()},
+        "precision": dict(zip(names, precision.tolist())),
+        "recall": dict(zip(names, recall.tolist())),
+        "f1_per_class": dict(zip(names, f1.tolist())),
+        "confusion_matrix": cm.tolist(),
+        "class_names": names,
+        "num_samples": int(labels.size),
+    }
+
+
+def _stack_predictions(y_pred: Any) -> torch.Tensor:
+    """``[B, K]`` from a batch tensor or a decollated list of ``[K]`` tensors."""
+    y_pred = (
+        torch.stack([torch.as_tensor(p) for p in y_pred])
+        if isinstance(y_pred, (list, tuple))
+        else torch.as_tensor(y_pred)
+    )
+    if y_pred.ndim != 2:
+        raise ValueError(
+            f"Classification metrics need predictions of shape [batch, num_classes], got {tuple(y_pred.shape)}."
+        )
+    return y_pred.detach().float()
+
+
+def _stack_labels(y: Any, num_classes: int) -> torch.Tensor:
+    """``[B]`` class indices from class indices (``[B]``, ``[B, 1]``, a list of 0-d tensors) or one-hot ``[B, K]``."""
+    y = torch.stack([torch.as_tensor(v).reshape(-1) for v in y]) if isinstance(y, (list, tuple)) else torch.as_tensor(y)
+    y = y.detach()
+    if y.ndim == 2 and y.shape[1] == num_classes and num_classes > 1:
+        return y.argmax(dim=1)
+    return y.reshape(-1).long()
+
+
+class ClassificationReport(Metric):
+    """Ignite metric collecting the predictions of an epoch; ``compute()`` returns :func:`classification_metrics`.
+
+    Works across processes: predictions are gathered from every rank before computing.
+
+    Args:
+        from_logits: apply softmax to the predictions; set False when post-processing already made probabilities.
+        class_names: names for the per-class entries.
+        output_transform: maps ``engine.state.output`` to ``(y_pred, y)``; the default reads MONAI's ``pred`` and
+            ``label`` from decollated or batch outputs.
+        device: where predictions are accumulated.
+    """
+
+    def __init__(
+        self,
+        from_logits: bool = True,
+        class_names: Sequence[str] | None = None,
+        output_transform: Callable = _PRED_AND_LABEL,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.from_logits = from_logits
+        self.class_names = None if class_names is None else list(class_names)
+        self._predictions: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        super().__init__(output_transform=output_transform, device=device, metrics_result_mode="named")
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._predictions = []
+        self._labels = []
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[Any]) -> None:
+        y_pred = _stack_predictions(output[0])
+        y = _stack_labels(output[1], y_pred.shape[1])
+        if y.shape[0] != y_pred.shape[0]:
+            raise ValueError(f"{y_pred.shape[0]} predictions but {y.shape[0]} labels in a batch.")
+        if self.from_logits:
+            y_pred = torch.softmax(y_pred, dim=1)
+        self._predictions.append(y_pred.to(self._device))
+        self._labels.append(y.to(self._device))
+
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All probabilities ``[N, K]`` and labels ``[N]`` of the epoch, from every process."""
+        import ignite.distributed as idist
+
+        if not self._predictions:
+            from ignite.exceptions import NotComputableError
+
+            raise NotComputableError(f"{type(self).__name__} must see at least one batch before it can be computed.")
+        probabilities, labels = torch.cat(self._predictions), torch.cat(self._labels)
+        if idist.get_world_size() > 1:
+            probabilities, labels = idist.all_gather(probabilities), idist.all_gather(labels)
+        return probabilities, labels
+
+    def compute(self) -> Any:
+        return classification_metrics(*self.gathered(), class_names=self.class_names)
+
+
+class ClassificationMetric(ClassificationReport):
+    """One scalar of :func:`classification_metrics` as an Ignite metric, e.g. a MONAI key metric.
+
+    Args:
+        name: one of :data:`METRIC_NAMES` (``"accuracy"``, ``"balanced_accuracy"``, ``"auc"``, ``"f1"``,
+            ``"sensitivity"``, ``"specificity"``).
+        kwargs: :class:`ClassificationReport` arguments.
+
+    Raises:
+        ValueError: for an unknown metric name.
+    """
+
+    def __init__(self, name: str = "balanced_accuracy", **kwargs: Any) -> None:
+        if name not in METRIC_NAMES:
+            raise ValueError(f"Unknown classification metric {name!r}; choose one of {METRIC_NAMES}.")
+        self.name = name
+        super().__init__(**kwargs)
+
+    def compute(self) -> float:
+        return super().compute()[self.name]

@@ -1,0 +1,81 @@
+"""Export and deployment: TorchScript, ONNX and TensorRT artefacts checked against eager PyTorch, one runtime
+interface over them with the bundles' own preprocessing, and deployment benchmarks.
+
+- export: :func:`export_bundle` (``medkd3d export``), :func:`export_engine_from_onnx` (on-device TensorRT),
+  :func:`export_onnx`, :func:`export_torchscript`, :func:`build_engine` (TensorRT FP32/FP16/INT8),
+  :class:`CalibrationBatches`; :func:`export_bundle_onnx` for ``medkd3d.workflows.EXPORTERS``;
+- parity: :func:`check_parity`, :class:`ParityTolerance`, :class:`ParityReport`, :class:`ParityError`;
+- runtimes: :func:`load_runtime` (TensorRT > ONNX Runtime > TorchScript), :func:`load_predictor`
+  (``medkd3d infer``), :class:`DeploymentConfig` (the bundle configs exported with a model);
+- benchmarks: :mod:`medkd3d.export.bench` (``medkd3d bench``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> submodule; loaded on first access (PEP 562) so ``medkd3d --help`` does not import torch.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["BundleModel", "load_bundle", "load_checkpoint", "tiny_overrides"], "bundle"),
+    **dict.fromkeys(["CONFIG_FILES", "DeploymentConfig"], "deployment"),
+    **dict.fromkeys([
+            "ARTEFACT_NAMES",
+            "FORMATS",
+            "ExportResult",
+            "export_bundle",
+            "export_bundle_onnx",
+            "export_engine_from_onnx",
+            "export_model",
+        ],
+        "exporter",),
+    **dict.fromkeys(
+        [
+            "CalibrationBatches",
+            "NetworkInputRecorder",
+            "load_records",
+            "network_inputs",
+            "preprocess_image",
+            "synthetic_records",
+        ],
+        "inputs",
+    ),
+    **dict.fromkeys(["DEFAULT_OPSET", "export_onnx", "read_onnx_metadata"], "onnx"),
+    **dict.fromkeys(
+        ["PRECISION_TOLERANCES", "ParityError", "ParityReport", "ParityTolerance", "check_parity", "compare_logits"],
+        "parity",
+    ),
+    **dict.fromkeys(
+        [
+            "BACKENDS",
+            "BackendUnavailableError",
+            "OnnxRuntime",
+            "Predictor",
+            "Runtime",
+            "TorchScriptRuntime",
+            "backend_status",
+            "find_artefacts",
+            "load_predictor",
+            "load_runtime",
+            "predictions_csv",
+        ],
+        "runtime",
+    ),
+    **dict.fromkeys(
+        ["TensorRTRuntime", "build_engine", "engine_layer_report", "summarize_layer_precisions", "tensorrt_status"],
+        "tensorrt",
+    ),
+    **dict.fromkeys(["export_torchscript", "read_torchscript_extra_files"], "torchscript"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

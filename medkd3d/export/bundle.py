@@ -1,0 +1,189 @@
+"""Load a bundle's trained network and inference configuration for export.
+
+Reads ``configs/inference.json`` and ``configs/metadata.json`` with :class:`monai.bundle.ConfigParser` (the same
+files ``ckpt_export`` reads), applies the user's overrides, builds ``network_export`` (or ``network_def``
+prepared for export) and loads the checkpoint the way MONAI bundles do (ignite ``Checkpoint.load_objects``,
+weights under ``"model"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medkd3d.export.deployment import DeploymentConfig
+
+__all__ = ["BundleModel", "load_bundle", "load_checkpoint", "tiny_overrides"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BundleModel:
+    """A bundle's network ready for export, and the configuration deployed with it.
+
+    Args:
+        root: bundle directory.
+        network: the eval-mode CPU network with trained weights, prepared for export.
+        deployment: metadata and inference config (its ``export_info`` is completed by the exporter).
+        parser: the bundle's parsed inference config (to resolve e.g. ``dataset_dir``).
+        checkpoint: the loaded checkpoint, ``None`` for random weights.
+    """
+
+    root: Path
+    network: nn.Module
+    deployment: DeploymentConfig
+    parser: Any
+    checkpoint: Path | None
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def dataset_dir(self) -> Path | None:
+        """The bundle's ``dataset_dir`` when the config defines it and it exists."""
+        if "dataset_dir" not in self.parser:
+            return None
+        try:
+            path = Path(str(self.parser.get_parsed_content("dataset_dir")))
+        except Exception:  # an expression that cannot be evaluated here means "no default data"
+            return None
+        return path if path.is_dir() else None
+
+
+def load_checkpoint(network: nn.Module, path: str | os.PathLike, key: str = "model") -> nn.Module:
+    """Load bundle weights strictly, as the bundles' ``CheckpointLoader`` and ``ckpt_export`` do.
+
+    Args:
+        network: the network built from the bundle config.
+        path: checkpoint file (``{"model": state_dict, ...}`` or a bare state dict).
+        key: entry holding the weights in a checkpoint dictionary.
+
+    Returns:
+        ``network`` with the weights.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        RuntimeError: naming the file when the weights do not fit the network.
+    """
+    from ignite.handlers import Checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} not found; train the bundle first or pass --checkpoint PATH.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, Mapping) and key not in checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        checkpoint = {key: checkpoint}  # a bare state dict
+    try:
+        Checkpoint.load_objects(to_load={key: network}, checkpoint=checkpoint)
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        raise RuntimeError(
+            f"Checkpoint {path} does not fit the bundle's network ({error}). Pass the same --override values the "
+            "model was trained with (e.g. spatial_size, network_def#...)."
+        ) from error
+    return network
+
+
+def load_bundle(
+    bundle_root: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    config: str = "inference.json",
+    random_weights: bool = False,
+) -> BundleModel:
+    """Build a bundle's network with trained weights and its deployment configuration.
+
+    Args:
+        bundle_root: the bundle directory (with ``configs/``).
+        checkpoint: weights to load; the config's ``ckpt_path`` (``models/model.pt``) by default.
+        overrides: config ids and values, e.g. ``{"spatial_size": [64, 64, 64]}``, as the model was trained.
+        config: the inference config file in ``configs/``.
+        random_weights: keep the random initial weights when no checkpoint is given and the default one does not
+            exist (benchmarks: speed does not depend on the weights).
+
+    Returns:
+        The loaded bundle model.
+
+    Raises:
+        FileNotFoundError: if the bundle's configs or the checkpoint are missing.
+    """
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle_root).resolve()
+    configs = root / "configs"
+    for name in (config, "metadata.json"):
+        if not (configs / name).is_file():
+            raise FileNotFoundError(f"{configs / name} not found; --bundle must be a bundle directory such as bundles/brats_student_effnet3d.")
+    overrides = dict(overrides or {})
+    parser = ConfigParser()
+    parser.read_config(str(configs / config))
+    parser.read_meta(str(configs / "metadata.json"))
+    parser.update({"bundle_root": str(root), **overrides})
+
+    # The deployed config keeps references, but not this machine's bundle location.
+    inference = copy.deepcopy(parser.get())
+    metadata = inference.pop("_meta_", {})
+    inference.pop("bundle_root", None)
+    deployment = DeploymentConfig(metadata=metadata, inference=inference, source=str(configs / config))
+
+    network_id = "network_export" if "network_export" in parser else "network_def"
+    network = parser.get_parsed_content(network_id, instantiate=True)
+    prepare = getattr(network, "prepare_for_export", None)
+    if callable(prepare):
+        prepare()
+
+    if checkpoint is None and "ckpt_path" in parser:
+        checkpoint = parser.get_parsed_content("ckpt_path")
+    checkpoint = Path(checkpoint if checkpoint is not None else root / "models" / "model.pt")
+    if checkpoint.is_file() or not random_weights:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(
+                f"Checkpoint {checkpoint} of bundle {root.name} not found: train it first "
+                f"(python -m monai.bundle run --config_file {configs / 'train.json'}) or pass --checkpoint PATH."
+            )
+        load_checkpoint(network, checkpoint)
+        used: Path | None = checkpoint
+    else:
+        logger.warning("Bundle %s: no checkpoint at %s, keeping random weights.", root.name, checkpoint)
+        used = None
+    deployment.export_info.update(
+        {"bundle": root.name, "checkpoint": str(used) if used else None, "overrides": overrides, "config": config}
+    )
+    return BundleModel(root=root, network=network.cpu().eval(), deployment=deployment, parser=parser, checkpoint=used)
+
+
+def tiny_overrides(bundle_root: str | os.PathLike, spatial: int = 32) -> dict[str, Any]:
+    """Config overrides that make a bundle's network tiny (the registry's ``tiny_kwargs``), for tests and smoke runs.
+
+    Args:
+        bundle_root: a bundle whose ``network_def`` builds a registered model (``_target_`` ``create_model``).
+        spatial: edge of the cubic ``spatial_size``.
+
+    Returns:
+        ``{"spatial_size": [...], "network_def#<arg>": value, ...}``.
+
+    Raises:
+        ValueError: if the bundle's network is not built from the registry.
+    """
+    from monai.bundle import ConfigParser
+
+    from medkd3d.networks import get_model_entry
+
+    network_def = ConfigParser.load_config_file(str(Path(bundle_root) / "configs" / "inference.json"))["network_def"]
+    if not str(network_def.get("_target_", "")).endswith("create_model"):
+        raise ValueError(f"{bundle_root}: network_def is not built by medkd3d.networks.create_model; no tiny configuration.")
+    entry = get_model_entry(network_def["name"])
+    overrides: dict[str, Any] = {"spatial_size": [spatial] * 3}
+    for key, value in entry.tiny_kwargs.items():
+        if key == "img_size":  # follows spatial_size in the bundles
+            continue
+        overrides[f"network_def#{key}"] = list(value) if isinstance(value, tuple) else value
+    return overrides

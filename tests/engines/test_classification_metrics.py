@@ -1,0 +1,119 @@
+"""Classification metrics against scikit-learn on fixed arrays, as MONAI key metrics, and written to disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedEvaluator
+from sklearn import metrics as skm
+from torch import nn
+
+from medkd3d.engines import ClassificationMetric, classification_metrics, evaluate_classifier, write_metrics
+
+# Binary: ties between positives and negatives in the scores (AUC counts them one half), one of each error kind.
+BINARY_LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+BINARY_P1 = np.array([0.1, 0.4, 0.6, 0.4, 0.8, 0.4, 0.9, 0.7, 0.3, 0.6])
+
+MULTI_LABELS = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2])
+MULTI_PROBS = np.array(
+    [
+        [0.7, 0.2, 0.1], [0.3, 0.4, 0.3], [0.5, 0.1, 0.4], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1],
+        [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.3, 0.3, 0.4], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8], [0.4, 0.1, 0.5],
+    ]
+)  # fmt: skip
+
+
+def test_binary_metrics_match_sklearn():
+    probs = np.stack([1 - BINARY_P1, BINARY_P1], axis=1)
+    pred = probs.argmax(axis=1)
+    m = classification_metrics(probs, BINARY_LABELS, class_names=["LGG", "HGG"])
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(BINARY_LABELS, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(BINARY_LABELS, pred))
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(BINARY_LABELS, BINARY_P1))
+    assert m["f1"] == pytest.approx(skm.f1_score(BINARY_LABELS, pred))
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(BINARY_LABELS, pred, pos_label=1))
+    assert m["specificity"] == pytest.approx(skm.recall_score(BINARY_LABELS, pred, pos_label=0))
+    assert m["confusion_matrix"] == skm.confusion_matrix(BINARY_LABELS, pred).tolist()
+    assert m["precision"]["HGG"] == pytest.approx(skm.precision_score(BINARY_LABELS, pred))
+    assert m["recall"]["LGG"] == pytest.approx(m["specificity"])
+    # by hand: 3 of 4 LGG and 4 of 6 HGG right (0.6 -> HGG, 0.4 -> LGG)
+    assert m["confusion_matrix"] == [[3, 1], [2, 4]] and m["balanced_accuracy"] == pytest.approx((3 / 4 + 4 / 6) / 2)
+
+
+def test_multiclass_macro_metrics_match_sklearn():
+    pred = MULTI_PROBS.argmax(axis=1)
+    m = classification_metrics(MULTI_PROBS, MULTI_LABELS)
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(MULTI_LABELS, pred))
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(MULTI_LABELS, MULTI_PROBS, multi_class="ovr", average="macro"))
+    assert m["f1"] == pytest.approx(skm.f1_score(MULTI_LABELS, pred, average="macro"))
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(MULTI_LABELS, pred, average="macro"))
+    specificity = np.mean([skm.recall_score(MULTI_LABELS != c, pred != c) for c in range(3)])
+    assert m["specificity"] == pytest.approx(specificity)
+    precision = skm.precision_score(MULTI_LABELS, pred, average=None, zero_division=0)
+    assert list(m["precision"].values()) == pytest.approx(precision.tolist())
+    assert m["num_samples"] == 12
+
+
+def test_undefined_values_and_bad_input():
+    m = classification_metrics(np.array([[0.9, 0.1], [0.8, 0.2]]), np.array([0, 0]))
+    assert math.isnan(m["auc"]) and m["f1"] == 0.0 and m["precision"]["1"] == 0.0
+    assert m["balanced_accuracy"] == 1.0  # only classes present in the labels count
+    with pytest.raises(ValueError, match="outside the 2 predicted classes"):
+        classification_metrics(np.array([[0.9, 0.1]]), np.array([2]))
+    with pytest.raises(ValueError, match="shapes"):
+        classification_metrics(np.array([0.9, 0.1]), np.array([0, 1]))
+
+
+class FixedLogits(nn.Module):
+    """Returns the logits stored for each sample (its image is the sample's index)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", torch.as_tensor(logits, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.logits[x[:, 0].long()]
+
+
+def _index_loader(labels):
+    items = [{"image": torch.tensor([float(i)]), "label": torch.tensor(int(y))} for i, y in enumerate(labels)]
+    return DataLoader(Dataset(items), batch_size=3)
+
+
+def test_key_metric_of_a_monai_evaluator_and_evaluate_classifier(tmp_path):
+    logits = np.log(np.stack([1 - BINARY_P1, BINARY_P1], axis=1))  # softmax(log p) == p
+    network, loader = FixedLogits(logits), _index_loader(BINARY_LABELS)
+    evaluator = SupervisedEvaluator(
+        "cpu", loader, network,
+        key_val_metric={"balanced_accuracy": ClassificationMetric("balanced_accuracy")},
+        additional_metrics={"auc": ClassificationMetric("auc")},
+    )  # fmt: skip
+    evaluator.run()
+    assert evaluator.state.metrics["balanced_accuracy"] == pytest.approx((3 / 4 + 4 / 6) / 2)
+    assert evaluator.state.metrics["auc"] == pytest.approx(skm.roc_auc_score(BINARY_LABELS, BINARY_P1))
+    assert evaluator.state.best_metric == pytest.approx(evaluator.state.metrics["balanced_accuracy"])
+
+    report = evaluate_classifier(network, loader, "cpu", class_names=["LGG", "HGG"])
+    assert report["auc"] == pytest.approx(evaluator.state.metrics["auc"])
+    assert report["confusion_matrix"] == [[3, 1], [2, 4]]
+
+    json_path, csv_path = write_metrics(report, tmp_path / "reports", "student_test")
+    assert json.loads(json_path.read_text())["precision"]["HGG"] == pytest.approx(4 / 5)
+    rows = dict(csv.reader(csv_path.open()))
+    assert rows["metric"] == "value" and float(rows["balanced_accuracy"]) == pytest.approx(report["balanced_accuracy"])
+    assert rows["confusion_matrix/LGG/HGG"] == "1" and float(rows["recall/HGG"]) == pytest.approx(4 / 6)
+    assert sorted(p.name for p in json_path.parent.iterdir()) == ["student_test.csv", "student_test.json"]
+
+
+def test_nan_is_written_as_null(tmp_path):
+    json_path, csv_path = write_metrics({"auc": float("nan"), "accuracy": 1.0}, tmp_path, "one_class")
+    assert json.loads(json_path.read_text()) == {"auc": None, "accuracy": 1.0}
+    assert "auc," in csv_path.read_text()
+    with pytest.raises(ValueError, match="plain file stem"):
+        write_metrics({}, tmp_path, "a/b")
