@@ -22,7 +22,7 @@ from typing import Any
 #: :mod:`medkd3d.ablation.cli`) does not pull in torch and MONAI.
 _EXPORTS: dict[str, str] = {
     "SliceProbabilityInferer": "aggregation",
-    **dict.fromkeys(["KD_MODES", "ResultStore", "RunSpec", "StudyGrid", "atomic_path", "parse_size"], "grid"),
+    **dict.fromkeys(["KD_MODES", "ResultStore", "RunSpec", "StudyGrid", "parse_size"], "grid"),
     **dict.fromkeys(
         ["RESULT_COLUMNS", "format_summary", "plot_metric_vs_size", "plot_pareto", "write_report", "write_results_csv"],
         "report",

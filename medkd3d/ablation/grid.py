@@ -16,19 +16,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from medkd3d.utils import atomic_path
 
 __all__ = [
     "KD_MODES",
     "ResultStore",
     "RunSpec",
     "StudyGrid",
-    "atomic_path",
     "parse_size",
     "read_json",
     "size_sort_key",
@@ -142,31 +141,6 @@ class StudyGrid:
 
     def __len__(self) -> int:
         return len(self.students) * len(self.kd_modes) * len(self.sizes) * len(self.seeds) * self.folds
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write to; on success it is renamed to ``path``.
-
-    Readers never see a half-written file under ``path``, and a failure (exception or kill) leaves any previous
-    version intact; the temporary file is removed on an exception.
-
-    Args:
-        path: the destination; its folder is created when missing.
-
-    Yields:
-        The temporary path (in the same folder, so ``os.replace`` is an atomic rename).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:

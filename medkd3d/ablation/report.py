@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from medkd3d.ablation.grid import atomic_path, size_sort_key
+from medkd3d.ablation.grid import size_sort_key
 from medkd3d.ablation.stats import kd_gains, summarize_cells
+from medkd3d.utils import atomic_path
 
 __all__ = [
     "EXTRA_COLUMNS",

@@ -426,24 +426,6 @@ def _transforms(layout: str, num_slices: int, config: StudyConfig, train: bool, 
     return slice_stack_transforms(spatial, num_slices, num_stacks=stacks, train=train, keep_volume=keep_volume)
 
 
-def _collate(batch: list[dict[str, Any]]) -> Any:
-    """MONAI's ``list_data_collate``, after giving each key one tensor type across the batch.
-
-    MONAI's ``PersistentDataset`` stores items as ``MetaTensor`` but returns a freshly computed item as it is, so
-    a label (a plain tensor) comes back as a ``MetaTensor`` once cached. Runs of a study share subjects, so a
-    batch can mix cached and fresh items, which ``list_data_collate`` rejects; such keys become plain tensors.
-    """
-    from monai.data import MetaTensor, list_data_collate
-
-    for key in batch[0]:
-        kinds = {isinstance(item.get(key), MetaTensor) for item in batch}
-        if kinds == {True, False}:
-            for item in batch:
-                if isinstance(item[key], MetaTensor):
-                    item[key] = item[key].as_tensor()
-    return list_data_collate(batch)
-
-
 def _loader(records: Sequence[Mapping[str, Any]], transform: Any, config: StudyConfig, train: bool) -> Any:
     from monai.data import DataLoader
 
@@ -457,7 +439,6 @@ def _loader(records: Sequence[Mapping[str, Any]], transform: Any, config: StudyC
     batch_size = max(1, min(config.batch_size, len(dataset))) if train else config.batch_size
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=config.num_workers,
-        collate_fn=_collate,
     )  # fmt: skip
 
 

@@ -27,11 +27,25 @@ from typing import Any
 import numpy as np
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
+from monai.utils import convert_to_tensor
 
 __all__ = ["CACHE_MODES", "build_dataset", "estimate_cache_bytes"]
 
 #: ``"none"``: plain ``Dataset``; ``"memory"``: ``CacheDataset``; ``"disk"``: ``PersistentDataset``.
 CACHE_MODES = ("none", "memory", "disk")
+
+
+class _ConsistentPersistentDataset(PersistentDataset):
+    """``PersistentDataset`` whose freshly computed items have the tensor types of the cached ones.
+
+    MONAI converts an item to ``MetaTensor``s when it writes the cache file but returns the freshly computed item
+    unconverted, so a plain-tensor label comes back as a ``MetaTensor`` from the second epoch on. A batch mixing
+    both kinds (a subject cached by an earlier run or epoch next to a new one) is refused by ``list_data_collate``.
+    """
+
+    def _cachecheck(self, item_transformed: Any) -> Any:
+        item = super()._cachecheck(item_transformed)
+        return convert_to_tensor(item, convert_numeric=False, track_meta=self.track_meta)
 
 
 def estimate_cache_bytes(
@@ -88,7 +102,7 @@ def build_dataset(
         # weights_only=False: the cached items are MetaTensors with NIfTI metadata, which torch's restricted
         # unpickler rejects (MONAI would then treat every file as corrupt and recompute it each epoch). The
         # files are written by this process into the user's own cache_dir.
-        return PersistentDataset(
+        return _ConsistentPersistentDataset(
             records, transform, cache_dir=cache_dir, hash_transform=pickle_hashing, track_meta=True,
             weights_only=False,
         )

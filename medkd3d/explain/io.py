@@ -11,7 +11,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,22 +18,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "save_map_nifti", "save_overlay_png", "write_json"]
+from medkd3d.utils import atomic_write_bytes
 
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it to ``path`` (parents are created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+__all__ = ["save_map_nifti", "save_overlay_png", "write_json"]
 
 
 def _json_safe(value: Any) -> Any:

@@ -80,3 +80,17 @@ def test_cache_memory_estimate_for_brats() -> None:
     assert estimate_cache_bytes(335, (128, 128, 128)) == 335 * 4 * 128**3 * 4
     assert estimate_cache_bytes(335, (128, 128, 128)) / 1e9 == pytest.approx(11.24, abs=0.01)
     assert estimate_cache_bytes(335, (240, 240, 155)) / 1e9 == pytest.approx(47.85, abs=0.01)
+
+
+def test_disk_cache_items_keep_their_tensor_types_between_writing_and_reading(
+    records: list[dict], tmp_path: Path
+) -> None:
+    """A batch may mix a subject read from the cache with one computed just now: both must collate."""
+    from monai.data import list_data_collate
+
+    dataset = build_dataset(records[:2], volume_transforms(SIZE), cache="disk", cache_dir=tmp_path / "cache")
+    fresh = dataset[0]  # computed and written now
+    cached = dataset[0]  # read back from the file
+    assert {k: type(v) for k, v in fresh.items()} == {k: type(v) for k, v in cached.items()}
+    batch = list_data_collate([cached, dataset[1]])  # dataset[1] is computed fresh
+    assert batch["label"].shape == (2,)

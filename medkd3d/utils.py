@@ -1,0 +1,56 @@
+"""Small helpers shared by every subpackage (the bottom layer: imports nothing of medkd3d)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; on success it is renamed to ``path``.
+
+    Readers never see a half-written file under ``path``, and a failure (exception or kill) leaves any previous
+    version intact; the temporary file is removed on an exception.
+
+    Args:
+        path: the destination; its folder is created when missing.
+
+    Yields:
+        The temporary path (in the same folder, so ``os.replace`` is an atomic rename).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then rename it to ``path`` (see :func:`atomic_path`).
+
+    Args:
+        path: destination file; its parent folder is created when missing.
+        data: the complete file content.
+
+    Returns:
+        The destination path.
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) atomically; see :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
