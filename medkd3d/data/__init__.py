@@ -1,6 +1,6 @@
 """BraTS discovery, validation, splits, transform pipelines, datasets and the synthetic BraTS generator."""
 
-# --- discovery, validation, synthetic data (DATA-A) ---
+# --- discovery, validation, synthetic data ---
 # (``name as name`` marks an explicit re-export, so this section needs no shared ``__all__``)
 from medkd3d.data.discovery import DISCOVERY_LAYOUTS as DISCOVERY_LAYOUTS
 from medkd3d.data.discovery import GRADE_CLASS_NAMES as GRADE_CLASS_NAMES
@@ -18,7 +18,7 @@ from medkd3d.data.validation import DataValidationError as DataValidationError
 from medkd3d.data.validation import assert_data_valid as assert_data_valid
 from medkd3d.data.validation import check_data as check_data
 
-# --- transforms, splits, datasets (DATA-B) ---
+# --- splits (light); transforms, pipelines and datasets load on first use (below) ---
 # isort: split
 from medkd3d.data.splits import load_splits as load_splits
 from medkd3d.data.splits import make_splits as make_splits

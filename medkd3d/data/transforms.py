@@ -13,8 +13,9 @@ Two transforms pick the slice centres:
   tumour. Because it is randomizable, MONAI's ``CacheDataset``/``PersistentDataset`` cache the preprocessed
   volume before it and draw new slices every epoch.
 
-Both emit ``"slice_index"`` (the centre as a fraction in ``[0, 1]`` of the volume's depth along the slicing
-axis) and, when ``volume_key`` is set, keep the 3D volume the slices came from (the input of a 3D teacher in
+Both emit ``"slice_index"`` (the centre slice ``c`` as the fraction ``(c + 0.5) / depth`` of the volume's extent
+along the slicing axis: the same fraction points at the same anatomy in a feature map of any stride, which is how
+:class:`medkd3d.losses.VolumeToSliceFeatureLoss` reads it) and, when ``volume_key`` is set, keep the 3D volume the slices came from (the input of a 3D teacher in
 volume-to-slice distillation).
 """
 
@@ -203,7 +204,7 @@ class _SliceStackBase(MapTransform):
             d[self.volume_key] = volume
         for key in self.key_iterator(d):
             d[key] = self._stack(d[key], centres)
-        fraction = torch.tensor(centres, dtype=torch.float32) / max(depth - 1, 1)
+        fraction = (torch.tensor(centres, dtype=torch.float32) + 0.5) / depth
         d[self.slice_index_key] = fraction[0] if self.num_stacks is None else fraction
         return d
 

@@ -57,8 +57,8 @@ class SoftTargetCache:
     def __init__(self, logits: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> None:
         if not logits:
             raise ValueError("A SoftTargetCache needs the logits of at least one subject.")
-        entries = {
-            str(subject): torch.as_tensor(value, dtype=torch.float32).detach().cpu()
+        entries = {  # plain tensors: a MetaTensor would not load with torch.load(weights_only=True)
+            str(subject): torch.as_tensor(value, dtype=torch.float32).detach().cpu().as_subclass(torch.Tensor)
             for subject, value in logits.items()
         }
         entries = {subject: value.unsqueeze(0) if value.ndim == 1 else value for subject, value in entries.items()}

@@ -64,7 +64,7 @@ def with_num_stacks(transform: SliceStackd, num_stacks: int | None) -> SliceStac
 
 
 def slice_centres(slice_index: torch.Tensor | float | Sequence[float], depth: int) -> list[int]:
-    """Slice numbers from the ``"slice_index"`` fractions ``c / (depth - 1)`` that the slice transforms emit.
+    """Slice numbers from the ``"slice_index"`` fractions ``(c + 0.5) / depth`` that the slice transforms emit.
 
     Args:
         slice_index: a fraction or a sequence of fractions in ``[0, 1]``.
@@ -74,7 +74,7 @@ def slice_centres(slice_index: torch.Tensor | float | Sequence[float], depth: in
         The centre slice indices.
     """
     fractions = torch.as_tensor(slice_index, dtype=torch.float64).reshape(-1)
-    return [round(float(f) * max(depth - 1, 1)) for f in fractions]
+    return [min(max(int(float(f) * depth), 0), depth - 1) for f in fractions]
 
 
 def place_slice_maps(

@@ -7,7 +7,9 @@ tensor and ``components`` a ``dict[str, Tensor]`` of the named *weighted* terms,
   :class:`TokenDistillationLoss` (two-head students pass ``(cls_logits, dist_logits)``), :class:`DKDLoss`,
   :class:`DISTLoss` and :class:`MultiTeacherKDLoss` (``teacher_logits`` is a sequence, one tensor per teacher).
 - Feature-level losses are called as ``loss(student_features, teacher_features, **batch_kwargs)``:
-  :class:`FeatureKDLoss` (HDKD's direct stage-wise MSE).
+  :class:`FeatureKDLoss` (HDKD's direct stage-wise MSE), :class:`CrossArchitectureKDLoss` (partially-cross-attention
+  and group-wise linear projectors, optional adversarial multi-view term) and :class:`VolumeToSliceFeatureLoss`
+  (3D teacher features at the 2.5D student's slice positions, needs ``slice_index``).
 - The supervised term of every loss is a replaceable ``ce_loss=`` module, so class-weighted cross-entropy
   (:func:`class_weights_from_labels`) and :class:`FocalLoss` drop in for imbalanced grades.
 
@@ -15,51 +17,41 @@ Losses are orthogonal and combine as a weighted sum; e.g. HDKD is ``TokenDistill
 plus ``FeatureKDLoss()`` (lambda=10, beta=1), summed by the ``DistillationTrainer``.
 """
 
+from .cross_arch import AdversarialFeatureLoss, CrossArchitectureKDLoss
 from .dist import DISTLoss, pearson_distance
 from .dkd import DKDLoss, decoupled_kl_terms
 from .feature import FeatureKDLoss
 from .imbalance import FocalLoss, class_weights_from_counts, class_weights_from_labels
 from .kd import KDLoss, kl_divergence
 from .multi_teacher import MultiTeacherKDLoss
+from .projectors import (
+    FeatureDiscriminator,
+    GradientReversal,
+    GroupWiseLinearProjector,
+    PartiallyCrossAttentionProjector,
+)
 from .token import TokenDistillationLoss
-
-# --- LOSS-B: cross-architecture and volume-to-slice losses (cross_arch.py, volume_to_slice.py) -------------------
-# isort: split
-# (explicit "X as X" re-exports: the names reach ``__all__`` through ``_LOSS_B_NAMES``, which linters cannot follow)
-from .cross_arch import AdversarialFeatureLoss as AdversarialFeatureLoss
-from .cross_arch import CrossArchitectureKDLoss as CrossArchitectureKDLoss
-from .projectors import FeatureDiscriminator as FeatureDiscriminator
-from .projectors import GradientReversal as GradientReversal
-from .projectors import GroupWiseLinearProjector as GroupWiseLinearProjector
-from .projectors import PartiallyCrossAttentionProjector as PartiallyCrossAttentionProjector
-from .volume_to_slice import VolumeToSliceFeatureLoss as VolumeToSliceFeatureLoss
-from .volume_to_slice import VolumeToSliceKDLoss as VolumeToSliceKDLoss
-
-_LOSS_B_NAMES = [
-    "AdversarialFeatureLoss",
-    "CrossArchitectureKDLoss",
-    "FeatureDiscriminator",
-    "GradientReversal",
-    "GroupWiseLinearProjector",
-    "PartiallyCrossAttentionProjector",
-    "VolumeToSliceFeatureLoss",
-    "VolumeToSliceKDLoss",
-]
-# --- end LOSS-B ---------------------------------------------------------------------------------------------------
+from .volume_to_slice import VolumeToSliceFeatureLoss, VolumeToSliceKDLoss
 
 __all__ = [
+    "AdversarialFeatureLoss",
+    "CrossArchitectureKDLoss",
     "DISTLoss",
     "DKDLoss",
+    "FeatureDiscriminator",
     "FeatureKDLoss",
     "FocalLoss",
+    "GradientReversal",
+    "GroupWiseLinearProjector",
     "KDLoss",
     "MultiTeacherKDLoss",
+    "PartiallyCrossAttentionProjector",
     "TokenDistillationLoss",
+    "VolumeToSliceFeatureLoss",
+    "VolumeToSliceKDLoss",
     "class_weights_from_counts",
     "class_weights_from_labels",
     "decoupled_kl_terms",
     "kl_divergence",
     "pearson_distance",
-    # LOSS-B names go here.
-    *_LOSS_B_NAMES,
 ]

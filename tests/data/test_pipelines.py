@@ -109,7 +109,7 @@ def test_slice_stack_pipeline_takes_adjacent_slices_of_the_volume(records: list[
     assert image.shape == (12, 32, 32) and image.dtype == torch.float32
     assert volume.shape == (4, *SIZE)
     torch.testing.assert_close(volume, volume_transforms(SIZE)(records[3])["image"])
-    centre = round(out["slice_index"].item() * 31)
+    centre = int(out["slice_index"].item() * 32)
     for m in range(4):
         for k in range(3):
             torch.testing.assert_close(image[m * 3 + k], volume[m, :, :, centre - 1 + k])
@@ -123,7 +123,7 @@ def test_augmented_slices_and_kept_volume_stay_consistent(records: list[dict]) -
     for _ in range(2):
         out = transform(records[3])
         for stack, fraction in zip(out["image"], out["slice_index"]):
-            centre = round(fraction.item() * 31)
+            centre = int(fraction.item() * 32)
             window = out["volume"][:, :, :, centre - 1 : centre + 2]  # [4, X, Y, 3]
             torch.testing.assert_close(stack, window.movedim(-1, 1).flatten(0, 1))  # modality-major
 
@@ -144,7 +144,7 @@ def test_tumour_sampling_picks_slices_with_tumour(records: list[dict]) -> None:
     tumour_slices = set(torch.nonzero(seg.any(0).any(0)).flatten().tolist())
     transform = slice_stack_transforms(SIZE, num_slices=1, sampling="tumour")
     transform.set_random_state(0)
-    centres = {round(transform(record)["slice_index"].item() * 31) for _ in range(6)}
+    centres = {int(transform(record)["slice_index"].item() * 32) for _ in range(6)}
     assert centres <= tumour_slices and len(tumour_slices) < 32
     unsegmented = transform({**record, "seg": None})  # falls back to brain slices
     assert unsegmented["image"].shape == (4, 32, 32) and "seg" not in unsegmented

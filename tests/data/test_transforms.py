@@ -65,7 +65,7 @@ def test_slice_stackd_foreground_centre_and_channel_values() -> None:
     expected = torch.tensor([100 * m + (9 + k) + 1 for m in range(4) for k in range(3)], dtype=torch.float32)
     torch.testing.assert_close(image[:, 0, 0], expected)
     assert out["slice_index"].dtype == torch.float32 and out["slice_index"].ndim == 0
-    assert out["slice_index"].item() == pytest.approx(10 / 19)
+    assert out["slice_index"].item() == pytest.approx((10 + 0.5) / 20)  # slice centre over the extent
     assert out["subject"] == "s1" and "volume" not in out
 
 
@@ -74,7 +74,7 @@ def test_slice_stackd_multi_stack_is_evenly_spaced_over_the_brain() -> None:
     assert out["image"].shape == (5, 4, 6, 7)
     centres = out["image"][:, 0, 0, 0] - 1  # channel 0 holds z + 1
     assert centres.tolist() == [6, 8, 10, 12, 14]  # middles of 5 bins of width 2 over slices 5..14
-    torch.testing.assert_close(out["slice_index"], centres / 19)
+    torch.testing.assert_close(out["slice_index"], (centres + 0.5) / 20)
 
 
 def test_slice_stackd_even_ignores_the_foreground_and_largest_area_finds_the_widest_slice() -> None:
@@ -99,7 +99,7 @@ def test_slice_stackd_keeps_volume_and_metadata() -> None:
 def test_window_is_clamped_inside_the_volume() -> None:
     volume = coded_volume(shape=(4, 4, 10), brain=(0, 0))  # brain only in the first slice
     out = SliceStackd("image", num_slices=3, sampling="foreground")({"image": volume})
-    assert out["slice_index"].item() == pytest.approx(1 / 9)  # centre 0 moved to 1 so slices 0..2 exist
+    assert out["slice_index"].item() == pytest.approx(1.5 / 10)  # centre 0 moved to 1 so slices 0..2 exist
 
 
 def test_slice_stackd_rejects_bad_input() -> None:
@@ -130,7 +130,7 @@ def test_rand_slice_stackd_falls_back_to_brain_without_seg_or_tumour() -> None:
     transform = RandSliceStackd("image", num_slices=1, sampling="tumour").set_random_state(0)
     no_seg = {k: v for k, v in tumour_record().items() if k != "seg"}
     empty = tumour_record(tumour_slices=())
-    centres = {round(transform(r)["slice_index"].item() * 19) for r in [no_seg, empty] * 30}
+    centres = {int(transform(r)["slice_index"].item() * 20) for r in [no_seg, empty] * 30}
     assert centres <= set(range(5, 15)) and len(centres) > 3
 
 
