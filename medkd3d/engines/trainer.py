@@ -71,10 +71,12 @@ def _teacher_index(teacher: Any, name_or_index: int | str) -> int:
     return list(teacher).index(name_or_index)
 
 
-def _split_loss(output: Any, prefix: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _split_loss(output: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(total, {"loss_<name>": term})`` from a medkd3d loss's ``(total, components)`` or a bare scalar."""
     total, components = output if isinstance(output, tuple) else (output, {})
-    return total, {name if name.startswith(LOSS_PREFIX) else prefix + name: term for name, term in components.items()}
+    return total, {
+        name if name.startswith(LOSS_PREFIX) else LOSS_PREFIX + name: term for name, term in components.items()
+    }
 
 
 def _plain(x: Any) -> Any:
@@ -394,10 +396,10 @@ class DistillationTrainer(SupervisedTrainer):
             student_logits, pred, student_features = self._student_forward(engine, inputs, args, kwargs)
             engine.state.output[Keys.PRED] = pred
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            total, components = _split_loss(engine.loss_function(student_logits, teacher_logits, targets), LOSS_PREFIX)
+            total, components = _split_loss(engine.loss_function(student_logits, teacher_logits, targets))
             if self.feature_loss is not None:
                 feature_total, feature_components = _split_loss(
-                    self.feature_loss(student_features, teacher_features, **feature_kwargs), LOSS_PREFIX
+                    self.feature_loss(student_features, teacher_features, **feature_kwargs)
                 )
                 clash = sorted(set(components) & set(feature_components))
                 if clash:
@@ -410,7 +412,9 @@ class DistillationTrainer(SupervisedTrainer):
 
         should_zero_grad, should_step = self._accumulation_flags(engine)
         acc = engine.accumulation_steps
-        engine.network.train()
+        for module in (engine.network, engine.loss_function, self.feature_loss):
+            if isinstance(module, nn.Module):  # loss modules too: some behave differently in training mode
+                module.train()
         if should_zero_grad:
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         # between optimizer steps DDP need not all-reduce: gradients accumulate locally and sync on the step

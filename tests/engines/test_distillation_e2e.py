@@ -1,5 +1,11 @@
 """End to end on synthetic BraTS: train a teacher, save and strictly reload it, cache its soft targets, distil a
-smaller student with KDLoss, and evaluate both on held-out subjects with the same code."""
+smaller student with KDLoss, and evaluate both on held-out subjects with the same code.
+
+Teacher and student are small convolutional networks with global max pooling: the synthetic high grades show as
+the brightest (enhancing) voxels, which such networks pick up within seconds on 36 subjects. (The zoo's VGG3D and
+HDKD models at test width learn the same task unreliably in this budget: their BatchNorm statistics over a 1-2
+voxel deepest stage make eval-mode predictions swing between seeds.)
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from ignite.engine import Engine
 from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
 from monai.handlers import CheckpointSaver
+from torch import nn
 
 from medkd3d.data import build_dataset, discover_brats, generate_synthetic_brats, train_val_test_split
 from medkd3d.data.pipelines import volume_transforms
@@ -23,7 +30,6 @@ from medkd3d.engines import (
     write_metrics,
 )
 from medkd3d.losses import KDLoss
-from medkd3d.networks import create_model
 
 SIZE = (24, 24, 24)
 EPOCHS = 20
@@ -38,13 +44,28 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _teacher():
-    return create_model("vgg11_3d", width_multiplier=1 / 16, head_hidden_dim=None)
+class MaxPoolCNN(nn.Module):
+    """``convs`` 3x3x3 convolutions with ReLU, global max pooling and a linear classifier."""
+
+    def __init__(self, width: int, convs: int, in_channels: int = 4, num_classes: int = 2) -> None:
+        super().__init__()
+        layers = []
+        for i in range(convs):
+            layers += [nn.Conv3d(in_channels if i == 0 else width, width, 3, padding=1), nn.ReLU()]
+        self.features = nn.Sequential(*layers, nn.AdaptiveMaxPool3d(1), nn.Flatten())
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _teacher() -> nn.Module:
+    return MaxPoolCNN(width=16, convs=2)
 
 
 @pytest.mark.slow
 def test_distilled_student_beats_chance_on_held_out_subjects(tmp_path, one_thread):
-    root = generate_synthetic_brats(tmp_path / "brats", n_hgg=24, n_lgg=24, shape=(32, 32, 24), seed=0)
+    root = generate_synthetic_brats(tmp_path / "brats", n_hgg=24, n_lgg=24, shape=(32, 32, 24), seed=1)
     records = discover_brats(root)["training"]
     split = train_val_test_split(records, val_fraction=0.0, test_fraction=0.25, seed=0)
     # no random augmentation: the teacher's soft targets are computed once and cached per subject
@@ -70,8 +91,8 @@ def test_distilled_student_beats_chance_on_held_out_subjects(tmp_path, one_threa
 
     cache_path = tmp_path / "soft_targets.pt"
     precompute_soft_targets(teacher, DataLoader(train_ds, batch_size=12), path=cache_path, progress=False)
-    student = create_model("vgg11_3d", width_multiplier=1 / 32, head_hidden_dim=None)
-    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters()) / 3
+    student = MaxPoolCNN(width=8, convs=1)
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters()) / 5
     trainer = DistillationTrainer(
         "cpu", EPOCHS, train_loader, student, teacher, torch.optim.Adam(student.parameters(), 3e-3),
         KDLoss(alpha=0.5, temperature=2.0), soft_target_cache=cache_path, decollate=False,
@@ -85,5 +106,5 @@ def test_distilled_student_beats_chance_on_held_out_subjects(tmp_path, one_threa
         write_metrics(metrics, tmp_path / "reports", name)
     student_metrics = json.loads((tmp_path / "reports" / "student.json").read_text())
     assert student_metrics["num_samples"] == 12
-    assert student_metrics["balanced_accuracy"] >= 0.7, results  # chance is 0.5
-    assert student_metrics["auc"] >= 0.7, results
+    assert student_metrics["balanced_accuracy"] >= 0.75, results  # chance is 0.5
+    assert student_metrics["auc"] >= 0.8, results
