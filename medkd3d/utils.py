@@ -11,12 +11,19 @@ from pathlib import Path
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
 
 
+def _current_umask() -> int:
+    umask = os.umask(0)  # reading the umask means setting it; restore it at once
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; on success it is renamed to ``path``.
 
     Readers never see a half-written file under ``path``, and a failure (exception or kill) leaves any previous
-    version intact; the temporary file is removed on an exception.
+    version intact; the temporary file is removed on an exception. The file gets the permissions of a plain
+    ``open(path, "w")`` (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``.
 
     Args:
         path: the destination; its folder is created when missing.
@@ -30,6 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
