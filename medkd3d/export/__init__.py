@@ -19,7 +19,8 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["BundleModel", "load_bundle", "load_checkpoint", "tiny_overrides"], "bundle"),
     **dict.fromkeys(["CONFIG_FILES", "DeploymentConfig"], "deployment"),
-    **dict.fromkeys([
+    **dict.fromkeys(
+        [
             "ARTEFACT_NAMES",
             "FORMATS",
             "ExportResult",
@@ -28,7 +29,8 @@ _EXPORTS: dict[str, str] = {
             "export_engine_from_onnx",
             "export_model",
         ],
-        "exporter",),
+        "exporter",
+    ),
     **dict.fromkeys(
         [
             "CalibrationBatches",

@@ -164,6 +164,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         if backend == "tensorrt":
             call = runtime.run_tensor  # CUDA tensors in and out, like eager on the GPU
         else:
+
             def call(x: torch.Tensor) -> Any:
                 return runtime(x.cpu().numpy())
 
@@ -261,9 +262,12 @@ def _bundle_rows(
     artefacts = {r: out / name for r, name in _ARTEFACT_OF.items()}
     for runtime in runtimes:
         if runtime.startswith("tensorrt"):
-            artefacts[runtime] = _benchmark_engine(out, runtime.split("-")[1], subject_batch, settings["batch"], data, bundle)
+            artefacts[runtime] = _benchmark_engine(
+                out, runtime.split("-")[1], subject_batch, settings["batch"], data, bundle
+            )
     params = count_parameters(bundle.network)
     gflops = count_gflops(bundle.network, input_shape)
+    teacher = teacher_of(bundle_root) or ""
     rows = []
     for runtime in runtimes:
         spec = {
@@ -282,7 +286,7 @@ def _bundle_rows(
             {
                 "bundle": bundle.name,
                 "model": str(bundle.deployment.inference.get("network_def", {}).get("name", "")),
-                "teacher": teacher_of(bundle_root) or "",
+                "teacher": teacher,
                 "runtime": runtime,
                 "device": settings["device"],
                 "input_shape": "x".join(map(str, input_shape)),
@@ -294,7 +298,9 @@ def _bundle_rows(
                 **measured,
             }
         )
-        logger.info("%s", {k: v for k, v in rows[-1].items() if k in ("bundle", "runtime", "latency_median_ms", "error")})
+        logger.info(
+            "%s", {k: v for k, v in rows[-1].items() if k in ("bundle", "runtime", "latency_median_ms", "error")}
+        )
     return rows
 
 
@@ -307,7 +313,9 @@ def _benchmark_engine(out: Path, precision: str, opt_batch: int, batch: int, dat
     if precision == "int8":
         records = load_records(data) if data else synthetic_records(out / "calibration-subjects")
         d = bundle.deployment
-        calibration = CalibrationBatches(records, d.build_preprocessing(), d.build_inferer(), len(d.class_names), opt_batch)
+        calibration = CalibrationBatches(
+            records, d.build_preprocessing(), d.build_inferer(), len(d.class_names), opt_batch
+        )
     build_engine(out / "model.onnx", engine, precision=precision, opt_batch=opt_batch, max_batch=max(opt_batch, batch),
                  calibration=calibration, calibration_cache=out / f"calibration_{precision}.cache")  # fmt: skip
     return engine
@@ -396,7 +404,13 @@ def write_results(
             lines.append(f"| {row['bundle']} | {row['runtime']} | failed: {row['error']} |")
         else:
             lines.append("| " + " | ".join(_cell(row, key, fmt) for key, _, fmt in columns) + " |")
-    lines += ["", "## Ratios (same run)", "", "| bundle | runtime | ratio | per input | per subject |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Ratios (same run)",
+        "",
+        "| bundle | runtime | ratio | per input | per subject |",
+        "|---|---|---|---|---|",
+    ]
     for r in ratios:
         lines.append(
             f"| {r['bundle']} | {r['runtime']} | {r['ratio']} | {_cell(r, 'per_input', '{:.2f}')} | "
@@ -429,12 +443,18 @@ def check_targets(rows: Sequence[dict[str, Any]]) -> list[str]:
     """One markdown line per applicable target of the issue: measured value and MET / MISSED."""
     lines = []
     for bundle, runtime, ratio, field, comparison, threshold, description in _TARGETS:
-        match = [r for r in compute_ratios(rows) if r["bundle"] == bundle and r["runtime"] == runtime and r["ratio"].startswith(ratio)]
+        match = [
+            r
+            for r in compute_ratios(rows)
+            if r["bundle"] == bundle and r["runtime"] == runtime and r["ratio"].startswith(ratio)
+        ]
         if not match or match[0][field] is None:
             continue
         value = match[0][field]
         met = value <= threshold if comparison == "<=" else value >= threshold
-        lines.append(f"- {description}: measured {value:.2f} ({comparison} {threshold:.2f}) - {'MET' if met else 'MISSED'}")
+        lines.append(
+            f"- {description}: measured {value:.2f} ({comparison} {threshold:.2f}) - {'MET' if met else 'MISSED'}"
+        )
     return lines
 
 
@@ -495,19 +515,34 @@ def run_benchmark(
             rows += _bundle_rows(Path(bundle_root), runtimes, Path(scratch), settings, overrides, data)
     if hasattr(os, "getloadavg"):
         machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    md, csv_path = write_results(rows, machine, out_dir, stem or f"deploy_{device.split(':')[0]}", settings, check_targets(rows))
+    md, csv_path = write_results(
+        rows, machine, out_dir, stem or f"deploy_{device.split(':')[0]}", settings, check_targets(rows)
+    )
     return rows, md, csv_path
 
 
 # ---------------------------------------------------------------------------------------------------- command
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``medkd3d bench`` and ``benchmarks/bench_deploy.py``."""
-    parser.add_argument("--bundles", nargs="+", default=None, metavar="DIR",
-                        help="bundle directories (default: every bundle under ./bundles)")  # fmt: skip
-    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES, metavar="RUNTIME",
-                        help=f"runtimes to measure, from {', '.join(RUNTIMES)} (unavailable ones are skipped)")  # fmt: skip
+    parser.add_argument(
+        "--bundles",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="bundle directories (default: every bundle under ./bundles)",
+    )
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=list(RUNTIMES),
+        choices=RUNTIMES,
+        metavar="RUNTIME",
+        help=f"runtimes to measure, from {', '.join(RUNTIMES)} (unavailable ones are skipped)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--size", default="default", choices=("default", "tiny"), help="input size (default: the bundles')")
+    parser.add_argument(
+        "--size", default="default", choices=("default", "tiny"), help="input size (default: the bundles')"
+    )
     parser.add_argument("--batch", type=int, default=4, help="batch size of the throughput measurement (default: 4)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--min-repeats", type=int, default=5)

@@ -80,7 +80,11 @@ def load_checkpoint(network: nn.Module, path: str | os.PathLike, key: str = "mod
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} not found; train the bundle first or pass --checkpoint PATH.")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(checkpoint, Mapping) and key not in checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+    if (
+        isinstance(checkpoint, Mapping)
+        and key not in checkpoint
+        and all(torch.is_tensor(v) for v in checkpoint.values())
+    ):
         checkpoint = {key: checkpoint}  # a bare state dict
     try:
         Checkpoint.load_objects(to_load={key: network}, checkpoint=checkpoint)
@@ -121,7 +125,9 @@ def load_bundle(
     configs = root / "configs"
     for name in (config, "metadata.json"):
         if not (configs / name).is_file():
-            raise FileNotFoundError(f"{configs / name} not found; --bundle must be a bundle directory such as bundles/brats_student_effnet3d.")
+            raise FileNotFoundError(
+                f"{configs / name} not found; --bundle must be a bundle directory such as bundles/brats_student_effnet3d."
+            )
     overrides = dict(overrides or {})
     parser = ConfigParser()
     parser.read_config(str(configs / config))
@@ -179,7 +185,9 @@ def tiny_overrides(bundle_root: str | os.PathLike, spatial: int = 32) -> dict[st
 
     network_def = ConfigParser.load_config_file(str(Path(bundle_root) / "configs" / "inference.json"))["network_def"]
     if not str(network_def.get("_target_", "")).endswith("create_model"):
-        raise ValueError(f"{bundle_root}: network_def is not built by medkd3d.networks.create_model; no tiny configuration.")
+        raise ValueError(
+            f"{bundle_root}: network_def is not built by medkd3d.networks.create_model; no tiny configuration."
+        )
     entry = get_model_entry(network_def["name"])
     overrides: dict[str, Any] = {"spatial_size": [spatial] * 3}
     for key, value in entry.tiny_kwargs.items():

@@ -55,24 +55,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--bundle", help="bundle directory, e.g. bundles/brats_student_effnet3d")
     source.add_argument("--onnx", help="build a TensorRT engine from this exported model.onnx alone (on the device)")
     export.add_argument("--checkpoint", default=None, help="trained weights (default: the bundle's models/model.pt)")
-    export.add_argument("--formats", nargs="+", default=None, choices=("torchscript", "onnx", "tensorrt"),
-                        help="formats (default: torchscript onnx; tensorrt with --onnx)")  # fmt: skip
-    export.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"), help="TensorRT engine precision (default: fp16)")
+    export.add_argument(
+        "--formats",
+        nargs="+",
+        default=None,
+        choices=("torchscript", "onnx", "tensorrt"),
+        help="formats (default: torchscript onnx; tensorrt with --onnx)",
+    )
+    export.add_argument(
+        "--precision",
+        default="fp16",
+        choices=("fp32", "fp16", "int8"),
+        help="TensorRT engine precision (default: fp16)",
+    )
     export.add_argument("--calib-data", default=None, help="INT8 calibration datalist JSON or dataset folder")
     export.add_argument("--calib-batches", type=int, default=None, help="use at most this many calibration batches")
-    export.add_argument("--data", default=None,
-                        help="datalist or dataset folder for the parity check (default: --calib-data, else the "
-                        "bundle's dataset_dir, else generated synthetic subjects)")  # fmt: skip
+    export.add_argument(
+        "--data",
+        default=None,
+        help="datalist or dataset folder for the parity check (default: --calib-data, else the "
+        "bundle's dataset_dir, else generated synthetic subjects)",
+    )
     export.add_argument("--parity-subjects", type=int, default=2, help="real subjects in the parity check (default: 2)")
-    export.add_argument("--atol", type=float, default=None, help="allowed |logit difference| (plus rtol x the largest |logit|; default: per precision)")
-    export.add_argument("--min-agreement", type=float, default=None, help="min class agreement (default: per precision)")
+    export.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="allowed |logit difference| (plus rtol x the largest |logit|; default: per precision)",
+    )
+    export.add_argument(
+        "--min-agreement", type=float, default=None, help="min class agreement (default: per precision)"
+    )
     export.add_argument("--max-batch", type=int, default=8, help="largest batch of the TensorRT profile (default: 8)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
-    export.add_argument("--legacy-onnx-exporter", action="store_true",
-                        help="use PyTorch's TorchScript-based ONNX exporter instead of torch.export")  # fmt: skip
-    export.add_argument("--override", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
-                        help="bundle config override the model was trained with, e.g. spatial_size=[64,64,64] "
-                        "(repeatable)")  # fmt: skip
+    export.add_argument(
+        "--legacy-onnx-exporter",
+        action="store_true",
+        help="use PyTorch's TorchScript-based ONNX exporter instead of torch.export",
+    )
+    export.add_argument(
+        "--override",
+        action="append",
+        type=parse_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="bundle config override the model was trained with, e.g. spatial_size=[64,64,64] (repeatable)",
+    )
     export.add_argument("--out", required=True, help="output directory (one per bundle)")
     export.set_defaults(func=_export)
 
@@ -85,10 +113,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     infer.add_argument("--model", required=True, help="model.onnx, model.engine, model.ts or an export directory")
     infer.add_argument("--input", required=True, help="dataset folder (BraTS layout) or datalist JSON")
     infer.add_argument("--out", required=True, help="predictions CSV")
-    infer.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torchscript"),
-                       help="runtime (default auto: TensorRT > ONNX Runtime > TorchScript)")  # fmt: skip
+    infer.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "tensorrt", "onnxruntime", "torchscript"),
+        help="runtime (default auto: TensorRT > ONNX Runtime > TorchScript)",
+    )
     infer.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    infer.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: one per core)")
+    infer.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: one per core)"
+    )
     infer.set_defaults(func=_infer)
 
     bench = subparsers.add_parser(

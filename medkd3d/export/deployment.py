@@ -75,7 +75,9 @@ class DeploymentConfig:
             KeyError: if the export facts lack it.
         """
         if "input_shape" not in self.export_info:
-            raise KeyError(f"{self.source}: export.json has no 'input_shape'; re-export the model with `medkd3d export`.")
+            raise KeyError(
+                f"{self.source}: export.json has no 'input_shape'; re-export the model with `medkd3d export`."
+            )
         return tuple(int(s) for s in self.export_info["input_shape"])
 
     @property
@@ -172,7 +174,11 @@ class DeploymentConfig:
             ValueError: if one is missing or not JSON.
         """
         directory = Path(directory)
-        files = {name: (directory / name).read_text(encoding="utf-8") for name in CONFIG_FILES if (directory / name).is_file()}
+        files = {
+            name: (directory / name).read_text(encoding="utf-8")
+            for name in CONFIG_FILES
+            if (directory / name).is_file()
+        }
         return cls.from_json_files(files, source=str(directory))
 
     @classmethod
@@ -194,7 +200,11 @@ class DeploymentConfig:
         from medkd3d.export.onnx import read_onnx_metadata
         from medkd3d.export.torchscript import read_torchscript_extra_files
 
-        readers = {".onnx": read_onnx_metadata, ".ts": read_torchscript_extra_files, ".pt": read_torchscript_extra_files}
+        readers = {
+            ".onnx": read_onnx_metadata,
+            ".ts": read_torchscript_extra_files,
+            ".pt": read_torchscript_extra_files,
+        }
         reader = readers.get(path.suffix)
         if reader is None:
             raise ValueError(

@@ -104,7 +104,9 @@ def _real_records(
             return records, f"real inputs: {len(records)} subjects from the bundle's dataset_dir {dataset_dir}"
         except (OSError, ValueError) as error:
             logger.warning("Cannot read the bundle's dataset_dir %s (%s).", dataset_dir, error)
-    logger.warning("No data for the parity check (pass --data datalist.json): checking on 2 generated synthetic subjects.")
+    logger.warning(
+        "No data for the parity check (pass --data datalist.json): checking on 2 generated synthetic subjects."
+    )
     return synthetic_records(scratch), "real inputs: 2 generated synthetic BraTS subjects (no --data given)"
 
 
@@ -357,7 +359,9 @@ def _write_layer_report(engine: Path, precision: str, batch: int) -> list[Path]:
 
     report = engine_layer_report(engine, precision, batch=batch)
     path = write_text_atomic(engine.with_name(f"{engine.name}.layers.json"), json.dumps(report, indent=2))
-    logger.info("TensorRT %s layer precisions: %s. %s", precision, report["compute_layer_counts"], " ".join(report["notes"]))
+    logger.info(
+        "TensorRT %s layer precisions: %s. %s", precision, report["compute_layer_counts"], " ".join(report["notes"])
+    )
     return [path]
 
 

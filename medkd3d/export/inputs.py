@@ -51,11 +51,15 @@ def load_records(source: str | os.PathLike) -> list[dict[str, Any]]:
     datalist = discover_brats(source) if source.is_dir() else load_datalist(source)
     records = [*datalist.get("training", []), *datalist.get("testing", [])]
     if not records:
-        raise ValueError(f"{source} holds no subject; check the path (`medkd3d check-data {source}` lists the problems).")
+        raise ValueError(
+            f"{source} holds no subject; check the path (`medkd3d check-data {source}` lists the problems)."
+        )
     return records
 
 
-def synthetic_records(directory: str | os.PathLike, shape: Sequence[int] = (64, 64, 48), seed: int = 0) -> list[dict[str, Any]]:
+def synthetic_records(
+    directory: str | os.PathLike, shape: Sequence[int] = (64, 64, 48), seed: int = 0
+) -> list[dict[str, Any]]:
     """Two synthetic subjects (one HGG, one LGG) for parity checks when no real data is at hand.
 
     Args:
@@ -162,7 +166,9 @@ class CalibrationBatches:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if not records:
-            raise ValueError("INT8 calibration needs at least one subject; pass --calib-data with a non-empty datalist.")
+            raise ValueError(
+                "INT8 calibration needs at least one subject; pass --calib-data with a non-empty datalist."
+            )
         self.records = list(records)
         self.preprocessing = preprocessing
         self.inferer = inferer
@@ -207,4 +213,6 @@ class CalibrationBatches:
                 f"of {self.batch_size}; add subjects to the calibration datalist or lower the batch size."
             )
         if pending:
-            logger.info("Calibration: dropped the last %d inputs (an incomplete batch of %d).", len(pending), self.batch_size)
+            logger.info(
+                "Calibration: dropped the last %d inputs (an incomplete batch of %d).", len(pending), self.batch_size
+            )

@@ -77,7 +77,9 @@ def export_onnx(
     if opset < MIN_OPSET:
         raise ValueError(f"ONNX export needs opset >= {MIN_OPSET} (got {opset}); pass --opset {DEFAULT_OPSET}.")
     if example_input.shape[0] < 2:
-        raise ValueError(f"The example input needs a batch of at least 2 to export a dynamic batch axis, got {tuple(example_input.shape)}.")
+        raise ValueError(
+            f"The example input needs a batch of at least 2 to export a dynamic batch axis, got {tuple(example_input.shape)}."
+        )
     path = Path(path)
     names = {"input_names": [deployment.input_name], "output_names": [deployment.output_name]}
     with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers("onnxscript", "onnx_ir"):

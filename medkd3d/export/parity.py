@@ -225,7 +225,9 @@ def check_parity(
     Returns:
         The report; the caller decides what a failure does.
     """
-    report = ParityReport(artefact=artefact, backend=backend, precision=precision, tolerance=tolerance, notes=list(notes))
+    report = ParityReport(
+        artefact=artefact, backend=backend, precision=precision, tolerance=tolerance, notes=list(notes)
+    )
     for name, batches in input_groups.items():
         if not batches:
             continue

@@ -193,8 +193,9 @@ class TorchScriptRuntime(Runtime):
 
     def __init__(self, path: str | os.PathLike, device: str = "auto") -> None:
         super().__init__(path, device)
-        self.torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                         ("cpu" if device == "auto" else device))  # fmt: skip
+        self.torch_device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        )
         with warnings.catch_warnings():  # torch.jit is deprecated upstream; medkd3d keeps it for MONAI's model.ts
             warnings.simplefilter("ignore", FutureWarning)
             self.module = torch.jit.load(str(path), map_location=self.torch_device).eval()
@@ -232,7 +233,9 @@ def find_artefacts(path: str | os.PathLike) -> dict[str, Path]:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; pass an exported model file or the `medkd3d export --out` directory.")
+        raise FileNotFoundError(
+            f"{path} does not exist; pass an exported model file or the `medkd3d export --out` directory."
+        )
     found: dict[str, Path] = {}
     if path.is_file():
         backend = _backend_of(path)

@@ -167,7 +167,9 @@ def build_engine(
         raise ValueError(f"Need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}.")
     cache_exists = calibration_cache is not None and Path(calibration_cache).is_file()
     if precision == "int8" and calibration is None and not cache_exists:
-        raise ValueError("INT8 needs calibration data: pass --calib-data datalist.json (or an existing calibration cache).")
+        raise ValueError(
+            "INT8 needs calibration data: pass --calib-data datalist.json (or an existing calibration cache)."
+        )
 
     trt_logger = _logger()
     builder = trt.Builder(trt_logger)
@@ -259,7 +261,9 @@ def summarize_layer_precisions(engine_information: Mapping[str, Any], precision:
         tensors = list(layer.get("Inputs") or []) or list(layer.get("Outputs") or [])
         layer_prec = layer_precision(str(tensors[0].get("Format/Datatype", ""))) if tensors else "unknown"
         groups = int(layer.get("Groups", 1) or 1)
-        is_depthwise = layer.get("ParameterType") == "Convolution" and groups > 1 and groups == layer.get("NbOutputMaps")
+        is_depthwise = (
+            layer.get("ParameterType") == "Convolution" and groups > 1 and groups == layer.get("NbOutputMaps")
+        )
         layer_type = str(layer.get("LayerType", "unknown"))
         layers.append(
             {"name": layer.get("Name", ""), "type": layer_type, "precision": layer_prec, "depthwise_conv": is_depthwise}
@@ -306,7 +310,9 @@ class TensorRTRuntime(Runtime):
     def __init__(self, path: str | os.PathLike, device: str = "auto") -> None:
         _require_tensorrt()
         if device == "cpu":
-            raise BackendUnavailableError("TensorRT engines run on NVIDIA GPUs only; use device='cuda' or another backend.")
+            raise BackendUnavailableError(
+                "TensorRT engines run on NVIDIA GPUs only; use device='cuda' or another backend."
+            )
         super().__init__(path, device)
         self.torch_device = torch.device("cuda" if device == "auto" else device)
         torch.cuda.set_device(self.torch_device)

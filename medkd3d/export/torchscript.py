@@ -78,4 +78,6 @@ def read_torchscript_extra_files(path: str | os.PathLike) -> dict[str, str]:
                 if "/extra/" in name
             }
     except zipfile.BadZipFile:
-        raise ValueError(f"{path} is not a TorchScript file (not a zip archive); export it with `medkd3d export`.") from None
+        raise ValueError(
+            f"{path} is not a TorchScript file (not a zip archive); export it with `medkd3d export`."
+        ) from None

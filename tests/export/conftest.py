@@ -42,7 +42,8 @@ class TinyBundle:
     """A bundle with tiny network overrides and a checkpoint whose BatchNorm statistics were fitted on real inputs.
 
     A freshly initialised network has near-constant logits (an EfficientNet's are ~1e-18), which would make a
-    parity check meaningless; a few train-mode passes over preprocessed subjects give it realistic statistics.
+    parity check meaningless; one train-mode pass over preprocessed subjects, with BatchNorm averaging over it
+    (``momentum=None``), gives it realistic statistics.
     """
 
     def __init__(self, name: str, data_root: Path, directory: Path) -> None:

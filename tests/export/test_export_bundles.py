@@ -50,6 +50,7 @@ def test_onnx_graph_has_named_io_dynamic_batch_and_opset(name, exported):
 
 
 @pytest.mark.parametrize("name", ["brats_student_effnet25d", "brats_teacher_vggvit3d"])
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_metadata_round_trip(name, exported, tiny_bundles, tmp_path):
     from monai.bundle import ConfigParser
     from monai.data import load_net_with_metadata
@@ -70,7 +71,9 @@ def test_metadata_round_trip(name, exported, tiny_bundles, tmp_path):
     assert inference["spatial_size"] == tiny_bundles[name].overrides["spatial_size"]  # overrides are kept
 
     # TorchScript: the layout of MONAI's ckpt_export, read back with MONAI's loader
-    _, ts_metadata, extra = load_net_with_metadata(str(results["torchscript"].path), more_extra_files=["inference.json"])
+    _, ts_metadata, extra = load_net_with_metadata(
+        str(results["torchscript"].path), more_extra_files=["inference.json"]
+    )
     assert ts_metadata == metadata
     assert json.loads(extra["inference.json"]) == inference
 
@@ -101,5 +104,7 @@ def test_bundle_tensorrt_config_matches_the_export(bundle_name, exported, tiny_b
     trt_args = parser.get_parsed_content("trt_args")
     assert trt_args["method"] == "onnx"
     low, opt, high = trt_args["dynamic_batchsize"]
-    per_subject = DeploymentConfig.read_directory(exported[bundle_name]["onnx"].path.parent).export_info["inputs_per_subject"]
+    per_subject = DeploymentConfig.read_directory(exported[bundle_name]["onnx"].path.parent).export_info[
+        "inputs_per_subject"
+    ]
     assert low == 1 and opt == high == parser.get_parsed_content("batch_size") * per_subject

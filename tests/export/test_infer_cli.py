@@ -17,7 +17,9 @@ def _read_predictions(path: Path) -> dict[str, dict[str, str]]:
     ("name", "backend", "as_datalist"),
     [("brats_student_effnet25d", "onnxruntime", False), ("brats_student_effnet3d", "torchscript", True)],
 )
-def test_infer_equals_bundle_inference(name, backend, as_datalist, tiny_bundles, exported, synthetic_brats_root, tmp_path, run_cli):
+def test_infer_equals_bundle_inference(
+    name, backend, as_datalist, tiny_bundles, exported, synthetic_brats_root, tmp_path, run_cli
+):
     from medkd3d.data import discover_brats, write_datalist
     from medkd3d.workflows import run_bundle_config
 
@@ -34,7 +36,9 @@ def test_infer_equals_bundle_inference(name, backend, as_datalist, tiny_bundles,
         source = write_datalist(discover_brats(synthetic_brats_root), tmp_path / "datalist.json")
     model = exported[name]["onnx" if backend == "onnxruntime" else "torchscript"].path
     out = tmp_path / "predictions.csv"
-    assert run_cli(["infer", "--model", str(model), "--input", str(source), "--out", str(out), "--backend", backend]) == 0
+    assert (
+        run_cli(["infer", "--model", str(model), "--input", str(source), "--out", str(out), "--backend", backend]) == 0
+    )
     actual = _read_predictions(out)
 
     assert len(actual) == len(expected) == 12
@@ -49,7 +53,9 @@ def test_infer_equals_bundle_inference(name, backend, as_datalist, tiny_bundles,
 
 def test_infer_reports_bad_input(exported, tmp_path, run_cli, capsys):
     model = exported["brats_student_effnet3d"]["onnx"].path
-    code = run_cli(["infer", "--model", str(model), "--input", str(tmp_path / "nothing"), "--out", str(tmp_path / "p.csv")])
+    code = run_cli(
+        ["infer", "--model", str(model), "--input", str(tmp_path / "nothing"), "--out", str(tmp_path / "p.csv")]
+    )
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()

@@ -43,7 +43,9 @@ def test_auto_falls_back_from_an_engine_it_cannot_run(export_dir, caplog):
 @no_tensorrt
 def test_forced_tensorrt_without_it_says_why(export_dir):
     (export_dir / "model.engine").write_bytes(b"engine")
-    with pytest.raises(BackendUnavailableError, match=r"'tensorrt' was requested .* cannot run here: (the tensorrt package|no CUDA)"):
+    with pytest.raises(
+        BackendUnavailableError, match=r"'tensorrt' was requested .* cannot run here: (the tensorrt package|no CUDA)"
+    ):
         load_runtime(export_dir, backend="tensorrt")
     assert not backend_status("tensorrt", "cpu")[0]
 
