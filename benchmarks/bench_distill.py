@@ -13,7 +13,7 @@ CPU time of this process (less sensitive to other processes on a shared machine)
 step by step (each engine runs one-iteration epochs), so load from other processes hits them alike; the
 median step is reported with its ratio to the plain student's. Target: ``kd_cached`` within 1.15x of ``plain``.
 
-Run: ``python benchmarks/bench_distill.py`` (about a minute on 2 idle CPU cores; ``--help`` for sizes).
+Run: ``python benchmarks/bench_distill.py`` (about 20 s; ``--help`` for sizes and threads).
 """
 
 from __future__ import annotations
@@ -37,12 +37,16 @@ from medkd3d.networks import create_model
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=32, help="edge of the cubic input volume (default 32)")
+    parser.add_argument("--size", type=int, default=48, help="edge of the cubic input volume (default 48)")
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per trainer, taken in turns")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per trainer, taken in turns")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per trainer")
     parser.add_argument("--student-width", type=float, default=0.5, help="EfficientNet-B0 width multiplier")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads (default 1: with other processes on the cores, OpenMP threads spin-wait "
+        "for each other and steps get many times slower and erratic)",
+    )  # fmt: skip
     return parser.parse_args()
 
 
@@ -125,8 +129,7 @@ def build_trainers(args: argparse.Namespace) -> dict[str, tuple[SupervisedTraine
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     logging.getLogger("ignite").setLevel(logging.WARNING)  # one "run resuming" line per step otherwise
     trainers = build_trainers(args)
     for step in range(args.warmup + args.steps):

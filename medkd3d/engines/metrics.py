@@ -17,12 +17,13 @@ Attach to a MONAI ``SupervisedEvaluator``::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
+from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from monai.handlers import from_engine
@@ -37,7 +38,6 @@ __all__ = [
     "roc_auc",
 ]
 
-logger = logging.getLogger(__name__)
 
 #: MONAI's default ``(y_pred, y)`` output transform: ``pred`` and ``label`` of batch or decollated outputs.
 _PRED_AND_LABEL = from_engine(["pred", "label"])
@@ -211,15 +211,16 @@ class ClassificationReport(Metric):
 
     def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All probabilities ``[N, K]`` and labels ``[N]`` of the epoch, from every process."""
-        import ignite.distributed as idist
-
         if not self._predictions:
-            from ignite.exceptions import NotComputableError
-
             raise NotComputableError(f"{type(self).__name__} must see at least one batch before it can be computed.")
         probabilities, labels = torch.cat(self._predictions), torch.cat(self._labels)
-        if idist.get_world_size() > 1:
-            probabilities, labels = idist.all_gather(probabilities), idist.all_gather(labels)
+        if idist.get_world_size() > 1:  # shards may differ in size (e.g. a sampler that does not pad)
+            counts = idist.all_gather(torch.tensor([labels.shape[0]], device=labels.device)).tolist()
+            num_classes = probabilities.shape[1]
+            probabilities = torch.cat(
+                idist.all_gather_tensors_with_shapes(probabilities, [[n, num_classes] for n in counts])
+            )
+            labels = torch.cat(idist.all_gather_tensors_with_shapes(labels, [[n] for n in counts]))
         return probabilities, labels
 
     def compute(self) -> Any:

@@ -34,6 +34,15 @@ _FORMAT = "medkd3d.soft_targets"
 _VERSION = 1
 
 
+def as_teacher_list(teacher: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module] | None) -> list[nn.Module]:
+    """Teachers as a list: one module, a sequence or ``nn.ModuleList``, or a dict/``nn.ModuleDict`` (in its order)."""
+    if teacher is None:
+        return []
+    if isinstance(teacher, nn.Module) and not isinstance(teacher, (nn.ModuleList, nn.ModuleDict)):
+        return [teacher]
+    return list(teacher.values()) if isinstance(teacher, Mapping | nn.ModuleDict) else list(teacher)
+
+
 def teacher_fingerprint(model: nn.Module) -> str:
     """SHA-256 of a model's state dict (names, dtypes, shapes and values): identifies the weights a cache came from."""
     digest = hashlib.sha256()
@@ -191,7 +200,7 @@ def _flatten(transform: Any, chosen_at_random: bool = False) -> list[tuple[Any, 
 
 def _mentions(transform: Any, key: str) -> bool:
     """Whether ``key`` is among a transform's ``keys`` or any other string attribute (e.g. CopyItemsd ``names``)."""
-    for value in vars(transform).values():
+    for value in getattr(transform, "__dict__", {}).values():
         if isinstance(value, str) and value == key:
             return True
         if isinstance(value, (tuple, list)) and any(isinstance(v, str) and v == key for v in value):
@@ -216,8 +225,11 @@ def find_random_transforms(data: Any, key: str) -> list[str]:
     Returns:
         Descriptions like ``"#3 RandFlipd(keys=('image',))"``; empty when the input is deterministic.
     """
-    dataset = getattr(data, "dataset", data)
-    transforms = _dataset_transforms(dataset) if isinstance(dataset, torch.utils.data.Dataset) else [data]
+    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+    if isinstance(dataset, torch.utils.data.Dataset):
+        transforms = _dataset_transforms(dataset)
+    else:  # a transform chain, or plain items (a list of dicts) with nothing to inspect
+        transforms = [dataset] if callable(dataset) else []
     steps = [leaf for transform in transforms for leaf in _flatten(transform)]
     first_mention = next((i for i, (t, _) in enumerate(steps) if _mentions(t, key)), 0)
     offending = []
@@ -265,7 +277,7 @@ def precompute_soft_targets(
     subject_key: str = "subject",
     amp: bool = False,
     path: str | os.PathLike | None = None,
-    allow_random_transforms: bool = False,
+    allow_random_teacher_input: bool = False,
     progress: bool = True,
 ) -> SoftTargetCache:
     """Run the frozen teacher(s) once over ``data_loader`` and cache their logits per subject.
@@ -282,7 +294,7 @@ def precompute_soft_targets(
         subject_key: batch key of the subject id.
         amp: run the teacher under CUDA autocast (ignored on CPU).
         path: when given, the cache is also saved there (atomically).
-        allow_random_transforms: only warn, instead of raising, when the loader's transforms are random.
+        allow_random_teacher_input: only warn, instead of raising, when the loader's transforms are random.
         progress: show a progress bar.
 
     Returns:
@@ -292,14 +304,8 @@ def precompute_soft_targets(
         ValueError: for random teacher-input transforms, or a subject whose teacher logits differ between samples.
         KeyError: if a batch lacks ``image_key`` or ``subject_key``.
     """
-    teachers = (
-        list(teacher.values())
-        if isinstance(teacher, Mapping)
-        else list(teacher)
-        if isinstance(teacher, Sequence)
-        else [teacher]
-    )
-    check_deterministic_teacher_input(data_loader, image_key, allow_random_transforms)
+    teachers = as_teacher_list(teacher)
+    check_deterministic_teacher_input(data_loader, image_key, allow_random_teacher_input)
     device = torch.device(device)
     use_amp = amp and device.type == "cuda"
     modes = [t.training for t in teachers]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,12 +17,11 @@ from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 from torch.optim import Optimizer
 
-from .soft_targets import SoftTargetCache, check_deterministic_teacher_input, teacher_fingerprint
+from .soft_targets import SoftTargetCache, as_teacher_list, check_deterministic_teacher_input, teacher_fingerprint
 from .taps import FORWARD_FEATURES, FeatureTaps, feature_info_taps, has_two_heads, returning_features, unwrap_model
 
 __all__ = ["LOSS_PREFIX", "DistillationTrainer", "loss_terms"]
 
-logger = logging.getLogger(__name__)
 
 #: ``engine.state.output`` key prefix of every loss component (``"loss_kd"``, ``"loss_ce"``, ``"loss_feat_1"``).
 LOSS_PREFIX = "loss_"
@@ -53,20 +51,13 @@ def loss_terms(output: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[
     }
 
 
-def _as_teacher_list(teacher: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module] | None) -> list[nn.Module]:
-    if teacher is None:
-        return []
-    if isinstance(teacher, nn.Module) and not isinstance(teacher, (nn.ModuleList, nn.ModuleDict)):
-        return [teacher]
-    return list(teacher.values()) if isinstance(teacher, Mapping) else list(teacher)
-
-
 def _teacher_index(teacher: Any, name_or_index: int | str) -> int:
     """Position of the feature teacher among the teachers, from its index or its key in a dict of teachers."""
     if not isinstance(name_or_index, str):
         return int(name_or_index)
-    if not isinstance(teacher, Mapping) or name_or_index not in teacher:
-        names = list(teacher) if isinstance(teacher, Mapping) else "none (teachers are not a dict; use an index)"
+    named = isinstance(teacher, (Mapping, nn.ModuleDict))
+    if not named or name_or_index not in teacher:
+        names = list(teacher) if named else "none (the teachers are not a dict; use an index)"
         raise ValueError(f"feature_teacher={name_or_index!r} names no teacher; teacher names: {names}.")
     return list(teacher).index(name_or_index)
 
@@ -174,7 +165,7 @@ class DistillationTrainer(SupervisedTrainer):
             **kwargs,
         )
         self.teacher = teacher
-        self.teachers = _as_teacher_list(teacher)
+        self.teachers = as_teacher_list(teacher)
         for t in self.teachers:
             t.requires_grad_(False)
             t.eval()

@@ -1,4 +1,5 @@
-"""DistillationTrainer under DistributedDataParallel: 2 CPU processes (gloo) equal one process with the full batch."""
+"""DistillationTrainer under DistributedDataParallel: 2 CPU processes (gloo) equal one process with the full batch,
+and classification metrics gather the predictions of every process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 import textwrap
 
 import torch
+
+from medkd3d.engines import classification_metrics
 
 WORKER = textwrap.dedent(
     """
@@ -21,7 +24,7 @@ WORKER = textwrap.dedent(
     from torch import nn
     from torch.utils.data.distributed import DistributedSampler
 
-    from medkd3d.engines import DistillationTrainer
+    from medkd3d.engines import ClassificationReport, DistillationTrainer
     from medkd3d.losses.kd import KDLoss
 
     EPOCHS, ACCUMULATION, PER_RANK_BATCH, WORLD = 2, 2, 2, 2
@@ -45,6 +48,12 @@ WORKER = textwrap.dedent(
         def forward(self, student_features, teacher_features):
             term = nn.functional.mse_loss(self.projector(student_features[0]), teacher_features[0])
             return term, {"feat": term}
+
+
+    def fixed_predictions():
+        probabilities = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2], [0.2, 0.8],
+                                      [0.6, 0.4], [0.1, 0.9], [0.7, 0.3], [0.45, 0.55], [0.35, 0.65]])
+        return probabilities, torch.tensor([0, 0, 1, 0, 1, 1, 1, 0, 0, 1])
 
 
     def build():
@@ -75,6 +84,12 @@ WORKER = textwrap.dedent(
         sampler = DistributedSampler(dataset, num_replicas=WORLD, rank=rank, shuffle=False)
         loader = DataLoader(dataset, batch_size=PER_RANK_BATCH, sampler=sampler)
         result = train(student, teacher, feature_loss, loader, nn.parallel.DistributedDataParallel(student))
+        # uneven evaluation shards (7 and 3 samples): the metric gathers every prediction before computing
+        report = ClassificationReport(from_logits=False)
+        probabilities, labels = fixed_predictions()
+        shard = slice(0, 7) if rank == 0 else slice(7, 10)
+        report.update((probabilities[shard], labels[shard]))
+        result["report"] = report.compute()
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
 
@@ -90,7 +105,9 @@ WORKER = textwrap.dedent(
         # DistributedSampler(shuffle=False) gives rank r the items r, r + 2, ...: one process with twice the batch
         # sees the same items in each step
         loader = DataLoader(dataset, batch_size=PER_RANK_BATCH * WORLD)
-        torch.save(train(student, teacher, feature_loss, loader, student), os.path.join(out_dir, "single.pt"))
+        result = train(student, teacher, feature_loss, loader, student)
+        result["report_inputs"] = fixed_predictions()
+        torch.save(result, os.path.join(out_dir, "single.pt"))
         while not ranks.join():
             pass
     """
@@ -103,8 +120,10 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
     single, *ranks = (torch.load(tmp_path / f"{name}.pt") for name in ("single", "rank0", "rank1"))
+    expected_report = classification_metrics(*single["report_inputs"])
     for rank in ranks:
         assert rank["hooks"] == 0 and set(rank["student"]) == set(single["student"])
+        assert rank["report"] == expected_report and rank["report"]["num_samples"] == 10
         for part in ("student", "projector"):  # the projector is synchronised by the trainer, not by DDP
             for name, value in single[part].items():
                 torch.testing.assert_close(rank[part][name], value, rtol=1e-4, atol=1e-6, msg=f"{part}.{name}")

@@ -259,3 +259,34 @@ def test_teacher_image_key_and_feature_batch_keys(tiny_net, projected_feature_lo
         teacher_image_key="volume", feature_loss_batch_keys=("slice_index",),
     ).run()  # fmt: skip
     torch.testing.assert_close(feature_loss.seen[-1], torch.full((4,), 0.5, dtype=torch.float64))
+
+
+def test_hdkd_recipe_with_zoo_models(items):
+    """HDKD: token distillation plus stage-wise feature KD between the zoo's HDKD teacher and student."""
+    from medkd3d.engines import feature_info_taps
+    from medkd3d.losses import FeatureKDLoss
+    from medkd3d.networks import create_model, get_model_entry
+
+    entry = get_model_entry("hdkd_teacher3d")
+    teacher = create_model("hdkd_teacher3d", **entry.tiny_kwargs)
+    student = type(create_model("hdkd_student3d", **get_model_entry("hdkd_student3d").tiny_kwargs)).from_teacher(
+        teacher, depths=(1, 1, 1), patch_size=1, embed_dim=16, transformer_depth=1, num_heads=2
+    )
+    x = torch.randn(2, *entry.tiny_input_shape)
+    with torch.no_grad(), feature_info_taps(student) as taps:  # the hooks see what forward_features returns
+        student.eval().forward_heads(x)
+        for tapped, direct in zip(taps.features, student.forward_features(x)):
+            torch.testing.assert_close(tapped, direct)
+
+    data = [{**item, "image": torch.randn(entry.tiny_input_shape)} for item in items(4)]
+    feature_loss = FeatureKDLoss(lambda_feat=10.0, beta=1.0)
+    trainer = DistillationTrainer(
+        "cpu", 1, _loader(data, batch_size=2), student, teacher, torch.optim.Adam(student.parameters(), 1e-3),
+        TokenDistillationLoss(alpha=0.5, temperature=1.0), feature_loss=feature_loss,
+        student_feature_taps="forward_features", teacher_feature_taps="forward_features",
+    )  # fmt: skip
+    trainer.run()
+    terms = loss_terms(trainer.state.output)
+    assert set(terms) == {"loss", "loss_ce", "loss_kd", "loss_feat_1", "loss_feat_2", "loss_feat_3"}
+    assert terms["loss"] == pytest.approx(sum(v for k, v in terms.items() if k != "loss"), rel=1e-5)
+    assert _hook_count(student) == 0

@@ -146,3 +146,24 @@ def test_cached_targets_with_random_teacher_input_are_refused(tiny_net, items, c
 def test_find_random_transforms(transform, key, expected):
     found = find_random_transforms(Dataset([], transform=transform), key)
     assert [f.split(" ")[1].split("(")[0] for f in found] == expected  # "#<position> <name>(keys=...)"
+
+
+def test_multi_teacher_cache_matches_online_multi_teacher_training(tiny_net, items):
+    from medkd3d.losses import MultiTeacherKDLoss
+
+    teachers = torch.nn.ModuleDict({"wide": tiny_net(width=6), "narrow": tiny_net(width=2)})
+    student, data = tiny_net(), items(8)
+    cache = precompute_soft_targets(teachers, _loader(data), progress=False)
+    assert cache.num_teachers == 2
+    trained = {}
+    for mode in ("online", "cached"):
+        model = copy.deepcopy(student)
+        DistillationTrainer(
+            "cpu", 1, _loader(data), model, teachers, torch.optim.SGD(model.parameters(), lr=0.1),
+            MultiTeacherKDLoss(teacher_weights=[0.7, 0.3], alpha=0.5, temperature=2.0),
+            soft_target_cache=cache if mode == "cached" else None,
+        ).run()  # fmt: skip
+        trained[mode] = model.state_dict()
+    assert not torch.equal(trained["online"]["head.weight"], student.state_dict()["head.weight"])
+    for name, value in trained["online"].items():
+        torch.testing.assert_close(trained["cached"][name], value, rtol=1e-5, atol=1e-6)
