@@ -159,12 +159,3 @@ def test_hybrid_masking_the_local_branch_changes_the_prediction() -> None:
         for index in (2, 3, 4, 5):  # the scales MSGFF fuses
             masked = [torch.zeros_like(f) if i == index else f for i, f in enumerate(features)]
             assert not torch.allclose(model.forward_head(masked), reference, atol=1e-5), index
-
-
-def test_hybrid_default_configuration() -> None:
-    model = VGGViT3D()
-    assert model.msgff.fusion == "gated"
-    # At 128^3: VGG stages 2..4 are 16^3, 8^3, 4^3; the ViT map is 8^3; 16^3 is pooled to 8 tokens per axis.
-    assert model.msgff.feature_sizes == [(16, 16, 16), (8, 8, 8), (4, 4, 4), (8, 8, 8)]
-    assert model.msgff.token_counts == [512, 512, 64, 512]
-    assert 20e6 < sum(p.numel() for p in model.parameters()) < 40e6
