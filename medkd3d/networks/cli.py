@@ -9,7 +9,8 @@ configuration and ``tiny_input_shape``). ``--input-shape C X Y Z`` describes a v
   and takes the first spatial axes of the shape - the slice plane of that volume;
 - a model with more spatial axes than the shape keeps its default shape.
 
-The ``input`` column shows what each model actually received.
+The ``input`` column shows what each model actually received. Below the table, each default teacher/student
+pair that was profiled gets a compression line: fewer parameters (%), GFLOPs ratio and latency ratio.
 """
 
 from __future__ import annotations
@@ -21,9 +22,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["derive_input_shape", "profile_registered_model", "register"]
+__all__ = ["COMPRESSION_PAIRS", "compression_summary", "derive_input_shape", "profile_registered_model", "register"]
 
 logger = logging.getLogger(__name__)
+
+#: ``(teacher, student)`` pairs the bundles distill; the multi-slice 2.5D student reads a whole subject.
+COMPRESSION_PAIRS: tuple[tuple[str, str], ...] = (
+    ("vggvit3d", "efficientnet3d_b0"),
+    ("vggvit3d", "efficientnet25d"),
+    ("vggvit3d", "efficientnet25d_multi"),
+    ("hdkd_teacher3d", "hdkd_student3d"),
+)
 
 
 def derive_input_shape(
@@ -119,6 +128,31 @@ def _format_row(row: dict[str, Any]) -> str:
     )
 
 
+def compression_summary(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per :data:`COMPRESSION_PAIRS` entry whose teacher and student are both in ``rows``.
+
+    Args:
+        rows: profiled rows (see :func:`profile_registered_model`) by model name.
+
+    Returns:
+        Lines such as ``efficientnet3d_b0 vs vggvit3d: 97.1% fewer parameters, 242.2x fewer GFLOPs, 14.8x faster``;
+        the latency part is left out when a latency was not measured.
+    """
+    lines = []
+    for teacher_name, student_name in COMPRESSION_PAIRS:
+        teacher, student = rows.get(teacher_name), rows.get(student_name)
+        if teacher is None or student is None:
+            continue
+        line = (
+            f"{student_name} vs {teacher_name}: {100 * (1 - student['params'] / teacher['params']):.1f}% fewer "
+            f"parameters, {teacher['gflops'] / student['gflops']:.1f}x fewer GFLOPs"
+        )
+        if teacher["median_ms"] is not None and student["median_ms"] is not None:
+            line += f", {teacher['median_ms'] / student['median_ms']:.1f}x faster"
+        lines.append(line)
+    return lines
+
+
 def _run_models(args: argparse.Namespace) -> int:
     from medkd3d.networks import list_models
 
@@ -138,7 +172,7 @@ def _run_models(args: argparse.Namespace) -> int:
     )
     print(header)
     print("-" * len(header))
-    failed = 0
+    failed, rows = 0, {}
     for name in names:
         try:
             row = profile_registered_model(
@@ -149,9 +183,14 @@ def _run_models(args: argparse.Namespace) -> int:
             print(f"{name:<24} failed: {type(error).__name__}: {error}")
             failed += 1
             continue
+        rows[name] = row
         print(_format_row(row), flush=True)
     latency_note = f"{args.device} eager, batch 1, {args.repeats} timed runs" if args.repeats else "not measured"
     print(f"\nGFLOPs: convolutions and matmuls of one eval forward (batch 1); latency: {latency_note}.")
+    compression = compression_summary(rows)
+    if compression:
+        print("\nCompression (student vs teacher, at the inputs above):")
+        print("\n".join(f"  {line}" for line in compression))
     return 1 if failed else 0
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medkd3d.networks import create_model, get_model_entry
-from medkd3d.networks.cli import derive_input_shape, profile_registered_model, register
+from medkd3d.networks.cli import compression_summary, derive_input_shape, profile_registered_model, register
 from medkd3d.networks.profile import count_gflops, count_parameters, measure_latency, spatial_rank
 
 
@@ -99,3 +99,26 @@ def test_models_command_explains_bad_requests(capsys) -> None:
     assert "has no spatial size" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_models("--input-shape", "4", "0", "32", "32")
+
+
+def test_compression_summary_by_hand() -> None:
+    rows = {
+        "vggvit3d": {"params": 200, "gflops": 50.0, "median_ms": 30.0},
+        "efficientnet3d_b0": {"params": 5, "gflops": 0.5, "median_ms": 2.0},
+        "hdkd_teacher3d": {"params": 10, "gflops": 6.0, "median_ms": None},
+        "hdkd_student3d": {"params": 8, "gflops": 2.0, "median_ms": None},
+    }
+    assert compression_summary(rows) == [
+        "efficientnet3d_b0 vs vggvit3d: 97.5% fewer parameters, 100.0x fewer GFLOPs, 15.0x faster",
+        "hdkd_student3d vs hdkd_teacher3d: 20.0% fewer parameters, 3.0x fewer GFLOPs",
+    ]
+
+
+def test_models_command_prints_the_compression_of_profiled_pairs(capsys) -> None:
+    assert run_models("--tiny", "--filter", "hdkd_*", "--repeats", "1", "--warmup", "0") == 0
+    out = capsys.readouterr().out
+    teacher = profile_registered_model("hdkd_teacher3d", tiny=True, repeats=0)
+    student = profile_registered_model("hdkd_student3d", tiny=True, repeats=0)
+    reduction = 100 * (1 - student["params"] / teacher["params"])
+    assert f"hdkd_student3d vs hdkd_teacher3d: {reduction:.1f}% fewer parameters" in out
+    assert "efficientnet3d_b0 vs" not in out  # its teacher was filtered out
