@@ -18,7 +18,6 @@ writes, for the subject ``S``, method ``M`` and each model ``B`` (the bundle dir
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -26,23 +25,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+# ``--override ID=VALUE``: the same argparse type as ``medkd3d export`` (its module imports only the stdlib).
+from medkd3d.export.cli import parse_override as _override
+
 __all__ = ["register"]
 
 logger = logging.getLogger(__name__)
 
 #: Modality names of ``--modality``, in datalist channel order.
 MODALITY_CHOICES = ("t1", "t1ce", "t2", "flair")
-
-
-def _override(text: str) -> tuple[str, Any]:
-    """``ID=VALUE`` with VALUE parsed as JSON when it is JSON (``spatial_size=[64,64,64]``), else a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected ID=VALUE (e.g. spatial_size=[64,64,64]), got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,9 +1,12 @@
 """Export and deployment: TorchScript, ONNX and TensorRT artefacts checked against eager PyTorch, one runtime
 interface over them with the bundles' own preprocessing, and deployment benchmarks.
 
-- export: :func:`export_bundle` (``medkd3d export``), :func:`export_engine_from_onnx` (on-device TensorRT),
-  :func:`export_onnx`, :func:`export_torchscript`, :func:`build_engine` (TensorRT FP32/FP16/INT8),
-  :class:`CalibrationBatches`; :func:`export_bundle_onnx` for ``medkd3d.workflows.EXPORTERS``;
+- bundles: :func:`load_bundle` (network with trained weights + deployment configs), :func:`load_bundle_network`,
+  :func:`bundle_parser`, :func:`prepare_for_export` - the one bundle loader, also used by :mod:`medkd3d.workflows`
+  (which this package never imports);
+- export: :func:`export_bundle` (``medkd3d export``), :func:`export_model` (a loaded bundle; ``medkd3d pipeline``),
+  :func:`export_engine_from_onnx` (on-device TensorRT), :func:`export_onnx`, :func:`export_torchscript`,
+  :func:`build_engine` (TensorRT FP32/FP16/INT8), :class:`CalibrationBatches`;
 - parity: :func:`check_parity`, :class:`ParityTolerance`, :class:`ParityReport`, :class:`ParityError`;
 - runtimes: :func:`load_runtime` (TensorRT > ONNX Runtime > TorchScript), :func:`load_predictor`
   (``medkd3d infer``), :class:`DeploymentConfig` (the bundle configs exported with a model);
@@ -17,7 +20,18 @@ from typing import Any
 
 #: Public name -> submodule; loaded on first access (PEP 562) so ``medkd3d --help`` does not import torch.
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(["BundleModel", "load_bundle", "load_checkpoint", "tiny_overrides"], "bundle"),
+    **dict.fromkeys(
+        [
+            "BundleModel",
+            "bundle_parser",
+            "load_bundle",
+            "load_bundle_network",
+            "load_checkpoint",
+            "prepare_for_export",
+            "tiny_overrides",
+        ],
+        "bundle",
+    ),
     **dict.fromkeys(["CONFIG_FILES", "DeploymentConfig"], "deployment"),
     **dict.fromkeys(
         [
@@ -25,7 +39,6 @@ _EXPORTS: dict[str, str] = {
             "FORMATS",
             "ExportResult",
             "export_bundle",
-            "export_bundle_onnx",
             "export_engine_from_onnx",
             "export_model",
         ],

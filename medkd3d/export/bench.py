@@ -382,7 +382,7 @@ def write_results(
     Returns:
         The markdown and CSV paths.
     """
-    from medkd3d.workflows import write_text_atomic
+    from medkd3d.utils import atomic_write_text
 
     ratios = compute_ratios(rows)
     columns = [c for c in _COLUMNS if any(r.get(c[0]) is not None for r in rows)]
@@ -418,7 +418,7 @@ def write_results(
         )
     if targets:
         lines += ["", "## Targets", "", *targets]
-    md = write_text_atomic(Path(out_dir) / f"{stem}.md", "\n".join(lines) + "\n")
+    md = atomic_write_text(Path(out_dir) / f"{stem}.md", "\n".join(lines) + "\n")
 
     buffer = io.StringIO()
     keys = list(dict.fromkeys(k for row in rows for k in row))
@@ -426,7 +426,7 @@ def write_results(
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, **{f"machine_{k}": v for k, v in machine.items()}})
-    return md, write_text_atomic(Path(out_dir) / f"{stem}.csv", buffer.getvalue())
+    return md, atomic_write_text(Path(out_dir) / f"{stem}.csv", buffer.getvalue())
 
 
 #: (student bundle, runtime, ratio name, field, comparison, threshold, description) of the issue's targets.

@@ -1,9 +1,13 @@
-"""Load a bundle's trained network and inference configuration for export.
+"""Load a bundle's trained network and inference configuration: the one bundle loader of medkd3d.
 
 Reads ``configs/inference.json`` and ``configs/metadata.json`` with :class:`monai.bundle.ConfigParser` (the same
 files ``ckpt_export`` reads), applies the user's overrides, builds ``network_export`` (or ``network_def``
 prepared for export) and loads the checkpoint the way MONAI bundles do (ignite ``Checkpoint.load_objects``,
 weights under ``"model"``).
+
+This module sits below :mod:`medkd3d.workflows` (the bundles' glue and ``medkd3d pipeline``), which re-exports
+:func:`prepare_for_export` and :func:`load_bundle_network` for the bundle configs; nothing in
+:mod:`medkd3d.export` imports :mod:`medkd3d.workflows`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ from torch import nn
 
 from medkd3d.export.deployment import DeploymentConfig
 
-__all__ = ["BundleModel", "load_bundle", "load_checkpoint", "tiny_overrides"]
+__all__ = [
+    "BundleModel",
+    "bundle_parser",
+    "load_bundle",
+    "load_bundle_network",
+    "load_checkpoint",
+    "prepare_for_export",
+    "tiny_overrides",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +69,55 @@ class BundleModel:
         except Exception:  # an expression that cannot be evaluated here means "no default data"
             return None
         return path if path.is_dir() else None
+
+
+def prepare_for_export(network: nn.Module) -> nn.Module:
+    """Make a network export-safe (e.g. EfficientNet's plain swish instead of a custom autograd function).
+
+    Bundles use it as ``network_export`` (the network id of ``ckpt_export`` and of ``inference_trt.json``);
+    networks without a ``prepare_for_export`` method are returned unchanged.
+
+    Args:
+        network: a medkd3d network.
+
+    Returns:
+        The same network, modified in place.
+    """
+    prepare = getattr(network, "prepare_for_export", None)
+    if callable(prepare):
+        prepare()
+    return network
+
+
+def bundle_parser(
+    bundle_root: str | os.PathLike, overrides: Mapping[str, Any] | None = None, config: str = "inference.json"
+) -> Any:
+    """A bundle's config and metadata read by :class:`monai.bundle.ConfigParser`, with ``bundle_root`` and overrides.
+
+    Args:
+        bundle_root: the bundle directory (with ``configs/``).
+        overrides: config ids and values, e.g. ``{"spatial_size": [64, 64, 64]}``.
+        config: the config file in ``configs/``.
+
+    Returns:
+        The parser (nothing is instantiated yet).
+
+    Raises:
+        FileNotFoundError: if ``config`` or ``metadata.json`` is missing.
+    """
+    from monai.bundle import ConfigParser
+
+    configs = Path(bundle_root).resolve() / "configs"
+    for name in (config, "metadata.json"):
+        if not (configs / name).is_file():
+            raise FileNotFoundError(
+                f"{configs / name} not found; --bundle must be a bundle directory such as bundles/brats_student_effnet3d."
+            )
+    parser = ConfigParser()
+    parser.read_config(str(configs / config))
+    parser.read_meta(str(configs / "metadata.json"))
+    parser.update({"bundle_root": str(configs.parent), **dict(overrides or {})})
+    return parser
 
 
 def load_checkpoint(network: nn.Module, path: str | os.PathLike, key: str = "model") -> nn.Module:
@@ -102,6 +163,7 @@ def load_bundle(
     overrides: Mapping[str, Any] | None = None,
     config: str = "inference.json",
     random_weights: bool = False,
+    net_id: str | None = None,
 ) -> BundleModel:
     """Build a bundle's network with trained weights and its deployment configuration.
 
@@ -112,27 +174,20 @@ def load_bundle(
         config: the inference config file in ``configs/``.
         random_weights: keep the random initial weights when no checkpoint is given and the default one does not
             exist (benchmarks: speed does not depend on the weights).
+        net_id: config id of the network, built as defined; by default ``network_export`` when the config has
+            it, else ``network_def`` prepared for export.
 
     Returns:
         The loaded bundle model.
 
     Raises:
         FileNotFoundError: if the bundle's configs or the checkpoint are missing.
+        RuntimeError: if the checkpoint does not fit the network.
     """
-    from monai.bundle import ConfigParser
-
     root = Path(bundle_root).resolve()
     configs = root / "configs"
-    for name in (config, "metadata.json"):
-        if not (configs / name).is_file():
-            raise FileNotFoundError(
-                f"{configs / name} not found; --bundle must be a bundle directory such as bundles/brats_student_effnet3d."
-            )
     overrides = dict(overrides or {})
-    parser = ConfigParser()
-    parser.read_config(str(configs / config))
-    parser.read_meta(str(configs / "metadata.json"))
-    parser.update({"bundle_root": str(root), **overrides})
+    parser = bundle_parser(root, overrides, config)
 
     # The deployed config keeps references, but not this machine's bundle location.
     inference = copy.deepcopy(parser.get())
@@ -140,11 +195,12 @@ def load_bundle(
     inference.pop("bundle_root", None)
     deployment = DeploymentConfig(metadata=metadata, inference=inference, source=str(configs / config))
 
-    network_id = "network_export" if "network_export" in parser else "network_def"
-    network = parser.get_parsed_content(network_id, instantiate=True)
-    prepare = getattr(network, "prepare_for_export", None)
-    if callable(prepare):
-        prepare()
+    if net_id is None:
+        network = prepare_for_export(
+            parser.get_parsed_content("network_export" if "network_export" in parser else "network_def")
+        )
+    else:
+        network = parser.get_parsed_content(net_id)
 
     if checkpoint is None and "ckpt_path" in parser:
         checkpoint = parser.get_parsed_content("ckpt_path")
@@ -164,6 +220,32 @@ def load_bundle(
         {"bundle": root.name, "checkpoint": str(used) if used else None, "overrides": overrides, "config": config}
     )
     return BundleModel(root=root, network=network.cpu().eval(), deployment=deployment, parser=parser, checkpoint=used)
+
+
+def load_bundle_network(
+    bundle_root: str | os.PathLike,
+    ckpt_file: str | os.PathLike,
+    overrides: Mapping[str, Any] | None = None,
+    config: str = "inference.json",
+    net_id: str | None = None,
+) -> nn.Module:
+    """A bundle's network with trained weights, on CPU, in eval mode (:func:`load_bundle` without the rest).
+
+    Args:
+        bundle_root: the bundle directory.
+        ckpt_file: checkpoint written by the bundle (weights under ``"model"``, or a bare state dict).
+        overrides: config overrides the model was trained with (e.g. ``spatial_size``, ``network_def#...``).
+        config: config file defining the network.
+        net_id: config id of the network (e.g. ``"network_def"`` as trained); by default the export-safe one.
+
+    Returns:
+        The network with the checkpoint's weights.
+
+    Raises:
+        FileNotFoundError: if the configs or the checkpoint are missing.
+        RuntimeError: if the checkpoint does not fit the network.
+    """
+    return load_bundle(bundle_root, checkpoint=ckpt_file, overrides=overrides, config=config, net_id=net_id).network
 
 
 def tiny_overrides(bundle_root: str | os.PathLike, spatial: int = 32) -> dict[str, Any]:

@@ -27,14 +27,16 @@ PARITY_FAILED = 1
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with a JSON value (``spatial_size=[64,64,64]``), or a plain string when it is not JSON.
+    """Argparse type of the bundle config overrides of ``export``, ``explain`` (``--override``, ``--teacher-override``).
+
+    ``KEY=VALUE`` with a JSON value (``spatial_size=[64,64,64]``), or a plain string when it is not JSON.
 
     Raises:
-        argparse.ArgumentTypeError: without ``=``.
+        argparse.ArgumentTypeError: without ``=`` or without a key.
     """
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--override expects KEY=VALUE (e.g. spatial_size=[64,64,64]), got {text!r}.")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. spatial_size=[64,64,64]), got {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -173,7 +175,7 @@ def _export(args: argparse.Namespace) -> int:
 def _infer(args: argparse.Namespace) -> int:
     from medkd3d.export.inputs import load_records
     from medkd3d.export.runtime import load_predictor, predictions_csv
-    from medkd3d.workflows import write_text_atomic
+    from medkd3d.utils import atomic_write_text
 
     options = {"threads": args.threads} if args.threads else {}
     try:
@@ -183,7 +185,7 @@ def _infer(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    write_text_atomic(args.out, predictions_csv(rows, predictor.class_names))
+    atomic_write_text(args.out, predictions_csv(rows, predictor.class_names))
     print(f"Wrote class probabilities of {len(rows)} subjects to {args.out} ({predictor.runtime.description}).")
     return 0
 

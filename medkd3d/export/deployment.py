@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medkd3d.utils import atomic_write_text
+
 __all__ = [
     "CONFIG_FILES",
     "EXPORT_FILE",
@@ -162,9 +164,7 @@ class DeploymentConfig:
         Returns:
             The written paths.
         """
-        from medkd3d.workflows import write_text_atomic
-
-        return [write_text_atomic(Path(directory) / name, text) for name, text in self.to_json_files().items()]
+        return [atomic_write_text(Path(directory) / name, text) for name, text in self.to_json_files().items()]
 
     @classmethod
     def read_directory(cls, directory: str | os.PathLike) -> DeploymentConfig:

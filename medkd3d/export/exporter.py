@@ -34,13 +34,13 @@ from medkd3d.export.onnx import DEFAULT_OPSET, export_onnx
 from medkd3d.export.parity import PRECISION_TOLERANCES, ParityError, ParityReport, ParityTolerance, check_parity
 from medkd3d.export.runtime import load_runtime
 from medkd3d.export.torchscript import export_torchscript
+from medkd3d.utils import atomic_write_text
 
 __all__ = [
     "ARTEFACT_NAMES",
     "FORMATS",
     "ExportResult",
     "export_bundle",
-    "export_bundle_onnx",
     "export_engine_from_onnx",
     "export_model",
 ]
@@ -355,10 +355,9 @@ def _build_tensorrt(
 
 def _write_layer_report(engine: Path, precision: str, batch: int) -> list[Path]:
     from medkd3d.export.tensorrt import engine_layer_report
-    from medkd3d.workflows import write_text_atomic
 
     report = engine_layer_report(engine, precision, batch=batch)
-    path = write_text_atomic(engine.with_name(f"{engine.name}.layers.json"), json.dumps(report, indent=2))
+    path = atomic_write_text(engine.with_name(f"{engine.name}.layers.json"), json.dumps(report, indent=2))
     logger.info(
         "TensorRT %s layer precisions: %s. %s", precision, report["compute_layer_counts"], " ".join(report["notes"])
     )
@@ -404,25 +403,3 @@ def export_bundle(
     """
     bundle = load_bundle(bundle_root, checkpoint=checkpoint, overrides=overrides)
     return export_model(bundle, out_dir, formats, **kwargs)
-
-
-def export_bundle_onnx(
-    bundle_root: str | os.PathLike,
-    ckpt_file: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    input_shape: Sequence[int] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> Path:
-    """Checked ONNX export with the signature of ``medkd3d.workflows.EXPORTERS`` (for ``medkd3d pipeline``).
-
-    Args:
-        bundle_root: the bundle directory.
-        ckpt_file: the trained checkpoint.
-        out_dir: output directory.
-        input_shape: unused: the input shape is what the bundle's preprocessing produces.
-        overrides: the config overrides the model was trained with.
-
-    Returns:
-        The path of ``model.onnx``.
-    """
-    return export_bundle(bundle_root, out_dir, ["onnx"], checkpoint=ckpt_file, overrides=overrides)["onnx"].path

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from medkd3d.utils import atomic_write_text
+
 __all__ = [
     "PRECISION_TOLERANCES",
     "GroupParity",
@@ -149,6 +151,11 @@ class ParityReport:
     def passed(self) -> bool:
         return bool(self.groups) and not self.failures
 
+    @property
+    def max_abs_diff(self) -> float:
+        """The largest absolute logit difference over all groups (``nan`` when nothing was compared)."""
+        return max((g.max_abs_diff for g in self.groups), default=math.nan)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "artefact": self.artefact,
@@ -182,9 +189,7 @@ class ParityReport:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the report as JSON (atomically)."""
-        from medkd3d.workflows import write_text_atomic
-
-        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
 class ParityError(RuntimeError):

@@ -11,7 +11,8 @@ logic lives in the package, tested, and never in copied config code:
 - handlers: :class:`AtomicCheckpointSaver`, :class:`TrainingCheckpoint` (resume), :class:`ValidationEarlyStopping`,
   :class:`ClassificationMetricsWriter`, :class:`ClassProbabilityWriter` (per-subject probabilities CSV);
 - :class:`SliceStackInferer` (subject-level predictions of 2.5D networks);
-- export: :func:`prepare_for_export`, :data:`EXPORTERS`;
+- export: :func:`prepare_for_export` (``network_export`` of the bundles), :func:`load_bundle_network`, both from
+  :mod:`medkd3d.export`, which ``medkd3d pipeline`` exports through;
 - :func:`find_bundle_root`, :func:`run_bundle_config`; the ``medkd3d pipeline`` command
   (:mod:`medkd3d.workflows.pipeline`).
 """
@@ -28,17 +29,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         ["SYNTHETIC_DEFAULT", "ensure_dataset", "inference_records", "prepare_dataset", "split_dataset"], "data"
     ),
-    **dict.fromkeys(
-        [
-            "EXPORTERS",
-            "export_torchscript",
-            "load_bundle_network",
-            "prepare_for_export",
-            "register_exporter",
-            "torchscript_max_abs_diff",
-        ],
-        "export",
-    ),
+    **dict.fromkeys(["load_bundle_network", "prepare_for_export"], "export"),
     **dict.fromkeys(
         [
             "AtomicCheckpointSaver",

@@ -37,7 +37,9 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def ensure_dataset(dataset_dir: str | os.PathLike, synthetic: Mapping[str, Any] | None = None) -> Path:
+def ensure_dataset(
+    dataset_dir: str | os.PathLike, synthetic: Mapping[str, Any] | None = None, option: str = "dataset_dir"
+) -> Path:
     """Return ``dataset_dir``, first generating a synthetic BraTS dataset there when it does not exist.
 
     The dataset is written to a temporary sibling folder and renamed into place, so an interrupted generation
@@ -48,6 +50,9 @@ def ensure_dataset(dataset_dir: str | os.PathLike, synthetic: Mapping[str, Any] 
         dataset_dir: dataset root (a BraTS release folder, or where the synthetic default goes).
         synthetic: keyword arguments of :func:`medkd3d.data.generate_synthetic_brats` overriding
             :data:`SYNTHETIC_DEFAULT`; ``None`` uses the default.
+        option: how the caller's user sets ``dataset_dir``, named in the warning: the bundle config id
+            ``dataset_dir`` (``--dataset_dir`` of ``monai.bundle run``) by default, ``"--dataset-dir"`` for the
+            ``medkd3d`` commands.
 
     Returns:
         The dataset root.
@@ -58,14 +63,16 @@ def ensure_dataset(dataset_dir: str | os.PathLike, synthetic: Mapping[str, Any] 
 
         settings = {**SYNTHETIC_DEFAULT, **(synthetic or {})}
         logger.warning(
-            "dataset_dir %s does not exist: generating a synthetic BraTS dataset there (%s layout, %d HGG + %d LGG, "
-            "shape %s, seed %d). Point dataset_dir at a BraTS folder to use real data.",
+            "%s %s does not exist: generating a synthetic BraTS dataset there (%s layout, %d HGG + %d LGG, "
+            "shape %s, seed %d). Point %s at a BraTS folder to use real data.",
+            option,
             root,
             settings["layout"],
             settings["n_hgg"],
             settings["n_lgg"],
             tuple(settings["shape"]),
             settings["seed"],
+            option,
         )
         staging = root.with_name(f".{root.name}.partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)

@@ -34,7 +34,7 @@ class ModelResult:
         gflops: GFLOPs of one subject's prediction.
         latency_ms: median CPU latency of one subject's prediction, eager PyTorch.
         exports: export format -> file.
-        export_max_abs_diff: export format -> largest |exported - eager| logit difference on a random input.
+        export_max_abs_diff: export format -> largest |exported - eager| logit difference over the random and real parity inputs.
         ratios: filled by :func:`add_teacher_ratios`.
     """
 

@@ -1,7 +1,9 @@
-"""``verify_net_in_out`` against every bundle's metadata, and the ``ckpt_export`` TorchScript round trip."""
+"""``verify_net_in_out`` against every bundle's metadata, the ``ckpt_export`` TorchScript round trip, and the
+``trt_compile`` inference config run on CPU."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -9,7 +11,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 from monai.data import load_net_with_metadata
+from monai.networks.blocks import MemoryEfficientSwish
 
+from medkd3d.data import discover_brats, write_datalist
 from medkd3d.workflows.bundle import BUNDLE_NAMES
 
 #: The VGG-ViT teacher's position embedding fixes its input size; the metadata says 128^3, the tests run 32^3.
@@ -80,16 +84,48 @@ def test_ckpt_export_round_trip(bundle: str, bundle_kit, trained_bundles: Path, 
         torch.testing.assert_close(scripted(x), eager(x), rtol=1e-4, atol=1e-5)
 
 
+def _predictions(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="") as stream:
+        return {row["subject"]: row for row in csv.DictReader(stream)}
+
+
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
-def test_tensorrt_inference_config_resolves(bundle: str, bundle_kit, tmp_path: Path) -> None:
-    """``inference_trt.json`` merges onto ``inference.json`` and wraps the network with MONAI's ``trt_compile``
-    (a no-op that warns without CUDA/TensorRT; building engines is checked on GPU machines only)."""
-    configs = bundle_kit.bundles_dir / bundle / "configs"
-    parser = ConfigParser()
-    parser.read_config([str(configs / "inference.json"), str(configs / "inference_trt.json")])
-    parser.update({"ckpt_path": str(tmp_path / "model.pt"), "spatial_size": bundle_kit.spatial})
-    parser.update(bundle_kit.network_overrides(bundle))
-    assert isinstance(parser.get_parsed_content("network"), torch.nn.Module)
-    assert parser.get_parsed_content("amp") is False
+def test_tensorrt_inference_config_runs_on_cpu(
+    bundle: str, bundle_kit, trained_bundles: Path, synthetic_brats_root: Path, tmp_path: Path
+) -> None:
+    """``inference_trt.json`` on top of ``inference.json``, the model-zoo way: MONAI's ``trt_compile`` wraps the
+    export-safe ``network_export`` (the network ``ckpt_export`` traces), profiled for the batch the inferer sends.
+    Without CUDA/TensorRT ``trt_compile`` is a no-op, so on CPU the bundle predicts what ``inference.json`` does
+    (building engines is checked on GPU machines only)."""
+    data = discover_brats(synthetic_brats_root)
+    data["training"] = data["training"][:2] + data["training"][-2:]  # both grades, four subjects keep it fast
+    overrides = {
+        **bundle_kit.inference_overrides(bundle, synthetic_brats_root, trained_bundles / bundle),
+        "datalist": str(write_datalist(data, tmp_path / "datalist.json")),
+    }
+    plain = {**overrides, "output_dir": str(tmp_path / "plain")}
+    bundle_kit.run(bundle, ["inference.json"], "infer", **plain)
+
+    trt = {**overrides, "output_dir": str(tmp_path / "trt")}
+    workflow = bundle_kit.workflow(bundle, ["inference.json", "inference_trt.json"], "infer", **trt)
+    parser = workflow.parser
+    network = parser.get_parsed_content("network")
+    # resolving ``network`` ran prepare_for_export: no custom autograd function (EfficientNet's memory-efficient
+    # swish) is left for the ONNX export of trt_compile
+    assert not any(isinstance(m, MemoryEfficientSwish) for m in network.modules())
+    assert network is parser.get_parsed_content("network_export") is parser.get_parsed_content("network_def")
+    assert parser.get_parsed_content("evaluator").amp is False
     stacks = parser.get_parsed_content("num_eval_stacks") if "num_eval_stacks" in parser else 1
-    assert parser.get_parsed_content("trt_args")["dynamic_batchsize"] == [1, stacks, stacks]
+    batch = parser.get_parsed_content("batch_size")
+    assert parser.get_parsed_content("trt_args")["dynamic_batchsize"] == [1, batch * stacks, batch * stacks]
+    assert workflow.check_properties() == []
+    workflow.run()
+    workflow.finalize()
+
+    expected = _predictions(tmp_path / "plain" / "predictions.csv")
+    actual = _predictions(tmp_path / "trt" / "predictions.csv")
+    assert sorted(actual) == sorted(expected) == sorted(r["subject"] for r in data["training"])
+    for subject, row in expected.items():
+        assert actual[subject]["predicted"] == row["predicted"]
+        for column in ("prob_LGG", "prob_HGG"):
+            assert float(actual[subject][column]) == pytest.approx(float(row[column]), abs=1e-6)

@@ -100,7 +100,7 @@ def test_bundle_tensorrt_config_matches_the_export(bundle_name, exported, tiny_b
     configs = tiny_bundles[bundle_name].root / "configs"
     parser = ConfigParser()
     parser.read_config([str(configs / "inference.json"), str(configs / "inference_trt.json")])
-    assert "trt_compile(" in parser["network"]
+    assert parser["network"].startswith("$trt_compile(@network_export")  # the export-safe network, as ckpt_export
     trt_args = parser.get_parsed_content("trt_args")
     assert trt_args["method"] == "onnx"
     low, opt, high = trt_args["dynamic_batchsize"]
