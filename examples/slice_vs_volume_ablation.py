@@ -24,29 +24,34 @@ import csv
 import logging
 from pathlib import Path
 
-from medkd3d.ablation import StudyConfig, run_study
+from medkd3d.ablation import StudyConfig, parse_size, run_study
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset-dir", default="data/synthetic_brats_small", help="generated here if missing")
     parser.add_argument("--out", default="runs/slice_vs_volume", help="study folder")
+    parser.add_argument("--sizes", nargs="+", default=["4", "all"], help="training subjects per class, or 'all'")
+    parser.add_argument("--spatial-size", type=int, default=32, help="edge N of the N^3 preprocessed volume")
+    parser.add_argument("--epochs", type=int, default=1, help="student training epochs")
+    parser.add_argument("--teacher-epochs", type=int, default=2, help="teacher training epochs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     # The --quick preset (small synthetic data, tiny networks), narrowed to the question of this example:
     # a 2.5D and a 3D student, without and with logit distillation from a 3D teacher, on 4 subjects per class
-    # and on the whole training side of each fold.
+    # and on the whole training side of each fold (by default).
     config = StudyConfig.quick(
         args.dataset_dir,
         args.out,
         students=("2.5d", "3d"),
         kd_modes=("none", "logit"),
-        sizes=(4, "all"),
+        sizes=tuple(parse_size(size) for size in args.sizes),
         seeds=(0,),
         folds=2,
-        epochs=1,
-        teacher_epochs=2,
+        spatial_size=args.spatial_size,
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
     )
     outcome = run_study(config)
     print(f"trained {len(outcome.trained)} runs ({len(outcome.skipped)} were already finished)")

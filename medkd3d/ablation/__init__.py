@@ -9,8 +9,8 @@
 
 Modules: :mod:`~medkd3d.ablation.grid` (grid, run keys, resumable result files), :mod:`~medkd3d.ablation.runner`
 (teachers, students, evaluation), :mod:`~medkd3d.ablation.stats` (means, bootstrap CIs, KD gains),
-:mod:`~medkd3d.ablation.report` (CSV, Markdown, plots), :mod:`~medkd3d.ablation.aggregation` (per-subject
-predictions of slice models).
+:mod:`~medkd3d.ablation.report` (CSV, Markdown, plots). Slice students are evaluated per subject with
+:class:`medkd3d.workflows.SliceStackInferer` (``aggregate="probabilities"``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 #: Public name -> submodule. Attributes load on first access (PEP 562), so ``medkd3d --help`` (which imports
 #: :mod:`medkd3d.ablation.cli`) does not pull in torch and MONAI.
 _EXPORTS: dict[str, str] = {
-    "SliceProbabilityInferer": "aggregation",
     **dict.fromkeys(["KD_MODES", "ResultStore", "RunSpec", "StudyGrid", "parse_size"], "grid"),
     **dict.fromkeys(
         ["RESULT_COLUMNS", "format_summary", "plot_metric_vs_size", "plot_pareto", "write_report", "write_results_csv"],

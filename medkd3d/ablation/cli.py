@@ -22,6 +22,16 @@ def _size(value: str) -> int | str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``medkd3d ablate`` to the command line."""
     parser = subparsers.add_parser(
@@ -36,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="study folder (results, teachers, cache, reports)")
     parser.add_argument(
         "--quick", action="store_true",
-        help="tiny grid on synthetic data, a few minutes on 2 CPU cores (generated into --dataset-dir if missing)",
+        help="tiny grid (every student and KD mode, 2 sizes, 2 folds) on synthetic data, a few minutes on 2 CPU cores "
+        "(generated into --dataset-dir if missing)",
     )  # fmt: skip
     parser.add_argument("--students", nargs="+", choices=_STUDENT_NAMES, help="default: all four")
     parser.add_argument("--kd", nargs="+", choices=KD_MODES, help="KD modes (default: all three)")
@@ -60,6 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache", choices=("disk", "memory", "none"), help="preprocessing cache (default: disk)")
     parser.add_argument("--num-workers", type=int, help="data-loading workers (default: 0)")
     parser.add_argument("--device", help="training device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--threads", type=_positive_int,
+        help="PyTorch CPU threads, also for the latency measurement (default: one per core; --quick: 1, as tiny "
+        "networks only slow down with more, badly so on shared cores)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_ablate)
 
@@ -74,7 +90,7 @@ def _run_ablate(args: argparse.Namespace) -> int:
         epochs=args.epochs, teacher_epochs=args.teacher_epochs, teacher=args.teacher,
         teacher_checkpoint=args.teacher_checkpoint, spatial_size=args.spatial_size, batch_size=args.batch_size,
         learning_rate=args.learning_rate, num_stacks=args.num_stacks, tiny=args.tiny, cache=args.cache,
-        num_workers=args.num_workers, device=args.device,
+        num_workers=args.num_workers, device=args.device, threads=args.threads,
     )  # fmt: skip
     start = time.perf_counter()
     # Ignite logs every epoch of every engine at INFO, which would break the progress bar's line; without the

@@ -12,7 +12,8 @@ For every fold of a stratified, patient-level k-fold split (subjects, never slic
    ``"logit+feature"`` with :class:`medkd3d.engines.DistillationTrainer` and the frozen teacher.
 3. **Evaluation** on the fold's held-out subjects with a MONAI ``SupervisedEvaluator``: one prediction per
    subject. 2D and 2.5D students see ``num_stacks`` evenly spaced slice stacks of each volume and their
-   slice-level probabilities are averaged (:class:`~medkd3d.ablation.aggregation.SliceProbabilityInferer`);
+   slice-level probabilities are averaged (:class:`~medkd3d.workflows.SliceStackInferer` with
+   ``aggregate="probabilities"``);
    the multi-slice student fuses its stacks itself; the 3D student sees the volume.
 
 The final model of each run is evaluated (no early stopping): selecting epochs on the few held-out subjects
@@ -48,7 +49,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,10 @@ class StudyConfig:
             runs and resumed invocations), ``"memory"`` or ``"none"``.
         num_workers: data-loading workers.
         device: training device; CUDA when available by default. Latency is always measured on the CPU.
+        threads: PyTorch CPU threads (``torch.set_num_threads``) while the study runs; ``None`` keeps PyTorch's
+            default (one per core). Tiny networks gain nothing from several threads and, on cores shared with
+            other work, lose an order of magnitude to threads waiting for each other, so ``--quick`` uses 1.
+            CPU latencies are measured with this many threads (``cpu_threads`` in ``profiles/*.json``).
         latency_repeats: timed forward passes per CPU latency measurement.
         synthetic: when ``dataset_dir`` does not exist, generate a synthetic BraTS dataset there with these
             :func:`~medkd3d.data.generate_synthetic_brats` arguments (``None``: a missing folder is an error).
@@ -178,6 +184,7 @@ class StudyConfig:
     cache: str = "disk"
     num_workers: int = 0
     device: str | None = None
+    threads: int | None = None
     latency_repeats: int = 10
     synthetic: Mapping[str, Any] | None = None
 
@@ -185,12 +192,12 @@ class StudyConfig:
     def quick(cls, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, **overrides: Any) -> StudyConfig:
         """The ``--quick`` study: a tiny grid on a small synthetic dataset, a few minutes on 2 CPU cores.
 
-        2.5D and 3D students, no KD and logit KD, 4 subjects per class and all, one seed, two folds, 32^3 volumes,
-        tiny networks, 2 student epochs and 4 teacher epochs. ``overrides`` replace any of these.
+        Every student and KD mode, 4 subjects per class and all, one seed, two folds, 32^3 volumes, tiny networks,
+        2 student epochs and 4 teacher epochs, one CPU thread. ``overrides`` replace any of these.
         """
         settings: dict[str, Any] = {
-            "students": ("2.5d", "3d"),
-            "kd_modes": ("none", "logit"),
+            "students": tuple(STUDENTS),
+            "kd_modes": KD_MODES,
             "sizes": (4, "all"),
             "seeds": (0,),
             "folds": 2,
@@ -200,6 +207,7 @@ class StudyConfig:
             "tiny": True,
             "num_stacks": 4,
             "latency_repeats": 3,
+            "threads": 1,
             "synthetic": QUICK_SYNTHETIC,
         }
         settings.update(overrides)
@@ -255,7 +263,7 @@ def _load_datalist(config: StudyConfig, validate: bool) -> dict[str, Any]:
                 "pass --quick to generate a small synthetic dataset there"
             )
         logger.info("Generating the synthetic study dataset %s into %s.", dict(config.synthetic), source)
-        source = ensure_dataset(source, config.synthetic)
+        source = ensure_dataset(source, config.synthetic, option="--dataset-dir")
     if validate:
         return assert_data_valid(source)
     return load_datalist(source) if source.is_file() else discover_brats(source)
@@ -585,12 +593,12 @@ class _Study:
         """Subject-level metrics of ``network`` on the held-out subjects of ``fold``."""
         from monai.inferers import SimpleInferer
 
-        from medkd3d.ablation.aggregation import SliceProbabilityInferer
         from medkd3d.engines import evaluate_classifier
+        from medkd3d.workflows.inferers import SliceStackInferer
 
         held_out = self.sides[fold]["val"]
         loader = _loader(held_out, _transforms(layout, num_slices, self.config, train=False), self.config, train=False)
-        inferer = SliceProbabilityInferer() if layout == "slice" else SimpleInferer()
+        inferer = SliceStackInferer(aggregate="probabilities") if layout == "slice" else SimpleInferer()
         metrics = evaluate_classifier(network, loader, self.device, self.class_names, inferer=inferer)
         keys = ("balanced_accuracy", "auc", "f1", "sensitivity", "specificity", "accuracy")
         return {**{key: metrics[key] for key in keys}, "val_subjects": metrics["num_samples"]}
@@ -667,6 +675,29 @@ def run_study(config: StudyConfig, progress: bool = True) -> StudyOutcome:
         ValueError: for an invalid grid or settings that differ from those of the study already in ``out_dir``.
         medkd3d.data.DataValidationError: if the dataset has problems (checked on the first start).
     """
+    with _torch_threads(config.threads):
+        return _run_study(config, progress)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's intra-op CPU threads set to ``threads`` inside the block (``None``: unchanged), then restored."""
+    import torch
+
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1 (or None for PyTorch's default), got {threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_study(config: StudyConfig, progress: bool) -> StudyOutcome:
     from monai.utils import set_determinism
     from tqdm.auto import tqdm
 

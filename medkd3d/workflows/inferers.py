@@ -1,4 +1,4 @@
-"""MONAI inferers for subject-level predictions of slice-based (2.5D) networks."""
+"""MONAI inferers for subject-level predictions of slice-based (2D / 2.5D) networks."""
 
 from __future__ import annotations
 
@@ -8,32 +8,66 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
-__all__ = ["SliceStackInferer"]
+__all__ = ["AGGREGATIONS", "SliceStackInferer"]
+
+#: How :class:`SliceStackInferer` combines the stack predictions of a subject.
+AGGREGATIONS: tuple[str, ...] = ("logits", "probabilities")
 
 
 class SliceStackInferer(Inferer):
-    """Subject-level logits of a 2.5D network from several slice stacks of each volume.
+    """Subject-level logits of a slice network (2D / 2.5D) from several slice stacks of each volume.
 
-    A 2.5D network classifies one slice stack ``[B, 4*K, H, W]``. The multi-stack 2.5D pipeline
-    (``slice_stack_transforms(num_stacks=S)``) gives ``[B, S, 4*K, H, W]``: every stack goes through the network
-    as one batch and the ``S`` logit vectors of a subject are averaged. Averaging logits (a normalised geometric
-    mean of the stack probabilities) keeps the output raw logits, like every other network's ``forward``, so
-    the same post-processing and metrics apply. A single-stack input ``[B, 4*K, H, W]`` passes through unchanged.
+    A slice network classifies one stack ``[B, C, H, W]`` (``C = 4*K`` for ``K`` adjacent slices of the four
+    modalities). The multi-stack slice pipeline (``slice_stack_transforms(num_stacks=S)``) gives
+    ``[B, S, C, H, W]``: all ``B * S`` stacks go through the network as one batch and the ``S`` predictions of a
+    subject are combined by ``aggregate``:
+
+    - ``"logits"``: the mean of the stack logits, ``mean_s z_s`` (a normalised geometric mean of the stack
+      probabilities); the bundles use it.
+    - ``"probabilities"``: the log of the mean stack probabilities, ``log mean_s softmax(z_s)``. These are valid
+      logits of that average (``softmax(log p) = p`` because ``p`` sums to one), so the usual post-processing and
+      metrics (softmax, argmax, AUC) see exactly the averaged probabilities. One confident stack cannot outvote
+      the others, which is how slice-level studies aggregate per patient (the ablation uses it).
+
+    Both keep the output logits-like ``[B, num_classes]``, as every other network's ``forward``. A single-stack
+    input ``[B, C, H, W]`` passes through unchanged.
 
     Args:
-        spatial_dims: spatial dimensions of one stack (2 for a 2.5D network).
+        spatial_dims: spatial dimensions of one stack (2 for a slice network).
+        aggregate: ``"logits"`` (default) or ``"probabilities"``, see above.
+
+    Raises:
+        ValueError: if ``aggregate`` is not one of :data:`AGGREGATIONS`.
     """
 
-    def __init__(self, spatial_dims: int = 2) -> None:
+    def __init__(self, spatial_dims: int = 2, aggregate: str = "logits") -> None:
         super().__init__()
+        if aggregate not in AGGREGATIONS:
+            raise ValueError(f"aggregate must be one of {', '.join(map(repr, AGGREGATIONS))}, got {aggregate!r}")
         self.spatial_dims = spatial_dims
+        self.aggregate = aggregate
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
+        """Combine the stack logits ``[B, S, num_classes]`` of each subject into ``[B, num_classes]``.
+
+        Args:
+            logits: per-stack logits, stacks on dimension 1.
+
+        Returns:
+            Subject-level logits (mean logits, or log of the mean probabilities).
+        """
+        if self.aggregate == "logits":
+            return logits.mean(dim=1)
+        probabilities = torch.softmax(logits.float(), dim=-1).mean(dim=1)
+        # clamp: a probability that underflowed to 0 would give -inf, which breaks losses and AUC
+        return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Run ``network`` on every stack and average the logits per subject.
+        """Run ``network`` on every stack and combine the predictions per subject.
 
         Args:
             inputs: ``[B, S, C, *spatial]`` stacks, or ``[B, C, *spatial]`` for one stack per subject.
-            network: the 2.5D classifier returning ``[N, num_classes]`` logits.
+            network: the slice classifier returning ``[N, num_classes]`` logits.
             args: positional arguments for ``network``.
             kwargs: keyword arguments for ``network``.
 
@@ -52,4 +86,4 @@ class SliceStackInferer(Inferer):
             )
         batch, stacks = inputs.shape[:2]
         logits = network(inputs.reshape(batch * stacks, *inputs.shape[2:]), *args, **kwargs)
-        return logits.reshape(batch, stacks, -1).mean(dim=1)
+        return self.combine(logits.reshape(batch, stacks, -1))
