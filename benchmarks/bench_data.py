@@ -75,7 +75,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reader", default="NibabelReader", choices=("NibabelReader", "ITKReader"))
     parser.add_argument("--repeats", type=int, default=3, help="timings per subject, the fastest is kept (default 3)")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch intra-op threads (default 1: PyTorch runs DataLoader workers single-threaded, and gzip is too)",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -98,8 +100,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if root is None:
             start = time.perf_counter()
             root = generate_synthetic_brats(
-                Path(tmp) / "brats", n_hgg=(args.subjects + 1) // 2, n_lgg=args.subjects // 2,
-                shape=args.shape, seed=args.seed,
+                Path(tmp) / "brats",
+                n_hgg=(args.subjects + 1) // 2,
+                n_lgg=args.subjects // 2,
+                shape=args.shape,
+                seed=args.seed,
             )
             seconds = time.perf_counter() - start
             print(f"generated {args.subjects} synthetic subjects {tuple(args.shape)} in {seconds:.1f} s")
@@ -140,10 +145,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"gzip floor         {floor_s * 1e3:8.1f} ms/subject")
     print(f"load+preprocess    {pipeline_s * 1e3:8.1f} ms/subject")
     print(f"ratio              {pipeline_s / floor_s:8.2f} x the floor (target <= 2)")
-    print("  of which (x floor): " + ", ".join(
-        f"{type(t).__name__} {statistics.median(s[i] for s in steps) / floor_s:.2f}"
-        for i, t in enumerate(evaluate.transforms)
-    ))
+    print(
+        "  of which (x floor): "
+        + ", ".join(
+            f"{type(t).__name__} {statistics.median(s[i] for s in steps) / floor_s:.2f}"
+            for i, t in enumerate(evaluate.transforms)
+        )
+    )
     for name, (uncached, cached) in epochs.items():
         print(
             f"{name:5s} epoch        uncached {uncached:7.3f} s, cached {cached:7.3f} s -> "
