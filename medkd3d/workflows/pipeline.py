@@ -100,8 +100,8 @@ class PipelineSettings:
 
 
 #: ``--quick``: a small synthetic dataset, tiny volumes, two epochs and a slimmer VGG-ViT teacher (a quarter of
-#: the VGG width, a 4-block ViT; the 160M-parameter default is made for GPUs) - the whole pipeline in about ten
-#: minutes on two CPU cores. The numbers it reports show the pipeline works, not how good the models are.
+#: the VGG width, a 4-block ViT; the 160M-parameter default is made for GPUs) - the whole pipeline in about two
+#: minutes on two idle CPU cores. The numbers it reports show the pipeline works, not how good the models are.
 QUICK: dict[str, Any] = {
     "synthetic": {"n_hgg": 10, "n_lgg": 10, "shape": (96, 96, 72)},
     "epochs": 2,
@@ -295,8 +295,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small synthetic dataset, 32^3 volumes, 2 epochs, a slimmer teacher: the whole job in about 10 minutes "
-        "on 2 CPU cores",
+        help="small synthetic dataset, 32^3 volumes, 2 epochs, a slimmer teacher: the whole job in about 2 minutes "
+        "on 2 idle CPU cores",
     )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 100, quick: 2)")
     parser.add_argument("--spatial-size", type=int, default=None, help="volume edge (default: 128, quick: 32)")
