@@ -6,7 +6,7 @@ pooling. The stage outputs *after* pooling are the model's features, so their st
 the same strides as the stages of EfficientNet and most 3D students, which lets feature distillation pair
 teacher and student stages one to one.
 
-Size. A full-width 3D VGG19 at 128^3 costs about 1.5 TFLOPs per volume and ~6 GB of float32 activations per
+Size. A full-width 3D VGG19 at 128^3 costs about 1.5 TFLOPs per volume and ~4 GB of float32 activations per
 sample in training; it is the VGG branch of the hybrid teacher (:mod:`medkd3d.networks.vggvit3d`). The
 standalone ``vgg*_3d`` models default to ``width_multiplier=0.25`` (stage widths 16, 32, 64, 128, 128, about
 100 GFLOPs): a plain CNN teacher for quick studies, still an order of magnitude heavier than the students.

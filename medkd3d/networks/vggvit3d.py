@@ -15,9 +15,9 @@ resolution.
 Size. The defaults are the seed's teacher lifted to 3D: a full-width VGG19 and a ViT-B/16 (768-wide tokens,
 12 blocks, 12 heads), about 160M parameters and 1.6 TFLOPs per 128^3 volume - the "large teacher" the students
 are distilled from (the 3D EfficientNet-B0 student has 97% fewer parameters and needs ~240x fewer FLOPs).
-Training it at 128^3 takes about 6 GB of activations per sample in float32 (measured on the CPU at 64^3 and
-scaled by the voxel count) plus 2.6 GB of weights, gradients and AdamW state: batch 2 fits one 24 GB GPU with
-AMP. Smaller teachers are one override away (``width_multiplier``, ``vit_hidden_size``, ``vit_layers``).
+One float32 training step at 128^3, batch 1, peaked at 5.8 GB on the CPU (about 4 GB of it activations, the
+rest weights, gradients and the framework); AdamW adds 1.3 GB of state. Batch 2 therefore fits a 16 GB GPU, more
+easily with AMP (on by default in the bundles on CUDA; GPU memory itself not measured here). Smaller teachers are one override away (``width_multiplier``, ``vit_hidden_size``, ``vit_layers``).
 """
 
 from __future__ import annotations
