@@ -7,6 +7,7 @@ import logging
 import time
 
 from medkd3d.ablation.grid import KD_MODES, parse_size
+from medkd3d.utils import positive_int
 
 __all__ = ["register"]
 
@@ -20,16 +21,6 @@ def _size(value: str) -> int | str:
         return parse_size(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int, help="data-loading workers (default: 0)")
     parser.add_argument("--device", help="training device (default: cuda if available, else cpu)")
     parser.add_argument(
-        "--threads", type=_positive_int,
+        "--threads", type=positive_int,
         help="PyTorch CPU threads, also for the latency measurement (default: one per core; --quick: 1, as tiny "
         "networks only slow down with more, badly so on shared cores)",
     )  # fmt: skip

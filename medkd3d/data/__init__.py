@@ -27,29 +27,19 @@ from medkd3d.data.splits import split_records as split_records
 from medkd3d.data.splits import stratified_kfold as stratified_kfold
 from medkd3d.data.splits import train_val_test_split as train_val_test_split
 from medkd3d.data.splits import write_splits as write_splits
+from medkd3d.utils import lazy_exports
 
 # Transforms, pipelines and datasets import MONAI and torch, so they are loaded on first access (PEP 562):
 # `medkd3d --help` and `medkd3d split` stay fast.
 _LAZY_EXPORTS = {
     **dict.fromkeys(
         ("DropNoned", "RandSliceStackd", "SliceStackd", "brain_mask", "extract_slice_stacks", "foreground_area"),
-        "medkd3d.data.transforms",
+        "transforms",
     ),
     **dict.fromkeys(
-        ("preprocess_transforms", "volume_transforms", "slice_stack_transforms", "slice_transforms"),
-        "medkd3d.data.pipelines",
+        ("preprocess_transforms", "volume_transforms", "slice_stack_transforms", "slice_transforms"), "pipelines"
     ),
-    **dict.fromkeys(("build_dataset", "estimate_cache_bytes"), "medkd3d.data.datasets"),
+    **dict.fromkeys(("build_dataset", "estimate_cache_bytes"), "datasets"),
 }
 
-
-def __getattr__(name: str):
-    if name not in _LAZY_EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_EXPORTS)

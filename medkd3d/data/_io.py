@@ -1,4 +1,4 @@
-"""NIfTI writing for the data layer; the atomic writers come from :mod:`medkd3d.utils`."""
+"""NIfTI writing, atomic and byte-reproducible (used by the data layer and the explanation maps)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medkd3d.utils import atomic_write_bytes, atomic_write_text
+from medkd3d.utils import atomic_write_bytes
 
-__all__ = ["NIFTI_GZIP_LEVEL", "atomic_write_bytes", "atomic_write_text", "save_nifti"]
+__all__ = ["NIFTI_GZIP_LEVEL", "save_nifti"]
 
 #: zlib level for NIfTI files: level 1 is ~4x faster than the default 9 and only ~15% larger on MRI volumes.
 NIFTI_GZIP_LEVEL = 1

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medkd3d.data._io import atomic_write_text
+from medkd3d.utils import atomic_write_text
 from medkd3d.data._problems import DataProblem, DataValidationError
 
 logger = logging.getLogger(__name__)

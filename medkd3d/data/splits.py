@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from medkd3d.data._io import atomic_write_text
+from medkd3d.utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medkd3d.data._io import atomic_write_text, save_nifti
+from medkd3d.data._io import save_nifti
+from medkd3d.utils import atomic_write_text
 from medkd3d.data.discovery import GRADE_CLASS_NAMES, MODALITIES
 
 logger = logging.getLogger(__name__)

@@ -14,8 +14,7 @@ teacher-student agreement.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medkd3d.utils import lazy_exports
 
 #: Public name -> submodule. Attributes load on first access (PEP 562), so ``medkd3d --help`` (which imports
 #: :mod:`medkd3d.explain.cli`) does not pull in torch and MONAI.
@@ -49,12 +48,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,6 @@ run never leaves a half-written map or figure under the final name.
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import math
@@ -18,6 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from medkd3d.data._io import save_nifti
 from medkd3d.utils import atomic_write_bytes
 
 __all__ = ["save_map_nifti", "save_overlay_png", "write_json"]
@@ -61,14 +61,7 @@ def save_map_nifti(values: np.ndarray, affine: np.ndarray, path: str | os.PathLi
     affine = np.asarray(affine, dtype=np.float64)
     if values.ndim != 3 or affine.shape != (4, 4):
         raise ValueError(f"a map NIfTI needs a 3D map and a 4x4 affine, got {values.shape} and {affine.shape}")
-    image = nib.Nifti1Image(values, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    data = image.to_bytes()
-    if str(path).lower().endswith(".gz"):
-        data = gzip.compress(data, compresslevel=1, mtime=0)
-    return atomic_write_bytes(path, data)
+    return save_nifti(values, affine, path)
 
 
 def _canonical(values: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

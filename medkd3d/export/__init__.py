@@ -15,8 +15,7 @@ interface over them with the bundles' own preprocessing, and deployment benchmar
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medkd3d.utils import lazy_exports
 
 #: Public name -> submodule; loaded on first access (PEP 562) so ``medkd3d --help`` does not import torch.
 _EXPORTS: dict[str, str] = {
@@ -85,12 +84,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

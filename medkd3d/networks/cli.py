@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from medkd3d.utils import non_negative_int, positive_int
+
 __all__ = ["COMPRESSION_PAIRS", "compression_summary", "derive_input_shape", "profile_registered_model", "register"]
 
 logger = logging.getLogger(__name__)
@@ -194,20 +196,6 @@ def _run_models(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds ``medkd3d models`` to the ``medkd3d`` command."""
     parser = subparsers.add_parser(
@@ -219,15 +207,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--input-shape",
         nargs="+",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="input shape without batch, C X Y Z (a volume; 2D/2.5D models take its slice plane) or C H W",
     )
     parser.add_argument("--tiny", action="store_true", help="use the tiny test configurations (fast)")
     parser.add_argument("--filter", default="*", metavar="PATTERN", help="shell-style name filter, e.g. 'vgg*'")
     parser.add_argument(
-        "--repeats", type=_non_negative_int, default=5, help="timed forward passes per model (0: skip timing)"
+        "--repeats", type=non_negative_int, default=5, help="timed forward passes per model (0: skip timing)"
     )
-    parser.add_argument("--warmup", type=_non_negative_int, default=1, help="untimed passes before timing")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed passes before timing")
     parser.add_argument("--device", default="cpu", help="device for the measurements (default: cpu)")
     parser.set_defaults(func=_run_models)

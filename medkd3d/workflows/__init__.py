@@ -19,8 +19,7 @@ logic lives in the package, tested, and never in copied config code:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medkd3d.utils import lazy_exports
 
 #: Public name -> submodule. Attributes load on first access (PEP 562), so ``medkd3d --help`` (which imports
 #: :mod:`medkd3d.workflows.pipeline`) does not pull in torch and MONAI.
@@ -37,7 +36,6 @@ _EXPORTS: dict[str, str] = {
             "ClassificationMetricsWriter",
             "TrainingCheckpoint",
             "ValidationEarlyStopping",
-            "write_text_atomic",
         ],
         "handlers",
     ),
@@ -47,12 +45,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -16,7 +16,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver, EarlyStopHandler
 from monai.utils import evenly_divisible_all_gather, string_list_all_gather
 
-from medkd3d.data._io import atomic_write_text as write_text_atomic
+from medkd3d.utils import atomic_write_text
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -24,7 +24,6 @@ __all__ = [
     "ClassificationMetricsWriter",
     "TrainingCheckpoint",
     "ValidationEarlyStopping",
-    "write_text_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -269,7 +268,7 @@ class ClassProbabilityWriter:
             subjects = string_list_all_gather(subjects)
             if torch.distributed.get_rank() != self.save_rank:
                 return
-        write_text_atomic(self.path, self._to_csv(subjects, probabilities, labels.tolist()))
+        atomic_write_text(self.path, self._to_csv(subjects, probabilities, labels.tolist()))
         engine.logger.info(f"Wrote class probabilities of {len(subjects)} subjects to {self.path}.")
 
     def _to_csv(self, subjects: list[str], probabilities: torch.Tensor, labels: list[int]) -> str:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medkd3d.workflows.handlers import write_text_atomic
+from medkd3d.utils import atomic_write_text
 
 __all__ = ["METRIC_COLUMNS", "ModelResult", "add_teacher_ratios", "write_report"]
 
@@ -173,6 +173,6 @@ def write_report(
     """
     add_teacher_ratios(results)
     out_dir = Path(out_dir)
-    markdown = write_text_atomic(out_dir / "report.md", _markdown(results, dict(context or {})))
-    table = write_text_atomic(out_dir / "report.csv", _csv(_rows(results)))
+    markdown = atomic_write_text(out_dir / "report.md", _markdown(results, dict(context or {})))
+    table = atomic_write_text(out_dir / "report.csv", _csv(_rows(results)))
     return markdown, table
