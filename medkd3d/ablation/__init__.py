@@ -1,4 +1,4 @@
-"""Slice-vs-volume and data-size distillation studies: the grid, the runner, statistics and reports.
+"""Distillation x data-size studies run through the bundles: the grid, the runner, statistics and reports.
 
 ``medkd3d ablate`` (:mod:`medkd3d.ablation.cli`) or, from Python::
 
@@ -8,9 +8,9 @@
     print(outcome.reports["summary_md"])
 
 Modules: :mod:`~medkd3d.ablation.grid` (grid, run keys, resumable result files), :mod:`~medkd3d.ablation.runner`
-(teachers, students, evaluation), :mod:`~medkd3d.ablation.stats` (means, bootstrap CIs, KD gains),
-:mod:`~medkd3d.ablation.report` (CSV, Markdown, plots). Slice students are evaluated per subject with
-:class:`medkd3d.workflows.SliceStackInferer` (``aggregate="probabilities"``).
+(every teacher and student is a bundle run with overrides, evaluated by the bundle's ``evaluate.json`` on the
+held-out test split), :mod:`~medkd3d.ablation.stats` (means, bootstrap CIs, KD gains),
+:mod:`~medkd3d.ablation.report` (CSV, Markdown, plots).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from medkd3d.utils import lazy_exports
 #: Public name -> submodule. Attributes load on first access (PEP 562), so ``medkd3d --help`` (which imports
 #: :mod:`medkd3d.ablation.cli`) does not pull in torch and MONAI.
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(["KD_MODES", "ResultStore", "RunSpec", "StudyGrid", "parse_size"], "grid"),
+    **dict.fromkeys(["KD_MODES", "ResultStore", "RunSpec", "StudyGrid", "labelled_per_class", "parse_size"], "grid"),
     **dict.fromkeys(
         ["RESULT_COLUMNS", "format_summary", "plot_metric_vs_size", "plot_pareto", "write_report", "write_results_csv"],
         "report",
     ),
     **dict.fromkeys(
-        ["STUDENTS", "StudentSpec", "StudyConfig", "StudyOutcome", "run_study", "training_subset"], "runner"
+        ["STUDENTS", "StudyConfig", "StudyOutcome", "run_study", "student_teacher", "training_subset"], "runner"
     ),
     **dict.fromkeys(["CellSummary", "KDGain", "bootstrap_ci", "kd_gains", "mean_std", "summarize_cells"], "stats"),
 }

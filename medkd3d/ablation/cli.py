@@ -1,10 +1,13 @@
-"""``medkd3d ablate``: a slice-vs-volume x distillation x data-size study in one command."""
+"""``medkd3d ablate``: a distillation x data-size study through the bundles, in one command."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
+from pathlib import Path
+from typing import Any
 
 from medkd3d.ablation.grid import KD_MODES, parse_size
 from medkd3d.utils import positive_int
@@ -13,7 +16,19 @@ __all__ = ["register"]
 
 logger = logging.getLogger(__name__)
 
-_STUDENT_NAMES = ("2d", "2.5d", "2.5d-multi", "3d")  # keys of runner.STUDENTS, without importing torch here
+#: The student bundles (runner.STUDENTS, without importing torch here).
+_STUDENT_NAMES = ("brats_student_effnet3d", "brats_student_effnet25d", "brats_hdkd_student3d")
+#: Where a study goes when --out is not given.
+DEFAULT_OUT = Path("runs/ablate")
+QUICK_OUT = Path("runs/ablate_quick")
+#: Loggers of the bundle runs, quietened to warnings while the progress bar shows.
+_BUNDLE_RUN_LOGGERS = (
+    "ignite.engine.engine",
+    "monai.handlers",
+    "medkd3d.workflows",
+    "medkd3d.engines",
+    "monai.bundle",
+)
 
 
 def _size(value: str) -> int | str:
@@ -23,45 +38,73 @@ def _size(value: str) -> int | str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with a JSON value (a plain string when it is not JSON), as ``monai.bundle run`` takes it."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. learning_rate=5e-4), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``medkd3d ablate`` to the command line."""
     parser = subparsers.add_parser(
         "ablate",
-        help="slice-vs-volume and data-size distillation study (resumable), with CSV, summary and plots",
-        description="Train a 3D teacher per patient-level fold (or reuse one), then every student x KD mode x data "
-        "size x seed on each fold; evaluate on the held-out subjects (one prediction per subject) and write "
-        "results.csv, summary.md and PNG plots into --out. Rerunning the same command resumes an interrupted "
-        "study without redoing finished runs. Flags left out take the full-study defaults, or the --quick ones.",
+        help="distillation x data-size study through the bundles (resumable), with CSV, summary and plots",
+        description="Hold out a test set, then per patient-level fold train each teacher bundle once and every "
+        "student bundle x KD mode x data size x seed, each a bundle run (train.json with overrides: fold, seed, "
+        "kd_mode, train_per_class, unlabelled_train, teacher_ckpt); evaluate every best-validation checkpoint with "
+        "the bundle's evaluate.json on the test subjects and write results.csv, summary.md and PNG plots into "
+        "--out. Rerunning the same command resumes an interrupted study without redoing finished runs. Flags left "
+        "out take the full-study defaults, or the --quick ones.",
     )
-    parser.add_argument("--dataset-dir", required=True, help="BraTS 2019/2020 folder or datalist JSON")
-    parser.add_argument("--out", required=True, help="study folder (results, teachers, cache, reports)")
+    parser.add_argument(
+        "--dataset-dir",
+        help="BraTS 2019/2020 folder or datalist JSON; a synthetic dataset is generated there if it does not exist "
+        "(default: OUT/data/synthetic_brats2019)",
+    )
+    parser.add_argument("--out", help=f"study folder (default: {DEFAULT_OUT}, with --quick {QUICK_OUT})")
     parser.add_argument(
         "--quick", action="store_true",
-        help="tiny grid (every student and KD mode, 2 sizes, 2 folds) on synthetic data, a few minutes on 2 CPU cores "
-        "(generated into --dataset-dir if missing)",
+        help="tiny grid (every student and KD mode, 2 labelled subjects per class with and without the unlabelled "
+        "rest, 2 folds, tiny networks, 2 epochs) on a small synthetic dataset, about 2 minutes on 2 CPU cores",
     )  # fmt: skip
-    parser.add_argument("--students", nargs="+", choices=_STUDENT_NAMES, help="default: all four")
-    parser.add_argument("--kd", nargs="+", choices=KD_MODES, help="KD modes (default: all three)")
+    parser.add_argument("--students", nargs="+", choices=_STUDENT_NAMES, help="student bundles (default: all three)")
     parser.add_argument(
-        "--sizes", nargs="+", type=_size, help="training subjects per class, or 'all' (default: 50 100 150 all)"
-    )
+        "--kd", nargs="+", choices=KD_MODES,
+        help="KD modes (default: all three; logit+feature only for bundles with a feature loss)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sizes", nargs="+", type=_size,
+        help="labelled training subjects per class, 'all', or 'N+unlabelled' (N labelled per class, the other "
+        "training subjects unlabelled for the KD term) (default: 10 10+unlabelled all)",
+    )  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
-    parser.add_argument("--folds", type=int, help="patient-level stratified folds K (default: 5)")
-    parser.add_argument("--epochs", type=int, help="student training epochs (default: 30)")
-    parser.add_argument("--teacher-epochs", type=int, help="teacher training epochs (default: --epochs)")
-    parser.add_argument("--teacher", help="registry name of the 3D teacher (default: vggvit3d)")
     parser.add_argument(
-        "--teacher-checkpoint",
-        help="reuse this trained teacher instead of training one per fold; '{fold}' in the path is replaced by the fold",
+        "--folds", type=int, help="patient-level stratified folds K of the non-test subjects (default: 3)"
     )
-    parser.add_argument("--spatial-size", type=int, help="edge N of the N^3 preprocessed volume (default: 128)")
-    parser.add_argument("--batch-size", type=int, help="default: 4")
-    parser.add_argument("--lr", type=float, dest="learning_rate", help="AdamW learning rate (default: 1e-3)")
-    parser.add_argument("--num-stacks", type=int, help="slice stacks per subject for 2D/2.5D evaluation (default: 8)")
+    parser.add_argument("--test-fraction", type=float, help="fraction of each class held out for test (default: 0.2)")
+    parser.add_argument("--epochs", type=int, help="student training epochs (default: each bundle's)")
+    parser.add_argument("--teacher-epochs", type=int, help="teacher training epochs (default: --epochs)")
+    parser.add_argument(
+        "--spatial-size", type=int, help="edge N of the N^3 preprocessed volume (default: each bundle's)"
+    )
+    parser.add_argument("--batch-size", type=int, help="default: each bundle's")
+    parser.add_argument(
+        "--profile", action="append", dest="profiles",
+        help="config overlay configs/profiles/NAME.json merged after train.json in every bundle (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--override", action="append", type=_override, dest="overrides", metavar="KEY=VALUE",
+        help="config override for every bundle run, JSON value (repeatable), e.g. --override learning_rate=5e-4",
+    )  # fmt: skip
     parser.add_argument("--tiny", action="store_true", default=None, help="tiny networks (implied by --quick)")
     parser.add_argument("--cache", choices=("disk", "memory", "none"), help="preprocessing cache (default: disk)")
     parser.add_argument("--num-workers", type=int, help="data-loading workers (default: 0)")
-    parser.add_argument("--device", help="training device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", help="training device, e.g. cpu or cuda:0 (default: each bundle's; --quick: cpu)")
     parser.add_argument(
         "--threads", type=positive_int,
         help="PyTorch CPU threads, also for the latency measurement (default: one per core; --quick: 1, as tiny "
@@ -73,29 +116,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_ablate(args: argparse.Namespace) -> int:
     from medkd3d.ablation.runner import StudyConfig, override, run_study
+    from medkd3d.workflows.data import SYNTHETIC_DEFAULT
 
-    preset = StudyConfig.quick if args.quick else StudyConfig
+    out = Path(args.out) if args.out else (QUICK_OUT if args.quick else DEFAULT_OUT)
+    dataset_dir = Path(args.dataset_dir) if args.dataset_dir else out / "data" / "synthetic_brats2019"
+    if args.quick:
+        config = StudyConfig.quick(dataset_dir, out)
+    else:  # the default folder gets the bundles' embedded synthetic default, as in `medkd3d pipeline`
+        config = StudyConfig(dataset_dir, out, synthetic=None if args.dataset_dir else SYNTHETIC_DEFAULT)
     config = override(
-        preset(args.dataset_dir, args.out),
+        config,
         students=args.students, kd_modes=args.kd, sizes=args.sizes, seeds=args.seeds, folds=args.folds,
-        epochs=args.epochs, teacher_epochs=args.teacher_epochs, teacher=args.teacher,
-        teacher_checkpoint=args.teacher_checkpoint, spatial_size=args.spatial_size, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, num_stacks=args.num_stacks, tiny=args.tiny, cache=args.cache,
+        test_fraction=args.test_fraction, epochs=args.epochs, teacher_epochs=args.teacher_epochs,
+        spatial_size=args.spatial_size, batch_size=args.batch_size, profiles=args.profiles,
+        overrides=dict(args.overrides) if args.overrides else None, tiny=args.tiny, cache=args.cache,
         num_workers=args.num_workers, device=args.device, threads=args.threads,
     )  # fmt: skip
     start = time.perf_counter()
-    # Ignite logs every epoch of every engine at INFO, which would break the progress bar's line; without the
-    # bar (--no-progress) those logs are kept.
-    engine_logger = logging.getLogger("ignite.engine.engine")
-    previous_level = engine_logger.level
-    if not args.no_progress:
-        engine_logger.setLevel(logging.WARNING)
+    # Every bundle run logs its engines, handlers and data preparation at INFO, which would break the progress
+    # bar's line; without the bar (--no-progress) those logs are kept.
+    quiet = [] if args.no_progress else [logging.getLogger(name) for name in _BUNDLE_RUN_LOGGERS]
+    previous_levels = [logger_.level for logger_ in quiet]
+    for logger_ in quiet:
+        logger_.setLevel(logging.WARNING)
     try:
         outcome = run_study(config, progress=not args.no_progress)
     finally:
-        engine_logger.setLevel(previous_level)
+        for logger_, level in zip(quiet, previous_levels):
+            logger_.setLevel(level)
     print(
-        f"ablation study in {args.out}: trained {len(outcome.trained)} runs, skipped {len(outcome.skipped)} finished "
+        f"ablation study in {out}: trained {len(outcome.trained)} runs, skipped {len(outcome.skipped)} finished "
         f"ones, in {time.perf_counter() - start:.0f} s"
     )
     for path in outcome.reports.values():

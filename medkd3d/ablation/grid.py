@@ -1,6 +1,8 @@
 """The study grid and its resumable bookkeeping: one atomically written JSON file per finished run.
 
-A study crosses students x KD modes x data sizes x seeds x folds. Every combination is a :class:`RunSpec`
+A study crosses students x KD modes x data sizes x seeds x folds (KD modes a student bundle lacks are left out).
+A data size is a number ``N`` of labelled training subjects per class, ``"all"``, or ``"N+unlabelled"``: ``N``
+labelled per class and the fold's other training subjects kept without their grade for the KD term. Every combination is a :class:`RunSpec`
 with a stable :attr:`~RunSpec.key`; its result lives in ``<out>/runs/<key>.json``. A run counts as finished
 exactly when that file exists, and the file only ever appears complete (it is written to a temporary name in
 the same folder and renamed with ``os.replace``), so an interrupted study - killed mid-run, mid-write, or by a
@@ -22,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from medkd3d.utils import atomic_path
+from medkd3d.workflows.training import KD_MODES
 
 __all__ = [
     "KD_MODES",
     "ResultStore",
     "RunSpec",
     "StudyGrid",
+    "labelled_per_class",
     "parse_size",
     "read_json",
     "size_sort_key",
@@ -36,32 +40,51 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Distillation modes of a study: no teacher, logit KD, logit plus feature KD.
-KD_MODES: tuple[str, ...] = ("none", "logit", "logit+feature")
-
 Size = int | str
+
+#: Suffix of a data size whose remaining training subjects are kept unlabelled (``"8+unlabelled"``).
+UNLABELLED_SUFFIX = "+unlabelled"
 
 
 def parse_size(value: int | str) -> Size:
-    """A data size: a positive number of training subjects per class, or ``"all"`` (the whole training side).
+    """A data size: a positive number ``N`` of labelled training subjects per class, ``"all"`` (the whole training
+    side), or ``"N+unlabelled"`` (``N`` labelled per class, the other training subjects unlabelled, KD term only).
 
     Raises:
         ValueError: for anything else.
     """
-    if isinstance(value, str) and value.strip().lower() == "all":
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text == "all":
         return "all"
+    unlabelled = isinstance(text, str) and text.endswith(UNLABELLED_SUFFIX)
+    if unlabelled:
+        text = text[: -len(UNLABELLED_SUFFIX)]
     try:
-        number = int(value)
+        number = int(text)
     except (TypeError, ValueError):
         number = 0
     if number < 1 or (isinstance(value, float) and value != number):
-        raise ValueError(f"a data size is a positive number of subjects per class or 'all', got {value!r}")
-    return number
+        raise ValueError(
+            f"a data size is a positive number of labelled subjects per class, 'all' or 'N+unlabelled', got {value!r}"
+        )
+    return f"{number}{UNLABELLED_SUFFIX}" if unlabelled else number
+
+
+def labelled_per_class(size: Size) -> tuple[int | None, bool]:
+    """``(labelled subjects per class or None for all, whether the others are kept unlabelled)`` of a size."""
+    size = parse_size(size)
+    if size == "all":
+        return None, False
+    if isinstance(size, str):
+        return int(size[: -len(UNLABELLED_SUFFIX)]), True
+    return size, False
 
 
 def size_sort_key(size: Size) -> float:
-    """Order sizes as a learning curve does: ascending numbers, then ``"all"``."""
-    return float("inf") if size == "all" else float(size)
+    """Order sizes as a learning curve does: ascending numbers (``"N+unlabelled"`` right after ``N``), then
+    ``"all"``."""
+    per_class, unlabelled = labelled_per_class(size)
+    return float("inf") if per_class is None else per_class + (0.5 if unlabelled else 0.0)
 
 
 @dataclass(frozen=True)
@@ -69,9 +92,9 @@ class RunSpec:
     """One cell of the grid at one seed and fold: what to train and where its result goes.
 
     Args:
-        student: student name (``"2d"``, ``"2.5d"``, ``"2.5d-multi"``, ``"3d"``).
+        student: student bundle name (e.g. ``"brats_student_effnet3d"``).
         kd: KD mode, one of :data:`KD_MODES`.
-        size: training subjects per class, or ``"all"``.
+        size: labelled training subjects per class, ``"all"`` or ``"N+unlabelled"`` (see :func:`parse_size`).
         seed: seed of the subject subset, the weight initialisation and the augmentations.
         fold: index of the patient-level fold whose held-out subjects evaluate the run.
     """
@@ -84,7 +107,7 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """Stable, file-name-safe identifier, e.g. ``"2.5d_logit+feature_50_s0_f1"``."""
+        """Stable, file-name-safe identifier, e.g. ``"brats_hdkd_student3d_logit+feature_8+unlabelled_s0_f1"``."""
         return f"{self.student}_{self.kd}_{self.size}_s{self.seed}_f{self.fold}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,6 +124,7 @@ class StudyGrid:
         sizes: data sizes (see :func:`parse_size`).
         seeds: seeds.
         folds: number of patient-level folds; every run is repeated on each fold.
+        unsupported: ``(student, KD mode)`` pairs left out (a mode the student's bundle does not have).
 
     Raises:
         ValueError: for an empty or duplicated axis, an unknown KD mode or fewer than two folds.
@@ -111,6 +135,7 @@ class StudyGrid:
     sizes: tuple[Size, ...]
     seeds: tuple[int, ...]
     folds: int
+    unsupported: frozenset[tuple[str, str]] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple(parse_size(s) for s in self.sizes))
@@ -137,10 +162,11 @@ class StudyGrid:
             for seed in self.seeds
             for student in self.students
             for kd in self.kd_modes
+            if (student, kd) not in self.unsupported
         ]
 
     def __len__(self) -> int:
-        return len(self.students) * len(self.kd_modes) * len(self.sizes) * len(self.seeds) * self.folds
+        return len(self.runs())
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:

@@ -8,6 +8,12 @@ Plots are drawn on matplotlib ``Figure`` objects with the Agg canvas (no display
   prediction for every (student, KD mode) at the largest data size, the teacher for reference, and the Pareto
   front (no other model is both faster and more accurate).
 
+``summary.md`` follows the package's evaluation protocol: it states the chance level, the trivial baseline when
+the runner provides it (:func:`medkd3d.engines.trivial_baseline` per fold), the retention of every student
+against its fold's teacher as the AUC ratio and as the margin retention over chance
+(:func:`medkd3d.ablation.stats.summarize_retention`), and flags in words any cell whose runs predict one class,
+whose AUC CI includes 0.5, that was evaluated on fewer than 20 subjects, or whose teacher is at chance.
+
 Every file is written atomically.
 """
 
@@ -24,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from medkd3d.ablation.grid import size_sort_key
-from medkd3d.ablation.stats import kd_gains, summarize_cells
+from medkd3d.ablation.stats import (
+    cell_flags,
+    evaluated_subjects,
+    kd_gains,
+    predicts_one_class,
+    summarize_cells,
+    summarize_retention,
+)
 from medkd3d.utils import atomic_path
 
 __all__ = [
@@ -44,7 +57,7 @@ RESULT_COLUMNS = (
     "parameters", "gflops", "cpu_latency_ms", "train_time_s",
 )  # fmt: skip
 #: Further columns appended after :data:`RESULT_COLUMNS` when present.
-EXTRA_COLUMNS = ("accuracy", "train_subjects", "val_subjects")
+EXTRA_COLUMNS = ("accuracy", "train_subjects", "val_subjects", "test_subjects", "one_class")
 #: Metrics with their own ``summary.md`` section and data-size plot.
 PLOTTED_METRICS = ("balanced_accuracy", "auc")
 
@@ -135,6 +148,74 @@ def _other_metrics_section(rows: Sequence[Mapping[str, Any]], order: list[tuple]
     return ["## F1, sensitivity, specificity (mean ± std)", "", *_table(["student", "KD", "size", *others], table), ""]
 
 
+def _retention_section(
+    rows: Sequence[Mapping[str, Any]], teacher_rows: Sequence[Mapping[str, Any]], order: list[tuple], num_resamples: int
+) -> list[str]:
+    """AUC ratio and balanced-accuracy margin retention against the fold's teacher, per cell."""
+    summaries = {
+        (r.auc_ratio.student, r.auc_ratio.kd, r.auc_ratio.size): r
+        for r in summarize_retention(rows, teacher_rows, num_resamples=num_resamples)
+    }
+    if not summaries:
+        return []
+    table = []
+    for cell in order:
+        if cell not in summaries:
+            continue
+        ratio, margin = summaries[cell].auc_ratio, summaries[cell].margin_retention
+        table.append(
+            (*cell, ratio.num_runs, f"{_fmt(ratio.mean)} ± {_fmt(ratio.std)}", _ci(ratio.ci_low, ratio.ci_high),
+             f"{_fmt(margin.mean)} ± {_fmt(margin.std)}", _ci(margin.ci_low, margin.ci_high),
+             summaries[cell].undefined_runs)
+        )  # fmt: skip
+    header = ["student", "KD", "size", "runs", "AUC ratio", "95% CI", "margin retention", "95% CI", "undefined"]
+    return [
+        "## Retention against the teacher",
+        "",
+        "Each run against its fold's teacher: AUC ratio = student AUC / teacher AUC; margin retention = (student - "
+        "0.5) / (teacher - 0.5) of the balanced accuracy, the share of the teacher's margin over chance the student "
+        "keeps (0 for a student that predicts one class). It is undefined when the teacher is at chance "
+        "(`undefined` runs, left out of its statistics).",
+        "",
+        *_table(header, table),
+        "",
+    ]
+
+
+def _flags_section(
+    rows: Sequence[Mapping[str, Any]], teacher_rows: Sequence[Mapping[str, Any]], order: list[tuple], num_resamples: int
+) -> list[str]:
+    """The cells a reader should not trust, and why, in words."""
+    flags = cell_flags(rows, teacher_rows, num_resamples=num_resamples)
+    lines = ["## Flags", ""]
+    flagged = [cell for cell in order if cell in flags]
+    lines += [f"- {student}, KD {kd}, size {size}: {'; '.join(flags[student, kd, size])}" for student, kd, size in flagged]
+    return [*lines, *([] if flagged else ["No cell is flagged."]), ""]
+
+
+def _baseline_section(baseline_rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The trivial baseline per fold and its mean, the floor every model must clear."""
+    if not baseline_rows:
+        return []
+    table = [
+        (row.get("fold", "every fold"), _fmt(row.get("balanced_accuracy")), _fmt(row.get("auc")),
+         _fmt(evaluated_subjects(row)))
+        for row in baseline_rows
+    ]  # fmt: skip
+    if len(baseline_rows) > 1:
+        table.append(("mean", _fmt(_mean(baseline_rows, "balanced_accuracy")), _fmt(_mean(baseline_rows, "auc")), ""))
+    return [
+        "## Trivial baseline",
+        "",
+        "Logistic regression on per-modality percentiles of the z-scored brain intensities, fitted on the training "
+        "(and validation) subjects and scored on the same held-out subjects as the models "
+        "(`medkd3d.engines.trivial_baseline`).",
+        "",
+        *_table(["fold", "balanced accuracy", "AUC", "n"], table),
+        "",
+    ]
+
+
 def _cost_sections(rows: Sequence[Mapping[str, Any]], teacher_rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Size and speed per model (students and teacher), and the teacher's accuracy per fold."""
 
@@ -145,14 +226,19 @@ def _cost_sections(rows: Sequence[Mapping[str, Any]], teacher_rows: Sequence[Map
 
     students = dict.fromkeys(row["student"] for row in rows)
     table = [cost(student, [row for row in rows if row["student"] == student]) for student in students]
-    if teacher_rows:
-        table.append(cost(f"teacher ({teacher_rows[0]['model']})", teacher_rows))
+    for teacher in dict.fromkeys(t["model"] for t in teacher_rows):
+        table.append(cost(f"teacher ({teacher})", [t for t in teacher_rows if t["model"] == teacher]))
     lines = ["## Cost", "", "Per subject-level prediction as evaluated (CPU latency: median of eager passes).", ""]
     lines += [*_table(["model", "parameters", "GFLOPs", "CPU latency (ms)", "mean train time (s)"], table), ""]
     if teacher_rows:
-        table = [(t["fold"], _fmt(t["balanced_accuracy"]), _fmt(t["auc"]), t["train_subjects"]) for t in teacher_rows]
-        lines += ["## Teacher per fold", ""]
-        lines += [*_table(["fold", "balanced accuracy", "AUC", "training subjects"], table), ""]
+        table = [
+            (t["model"], t["fold"], _fmt(t["balanced_accuracy"]), _fmt(t["auc"]), t.get("train_subjects", "n/a"),
+             _fmt(evaluated_subjects(t)), "predicts one class" if predicts_one_class(t) else "")
+            for t in teacher_rows
+        ]  # fmt: skip
+        lines += ["## Teachers per fold", ""]
+        header = ["teacher", "fold", "balanced accuracy", "AUC", "training subjects", "evaluated subjects", "flags"]
+        lines += [*_table(header, table), ""]
     return lines
 
 
@@ -162,15 +248,18 @@ def format_summary(
     settings: Mapping[str, Any] | None = None,
     plots: Sequence[str] = (),
     num_resamples: int = 10_000,
+    baseline_rows: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """The Markdown text of ``summary.md``.
 
     Args:
         rows: run results.
-        teacher_rows: per-fold teacher results (metrics and costs).
+        teacher_rows: per-fold teacher results (metrics and costs); students' retention is computed against them.
         settings: study settings listed at the top (``None``: none).
         plots: plot file names to embed.
         num_resamples: bootstrap resamples of every CI.
+        baseline_rows: the trivial baseline's results per fold (``fold``, ``balanced_accuracy``, ``auc`` and the
+            number of evaluated subjects), shown as the floor every model must clear.
 
     Returns:
         The Markdown document.
@@ -180,8 +269,9 @@ def format_summary(
         "# Ablation study summary",
         "",
         f"{len(rows)} finished runs over {len({row['fold'] for row in rows})} patient-level folds and seeds {seeds}. "
-        "Sizes are training subjects per class; every run is evaluated on its fold's held-out subjects, one "
-        "prediction per subject (slice students: mean of the slice-stack probabilities).",
+        "Sizes are training subjects per class; every run is evaluated on held-out subjects its training and model "
+        "selection never saw, one prediction per subject (slice students: mean of the slice-stack probabilities). Chance level: AUC 0.5, "
+        "balanced accuracy 0.5 (two classes).",
         "",
         f"Statistics over the (seed, fold) runs of a cell: mean ± sample std; 95% CI = percentile bootstrap of the "
         f"mean ({num_resamples:,} resamples). KD gain = mean paired difference to the no-KD run of the same "
@@ -194,7 +284,10 @@ def format_summary(
     if not rows:
         return "\n".join([*lines, "No finished runs yet.", ""])
     order = _cell_order(rows)
+    lines += _flags_section(rows, teacher_rows, order, num_resamples)
+    lines += _baseline_section(baseline_rows)
     lines += _metric_sections(rows, order, num_resamples)
+    lines += _retention_section(rows, teacher_rows, order, num_resamples)
     lines += _gain_sections(rows, order, num_resamples)
     lines += _other_metrics_section(rows, order)
     lines += _cost_sections(rows, teacher_rows)
@@ -301,9 +394,10 @@ def plot_pareto(
         mine = [row for row in at_size if row["student"] == student and row["kd"] == kd]
         styles.append((f"{student}, KD {kd}", f"C{students.index(student)}", _KD_MARKERS.get(kd, "D")))
         points.append((_mean(mine, "cpu_latency_ms"), _mean(mine, metric)))
-    if teacher_rows:
-        styles.append((f"teacher {teacher_rows[0]['model']}", "black", "*"))
-        points.append((_mean(teacher_rows, "cpu_latency_ms"), _mean(teacher_rows, metric)))
+    for index, teacher in enumerate(dict.fromkeys(t["model"] for t in teacher_rows)):
+        mine = [t for t in teacher_rows if t["model"] == teacher]
+        styles.append((f"teacher {teacher}", "black", "*P"[index % 2]))
+        points.append((_mean(mine, "cpu_latency_ms"), _mean(mine, metric)))
     figure = _figure(6.0, 4.2)
     ax = figure.subplots()
     for (latency, value), (label, colour, marker) in zip(points, styles):
@@ -330,6 +424,7 @@ def write_report(
     out_dir: str | os.PathLike,
     teacher_rows: Sequence[Mapping[str, Any]] = (),
     settings: Mapping[str, Any] | None = None,
+    baseline_rows: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Path]:
     """Write ``results.csv``, the plots (when there are results) and ``summary.md`` into ``out_dir``.
 
@@ -338,6 +433,7 @@ def write_report(
         out_dir: the study folder.
         teacher_rows: per-fold teacher results.
         settings: study settings listed in the summary.
+        baseline_rows: the trivial baseline's results per fold (see :func:`format_summary`).
 
     Returns:
         The written files: ``"results_csv"``, ``"summary_md"`` and one ``"plot_<name>"`` per plot.
@@ -349,7 +445,7 @@ def write_report(
             files[f"plot_{metric}_vs_size"] = plot_metric_vs_size(rows, out / f"metric_vs_size_{metric}.png", metric)
         files["plot_pareto"] = plot_pareto(rows, out / "pareto_latency.png", teacher_rows)
     plots = [path.name for key, path in files.items() if key.startswith("plot_")]
-    text = format_summary(rows, teacher_rows, settings, plots)
+    text = format_summary(rows, teacher_rows, settings, plots, baseline_rows=baseline_rows)
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(text, encoding="utf-8")
     files["summary_md"] = out / "summary.md"

@@ -1,52 +1,41 @@
-"""Run a slice-vs-volume x distillation x data-size study on patient-level folds, resumably.
+"""Run a distillation x data-size study through the bundles, on patient-level folds, resumably.
 
-For every fold of a stratified, patient-level k-fold split (subjects, never slices, are split):
+One recipe: every model of a study is trained and evaluated by its MONAI bundle (``configs/train.json`` and
+``configs/evaluate.json``, run with :func:`medkd3d.workflows.run_bundle_config`), exactly as ``medkd3d pipeline``
+and ``python -m monai.bundle run`` train it - same optimiser, schedule, transforms and checkpoint selection. A cell
+of the study is a bundle run with overrides; the study never trains a network itself.
 
-1. **Teacher.** A 3D teacher is trained on the fold's whole training side with MONAI's ``SupervisedTrainer``
-   (HDKD's protocol: the teacher sees all the training data, the students a subset) and saved to
-   ``<out>/teachers/fold<k>.pt``, or a given checkpoint is loaded. It is only built when a KD run needs it.
-2. **Students.** For each data size (subjects per class, drawn per class from the fold's training side;
-   nested across sizes for one seed; a class smaller than the size contributes all its subjects, as in
-   HDKD), seed, student and KD mode, a student is trained from scratch for a fixed number of epochs:
-   ``"none"`` with ``SupervisedTrainer`` and class-weighted cross-entropy; ``"logit"`` and
-   ``"logit+feature"`` with :class:`medkd3d.engines.DistillationTrainer` and the frozen teacher.
-3. **Evaluation** on the fold's held-out subjects with a MONAI ``SupervisedEvaluator``: one prediction per
-   subject. 2D and 2.5D students see ``num_stacks`` evenly spaced slice stacks of each volume and their
-   slice-level probabilities are averaged (:class:`~medkd3d.workflows.SliceStackInferer` with
-   ``aggregate="probabilities"``);
-   the multi-slice student fuses its stacks itself; the 3D student sees the volume.
+The study folder holds ``datalist.json`` (the dataset, validated once) and ``splits.json``: ``test_fraction`` of
+each class is held out as the test set, the other subjects are dealt into ``folds`` stratified folds
+(:func:`medkd3d.data.splits.make_splits`). Every bundle run gets that file (``splits_file``), so teacher and
+students of a fold train and validate on the same subjects whatever their seed, and every run reports on the same
+test subjects, which neither training nor checkpoint selection (validation side) ever sees.
 
-The final model of each run is evaluated (no early stopping): selecting epochs on the few held-out subjects
-of a small study would bias exactly the numbers the study reports.
+For every fold:
 
-Distillation (documented choice):
-
-* ``"logit"``: the seed KD loss ``alpha * T^2 * KL(p_teacher || p_student) + (1 - alpha) * CE``. Slice
-  students get the teacher's prediction on the *volume* their slices come from
-  (:class:`~medkd3d.losses.VolumeToSliceKDLoss`; the slice pipelines keep the volume with ``keep_volume=True``
-  and the trainer feeds it to the teacher through ``teacher_image_key="volume"``).
-* ``"logit+feature"``: additionally, the student's stride-8 and stride-16 stages are matched to the teacher's
-  stages of the same stride (by ``feature_info``; the first - convolutional - one when several have it). A
-  3D student and the teacher differ in architecture (EfficientNet vs VGG/ViT), so their maps are compared
-  through learned projectors: :class:`~medkd3d.losses.CrossArchitectureKDLoss` (partially cross-attention
-  and group-wise linear projectors, which align maps of any width and grid). A 2D/2.5D student has 2D maps:
-  :class:`~medkd3d.losses.VolumeToSliceFeatureLoss` depth-pools the teacher's 3D map at the student's
-  ``slice_index`` and regresses it through a 1x1 adapter (FitNets hint). The projectors and adapters train
-  with the student.
+1. **Teachers.** Each teacher bundle a student needs (``brats_teacher_vggvit3d``, ``brats_hdkd_teacher3d``) is
+   trained once per fold on the fold's whole training side (HDKD's protocol: the teacher sees all the labelled
+   data) into ``<out>/teachers/<bundle>/fold<k>/`` and evaluated on the test set.
+2. **Students.** For each data size, seed, student bundle and KD mode, the student bundle is trained with
+   ``kd_mode`` (``"none"``: class-weighted cross-entropy and no teacher; ``"logit"``; ``"logit+feature"`` where
+   the bundle has a feature loss), ``train_per_class`` (``N`` labelled subjects per class, drawn per class with
+   the seed and nested across sizes) and, for a size ``"N+unlabelled"``, ``unlabelled_train`` (the fold's other
+   training subjects kept without their grade, for the KD term only), and its fold's ``teacher_ckpt``.
+3. **Evaluation.** The best-validation checkpoint of every run is evaluated by the bundle's ``evaluate.json`` on
+   the test split; the metrics come from the written ``eval/metrics.json`` and ``evaluation_predictions.csv``.
 
 A KD run and the no-KD run of the same student, size, seed and fold share everything but the distillation -
-training subjects, held-out subjects, initial weights and augmentation draws (the seed is set before the
-student is built and its data loader seeded) - so they form the pairs of the KD gain (see
-:mod:`medkd3d.ablation.stats`). Resuming does not change any result: each run depends only on its own seed.
+training subjects, validation and test subjects, initial weights (the bundle's ``seed``) - so they form the pairs
+of the KD gain (:mod:`medkd3d.ablation.stats`). The no-KD run of a size ``"N+unlabelled"`` is the no-KD run of
+``N`` (cross-entropy cannot use unlabelled subjects), trained once and shared. Finished bundle runs are kept
+(``result.json`` in their folder) and skipped on resume.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -60,7 +49,7 @@ from medkd3d.ablation.grid import (
     ResultStore,
     RunSpec,
     StudyGrid,
-    atomic_path,
+    labelled_per_class,
     read_json,
     write_json_atomic,
 )
@@ -68,92 +57,82 @@ from medkd3d.ablation.grid import (
 __all__ = [
     "QUICK_SYNTHETIC",
     "STUDENTS",
-    "StudentSpec",
     "StudyConfig",
     "StudyOutcome",
     "run_study",
+    "student_teacher",
+    "supported_kd_modes",
     "training_subset",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: The student bundles a study can compare (each distils from the teacher bundle ``medkd3d pipeline`` pairs it
+#: with, see :func:`student_teacher`).
+STUDENTS: tuple[str, ...] = ("brats_student_effnet3d", "brats_student_effnet25d", "brats_hdkd_student3d")
 
-@dataclass(frozen=True)
-class StudentSpec:
-    """How a student name of the study maps to a network and an input pipeline.
+#: The synthetic dataset ``--quick`` generates when the dataset folder does not exist: enough subjects for a test
+#: set and two folds, small volumes.
+QUICK_SYNTHETIC: dict[str, Any] = {"layout": "brats2019", "n_hgg": 12, "n_lgg": 12, "shape": (48, 48, 40), "seed": 0}
 
-    Args:
-        model: registry name of the network.
-        layout: ``"volume"`` (``[4, X, Y, Z]``), ``"slice"`` (one stack ``[4*K, H, W]`` per training sample,
-            subject-level evaluation by probability averaging) or ``"multi_slice"`` (``[S, 4*K, H, W]``).
-        single_slice: ``K = 1`` (a 2D student) instead of the study's ``num_slices``.
-        tiny_kwargs: constructor overrides for ``tiny`` studies (``--quick``, tests).
+#: Result keys read from the bundle's ``eval/metrics.json``.
+METRIC_KEYS = ("balanced_accuracy", "auc", "f1", "sensitivity", "specificity", "accuracy")
+
+
+def student_teacher(student: str) -> str:
+    """The teacher bundle of a student bundle (the pairing of :data:`medkd3d.workflows.pipeline.MODELS`).
+
+    Raises:
+        ValueError: if ``student`` is not a student bundle.
     """
+    from medkd3d.workflows.pipeline import MODELS
 
-    model: str
-    layout: str
-    single_slice: bool = False
-    tiny_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    teachers = {model.bundle: model.teacher for model in MODELS if model.teacher}
+    if student not in teachers:
+        raise ValueError(f"unknown student bundle {student!r}; choose from {sorted(teachers)}")
+    return teachers[student]
 
 
-# The slice students share one backbone family so that a comparison between them is about the input, not the
-# network; the 3D student is the volumetric EfficientNet-B0 of the seed paper.
-_TINY_SLICE_BACKBONE = {"backbone": "mobilenetv3_small_050"}
-
-#: The students a study can compare.
-STUDENTS: dict[str, StudentSpec] = {
-    "2d": StudentSpec("efficientnet2d", "slice", single_slice=True, tiny_kwargs=_TINY_SLICE_BACKBONE),
-    "2.5d": StudentSpec("efficientnet25d", "slice", tiny_kwargs=_TINY_SLICE_BACKBONE),
-    "2.5d-multi": StudentSpec(
-        "efficientnet25d_multi", "multi_slice", tiny_kwargs={**_TINY_SLICE_BACKBONE, "attention_dim": 8}
-    ),
-    "3d": StudentSpec("efficientnet3d_b0", "volume", tiny_kwargs={"width_multiplier": 0.25}),
-}
-
-#: Strides of the stages distilled by ``"logit+feature"``.
-DISTILLED_STRIDES = (8, 16)
-
-#: The synthetic dataset ``--quick`` generates when the dataset folder does not exist.
-QUICK_SYNTHETIC: dict[str, Any] = {"layout": "brats2019", "n_hgg": 16, "n_lgg": 12, "shape": (64, 64, 48), "seed": 0}
+def supported_kd_modes(bundle_root: str | os.PathLike) -> tuple[str, ...]:
+    """The KD modes of a student bundle: ``"none"``, ``"logit"``, and ``"logit+feature"`` when its trainer has a
+    feature loss (read from ``configs/train.json``; nothing is instantiated)."""
+    config = json.loads((Path(bundle_root) / "configs" / "train.json").read_text(encoding="utf-8"))
+    has_features = "feature_loss" in config.get("train", {}).get("trainer", {})
+    return KD_MODES if has_features else tuple(mode for mode in KD_MODES if mode != "logit+feature")
 
 
 @dataclass
 class StudyConfig:
-    """Everything a study depends on.
+    """Everything a study depends on. ``None`` keeps the bundle's own value (its ``train.json`` or profile).
 
     Args:
         dataset_dir: a BraTS 2019/2020 folder (discovered) or a datalist JSON (``medkd3d datalist``).
-        out_dir: the study folder: results, teachers, caches and reports.
-        students: student names, keys of :data:`STUDENTS`.
-        kd_modes: KD modes, from :data:`~medkd3d.ablation.grid.KD_MODES`.
-        sizes: training subjects per class (HDKD's data-size study), or ``"all"``.
-        seeds: seeds of the subject subsets, initialisations and augmentations.
-        folds: number of patient-level stratified folds (every run is repeated per fold).
+        out_dir: the study folder: results, bundle runs, teachers, caches and reports.
+        students: student bundle names (:data:`STUDENTS`).
+        kd_modes: KD modes (:data:`~medkd3d.ablation.grid.KD_MODES`); a mode a bundle lacks (``"logit+feature"``
+            without a feature loss) is left out for that bundle.
+        sizes: labelled training subjects per class, ``"all"``, or ``"N+unlabelled"`` (``N`` labelled per class,
+            the other training subjects unlabelled for the KD term).
+        seeds: seeds of the labelled subsets and of the bundles' ``seed`` (initialisation, augmentation).
+        folds: number of patient-level stratified folds of the non-test subjects (each run is repeated per fold).
+        test_fraction: fraction of each class held out once as the test set of every run.
         epochs: student training epochs.
         teacher_epochs: teacher training epochs (``None``: ``epochs``).
-        teacher: registry name of the 3D teacher.
-        teacher_checkpoint: a trained teacher to reuse instead of training one per fold; ``{fold}`` in the path
-            is replaced by the fold index (one teacher per fold, the leak-free choice).
         spatial_size: edge of the cubic preprocessed volume ``(N, N, N)``.
-        tiny: tiny networks (see :attr:`StudentSpec.tiny_kwargs` and the registry's tiny teacher settings).
+        tiny: tiny networks in every bundle (:func:`medkd3d.export.bundle.tiny_overrides`), for ``--quick`` and tests.
+        profiles: config overlays merged after ``train.json`` in every bundle (``configs/profiles/<name>.json``).
+        overrides: config overrides given to every bundle run (e.g. ``{"learning_rate": 5e-4}``).
+        bundle_overrides: config overrides per bundle name; a teacher's ``network_def#...`` overrides are given to
+            its students as ``teacher_def#...``.
         batch_size: training and evaluation batch size.
-        learning_rate: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        num_slices: adjacent slices ``K`` per 2.5D stack.
-        num_stacks: stacks ``S`` per subject for subject-level evaluation (and training of the multi-slice
-            student).
-        alpha: weight of the KD term (see :class:`~medkd3d.losses.KDLoss`).
-        temperature: KD softmax temperature.
-        feature_weight: weight of the feature-distillation term.
-        split_seed: seed of the patient-level folds (and of the teacher's training).
-        cache: ``"disk"`` (default: preprocessed volumes are stored once in ``<out>/cache`` and shared by all
-            runs and resumed invocations), ``"memory"`` or ``"none"``.
+        split_seed: seed of the test hold-out and the folds (and the teachers' ``seed``).
+        cache: the bundles' ``cache``: ``"disk"`` (preprocessed volumes stored once per bundle in ``<out>/cache``
+            and shared by all runs and resumed invocations), ``"memory"`` or ``"none"``.
         num_workers: data-loading workers.
-        device: training device; CUDA when available by default. Latency is always measured on the CPU.
+        device: training device (e.g. ``"cpu"``); ``None``: the bundles' choice (CUDA when available).
         threads: PyTorch CPU threads (``torch.set_num_threads``) while the study runs; ``None`` keeps PyTorch's
-            default (one per core). Tiny networks gain nothing from several threads and, on cores shared with
-            other work, lose an order of magnitude to threads waiting for each other, so ``--quick`` uses 1.
-            CPU latencies are measured with this many threads (``cpu_threads`` in ``profiles/*.json``).
+            default. Tiny networks gain nothing from several threads and, on shared cores, lose much to threads
+            waiting for each other, so ``--quick`` uses 1. CPU latencies are measured with this many threads.
         latency_repeats: timed forward passes per CPU latency measurement.
         synthetic: when ``dataset_dir`` does not exist, generate a synthetic BraTS dataset there with these
             :func:`~medkd3d.data.generate_synthetic_brats` arguments (``None``: a missing folder is an error).
@@ -161,25 +140,20 @@ class StudyConfig:
 
     dataset_dir: str | os.PathLike
     out_dir: str | os.PathLike
-    students: Sequence[str] = ("2d", "2.5d", "2.5d-multi", "3d")
+    students: Sequence[str] = STUDENTS
     kd_modes: Sequence[str] = KD_MODES
-    sizes: Sequence[int | str] = (50, 100, 150, "all")
+    sizes: Sequence[int | str] = (10, "10+unlabelled", "all")
     seeds: Sequence[int] = (0, 1, 2)
-    folds: int = 5
-    epochs: int = 30
+    folds: int = 3
+    test_fraction: float = 0.2
+    epochs: int | None = None
     teacher_epochs: int | None = None
-    teacher: str = "vggvit3d"
-    teacher_checkpoint: str | None = None
-    spatial_size: int = 128
+    spatial_size: int | None = None
     tiny: bool = False
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    num_slices: int = 3
-    num_stacks: int = 8
-    alpha: float = 0.5
-    temperature: float = 4.0
-    feature_weight: float = 1.0
+    profiles: Sequence[str] = ()
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    bundle_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    batch_size: int | None = None
     split_seed: int = 0
     cache: str = "disk"
     num_workers: int = 0
@@ -192,41 +166,61 @@ class StudyConfig:
     def quick(cls, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, **overrides: Any) -> StudyConfig:
         """The ``--quick`` study: a tiny grid on a small synthetic dataset, a few minutes on 2 CPU cores.
 
-        Every student and KD mode, 4 subjects per class and all, one seed, two folds, 32^3 volumes, tiny networks,
-        2 student epochs and 4 teacher epochs, one CPU thread. ``overrides`` replace any of these.
+        Every student bundle with every KD mode it has, the data-limited (2 labelled subjects per class) and the
+        unlabelled regime, one seed, two folds, 32^3 volumes, tiny networks, 2 student and 3 teacher epochs, one CPU
+        thread: it shows that the study runs, not how good the models are (4 test subjects). ``overrides`` replace
+        any of these.
         """
         settings: dict[str, Any] = {
-            "students": tuple(STUDENTS),
+            "students": STUDENTS,
             "kd_modes": KD_MODES,
-            "sizes": (4, "all"),
+            "sizes": (2, "2+unlabelled"),
             "seeds": (0,),
             "folds": 2,
             "epochs": 2,
-            "teacher_epochs": 4,
+            "teacher_epochs": 3,
             "spatial_size": 32,
             "tiny": True,
-            "num_stacks": 4,
+            "batch_size": 2,
             "latency_repeats": 3,
             "threads": 1,
+            "device": "cpu",
             "synthetic": QUICK_SYNTHETIC,
         }
         settings.update(overrides)
         return cls(dataset_dir=dataset_dir, out_dir=out_dir, **settings)
 
     def grid(self) -> StudyGrid:
-        unknown = [s for s in self.students if s not in STUDENTS]
-        if unknown:
-            raise ValueError(f"unknown student(s) {unknown}; choose from {list(STUDENTS)}")
-        return StudyGrid(tuple(self.students), tuple(self.kd_modes), tuple(self.sizes), tuple(self.seeds), self.folds)
+        """The study's runs; KD modes a student bundle lacks are left out for it.
+
+        Raises:
+            ValueError: for an unknown student, an invalid axis, or a student left without any KD mode.
+        """
+        from medkd3d.workflows import find_bundle_root
+
+        unsupported = set()
+        for student in self.students:
+            student_teacher(student)  # validates the name
+            modes = supported_kd_modes(find_bundle_root(student))
+            unsupported |= {(student, mode) for mode in self.kd_modes if mode not in modes}
+            if all((student, mode) in unsupported for mode in self.kd_modes):
+                raise ValueError(f"{student} has none of the KD modes {list(self.kd_modes)}; it supports {list(modes)}")
+        return StudyGrid(
+            tuple(self.students), tuple(self.kd_modes), tuple(self.sizes), tuple(self.seeds), self.folds,
+            unsupported=frozenset(unsupported),
+        )  # fmt: skip
 
     def run_settings(self) -> dict[str, Any]:
         """The settings every run's result depends on (recorded in ``study.json``; the grid axes are not)."""
         keys = (
-            "folds epochs teacher_epochs teacher teacher_checkpoint spatial_size tiny batch_size learning_rate "
-            "weight_decay num_slices num_stacks alpha temperature feature_weight split_seed"
+            "folds test_fraction epochs teacher_epochs spatial_size tiny profiles overrides bundle_overrides "
+            "batch_size split_seed"
         ).split()
         settings = {key: getattr(self, key) for key in keys}
         settings["teacher_epochs"] = self.teacher_epochs or self.epochs
+        settings["profiles"] = list(self.profiles)
+        settings["overrides"] = dict(self.overrides)
+        settings["bundle_overrides"] = {k: dict(v) for k, v in self.bundle_overrides.items()}
         return settings
 
 
@@ -235,16 +229,22 @@ class StudyOutcome:
     """What :func:`run_study` did and wrote.
 
     Attributes:
-        trained: keys of the runs trained by this call (finished runs found on disk are skipped).
+        trained: keys of the runs completed by this call (finished runs found on disk are skipped).
         skipped: keys of the runs that were already finished.
-        teachers_trained: folds whose teacher this call trained.
+        teachers_trained: ``"<teacher bundle>/fold<k>"`` of the teachers this call trained.
         reports: the report files by name (``"results_csv"``, ``"summary_md"``, plots).
+        rows: the result of every finished run of the grid (coordinates, test metrics, cost, ``teacher``).
+        teacher_rows: one result per (teacher bundle, fold): ``model`` (the bundle), ``fold`` and test metrics.
+        baseline_rows: the trivial baseline on the test subjects.
     """
 
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    teachers_trained: list[int] = field(default_factory=list)
+    teachers_trained: list[str] = field(default_factory=list)
     reports: dict[str, Path] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    teacher_rows: list[dict[str, Any]] = field(default_factory=list)
+    baseline_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -275,220 +275,101 @@ def _subjects_fingerprint(records: Sequence[Mapping[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
 
 
-def training_subset(records: Sequence[Mapping[str, Any]], size: int | str, seed: int) -> list[Mapping[str, Any]]:
-    """The training records of ``size`` subjects per class (``"all"``: every record).
+def training_subset(records: Sequence[Mapping[str, Any]], size: int | str, seed: int) -> list[dict[str, Any]]:
+    """The training items a student bundle sees for a data ``size`` (see :func:`labelled_per_class`).
 
-    Drawn per class with :func:`medkd3d.data.splits.per_class_subset`, so the subsets are nested across sizes
-    for one seed (a learning curve adds subjects instead of redrawing them). A class with fewer subjects than
-    ``size`` contributes all of them (HDKD's data-size study does the same for its small classes), with a
-    warning.
+    The same function the student bundles' ``train_records`` call
+    (:func:`medkd3d.workflows.training.training_records`), so a study counts exactly what the bundle trains on.
 
     Args:
         records: the training side of a fold.
-        size: subjects per class, or ``"all"``.
+        size: labelled subjects per class, ``"all"``, or ``"N+unlabelled"``.
         seed: seed of the draw.
 
     Returns:
-        The chosen records, in their original order.
+        The labelled records, then (for ``"N+unlabelled"``) the other subjects with ``label = -1``.
     """
-    from medkd3d.data.splits import per_class_subset, subject_labels
+    from medkd3d.workflows.training import training_records
 
-    if size == "all":
-        return list(records)
-    by_label: dict[Any, list[Mapping[str, Any]]] = {}
-    for record in records:
-        by_label.setdefault(record.get("label"), []).append(record)
-    chosen: set[str] = set()
-    for label, members in sorted(by_label.items(), key=lambda item: repr(item[0])):
-        available = len(subject_labels(members))
-        if available < int(size):
-            logger.warning(
-                "Class %r has %d training subjects, fewer than the %s per class asked for: using all of them.",
-                label, available, size,
-            )  # fmt: skip
-        chosen.update(per_class_subset(members, min(int(size), available), seed))
-    return [r for r in records if r["subject"] in chosen]
+    per_class, unlabelled = labelled_per_class(size)
+    return training_records(records, per_class, seed, unlabelled)
 
 
-# ---------------------------------------------------------------------------------------------------- models
+# ------------------------------------------------------------------------------------------------- bundle runs
 
 
-def _build_student(name: str, config: StudyConfig, num_classes: int) -> Any:
-    from medkd3d.networks import create_model
-
-    spec = STUDENTS[name]
-    kwargs: dict[str, Any] = dict(spec.tiny_kwargs) if config.tiny else {}
-    if spec.layout != "volume":
-        kwargs["num_slices"] = 1 if spec.single_slice else config.num_slices
-    return create_model(spec.model, num_classes=num_classes, **kwargs)
-
-
-def _build_teacher(config: StudyConfig, num_classes: int) -> Any:
-    from medkd3d.networks import create_model, get_model_entry
-
-    entry = get_model_entry(config.teacher)
-    kwargs: dict[str, Any] = dict(entry.tiny_kwargs) if config.tiny else {}
-    if "img_size" in inspect.signature(entry.factory).parameters:  # ViT teachers embed a fixed token grid
-        kwargs["img_size"] = config.spatial_size
-    return create_model(config.teacher, in_channels=4, num_classes=num_classes, **kwargs)
-
-
-def _profile_input(name: str | None, config: StudyConfig) -> tuple[tuple[int, ...], int]:
-    """``(input shape, batch size)`` of one subject-level prediction as evaluated (``None``: the teacher)."""
-    n = config.spatial_size
-    layout = "volume" if name is None else STUDENTS[name].layout
-    if layout == "volume":
-        return (4, n, n, n), 1
-    channels = 4 * (1 if STUDENTS[name].single_slice else config.num_slices)
-    if layout == "multi_slice":
-        return (config.num_stacks, channels, n, n), 1
-    return (channels, n, n), config.num_stacks
-
-
-def _profile(network: Any, name: str | None, config: StudyConfig) -> dict[str, Any]:
-    """Parameters, GFLOPs and median CPU latency of one subject-level prediction (untrained weights: cost
-    does not depend on them)."""
-    import copy
-
+def _profile(
+    bundle_root: Path, configs: Sequence[str], overrides: Mapping[str, Any], record: Mapping[str, Any], repeats: int
+) -> dict:
+    """Parameters, GFLOPs and median CPU latency of one subject-level prediction as the bundle evaluates it
+    (``configs`` merged with ``overrides``: its ``validate#preprocessing`` on a real subject, its
+    ``validate#inferer``; untrained weights: the cost does not depend on them)."""
     import torch
+    from monai.bundle import ConfigParser
+    from torch import nn
 
     from medkd3d.networks.profile import count_gflops, count_parameters, measure_latency
 
-    shape, batch = _profile_input(name, config)
-    cpu_network = copy.deepcopy(network).cpu()
-    # The random example inputs must not shift the seeded stream of the run that follows: a resumed study
-    # (profile already stored) and a fresh one then train identically.
+    class SubjectPredictor(nn.Module):
+        """``inferer(x, network)`` as a module: what one subject-level prediction of the bundle runs."""
+
+        def __init__(self, network: nn.Module, inferer: Any) -> None:
+            super().__init__()
+            self.network, self.inferer = network, inferer
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inferer(x, self.network)
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle_root / "configs" / name) for name in configs])
+    parser.read_meta(str(bundle_root / "configs" / "metadata.json"))
+    parser.update({"bundle_root": str(bundle_root), **overrides, "device": "$torch.device('cpu')"})
+    network = parser.get_parsed_content("network_def").cpu()
+    image = parser.get_parsed_content("validate#preprocessing")(dict(record))["image"]
+    shape = tuple(image.shape)
+    predictor = SubjectPredictor(network, parser.get_parsed_content("validate#inferer"))
+    # The random example inputs must not shift the seeded stream of the run that follows.
     with torch.random.fork_rng(devices=[]):
-        latency = measure_latency(cpu_network, shape, repeats=config.latency_repeats, batch_size=batch, device="cpu")
-        gflops = count_gflops(cpu_network, shape, batch_size=batch, device="cpu")
+        latency = measure_latency(predictor, shape, repeats=repeats, device="cpu")
+        gflops = count_gflops(predictor, shape, device="cpu")
     return {
-        "parameters": count_parameters(cpu_network),
+        "parameters": count_parameters(network),
         "gflops": gflops,
         "cpu_latency_ms": latency["median_ms"],
-        "profile_input": [batch, *shape],
+        "profile_input": [1, *shape],
         "cpu_threads": torch.get_num_threads(),
     }
 
 
-def _cached_profile(path: Path, network: Any, name: str | None, config: StudyConfig) -> dict[str, Any]:
-    """The profile stored at ``path``, measured and stored first when missing (one measurement per study)."""
-    if path.is_file():
-        return read_json(path, "model profile")
-    profile = _profile(network, name, config)
-    write_json_atomic(path, profile)
-    return profile
+def _read_evaluation(eval_dir: Path) -> dict[str, Any]:
+    """Test metrics of a bundle run from ``metrics.json`` and ``evaluation_predictions.csv``."""
+    import csv
 
-
-def _stage_pairs(student: Any, teacher: Any) -> tuple[list[int], list[int]]:
-    """Indices of the student and teacher features distilled by ``"logit+feature"`` (see the module docstring).
-
-    Raises:
-        ValueError: if the two networks share none of :data:`DISTILLED_STRIDES`.
-    """
-    student_indices, teacher_indices = [], []
-    for stride in DISTILLED_STRIDES:
-        s = next((i for i, info in enumerate(student.feature_info) if info["reduction"] == stride), None)
-        t = next((i for i, info in enumerate(teacher.feature_info) if info["reduction"] == stride), None)
-        if s is not None and t is not None:
-            student_indices.append(s)
-            teacher_indices.append(t)
-    if not student_indices:
-        raise ValueError(
-            f"{type(student).__name__} and teacher {type(teacher).__name__} have no stage at strides "
-            f"{DISTILLED_STRIDES} in common (feature_info), so 'logit+feature' has nothing to match; use kd 'logit'"
-        )
-    return student_indices, teacher_indices
-
-
-def _feature_loss(student: Any, teacher: Any, layout: str, config: StudyConfig) -> Any:
-    from medkd3d.losses import CrossArchitectureKDLoss, VolumeToSliceFeatureLoss
-
-    student_indices, teacher_indices = _stage_pairs(student, teacher)
-    student_channels = [student.feature_info[i]["num_chs"] for i in student_indices]
-    teacher_channels = [teacher.feature_info[i]["num_chs"] for i in teacher_indices]
-    if layout == "volume":
-        # group-wise projectors need a group count dividing every width
-        groups = math.gcd(*student_channels, *teacher_channels)
-        return CrossArchitectureKDLoss(
-            student_channels, teacher_channels, pca_weight=config.feature_weight, gl_weight=config.feature_weight,
-            student_indices=student_indices, teacher_indices=teacher_indices, gl_groups=math.gcd(groups, 4),
-        )  # fmt: skip
-    # the slice pipelines cut along axis 2 (axial in RAS), the teacher's last spatial axis
-    return VolumeToSliceFeatureLoss(
-        student_channels, teacher_channels, weight=config.feature_weight, axis=-1,
-        student_indices=student_indices, teacher_indices=teacher_indices,
-    )  # fmt: skip
-
-
-# -------------------------------------------------------------------------------------------------- pipelines
-
-
-def _transforms(layout: str, num_slices: int, config: StudyConfig, train: bool, keep_volume: bool = False) -> Any:
-    from medkd3d.data.pipelines import slice_stack_transforms, volume_transforms
-
-    spatial = (config.spatial_size,) * 3
-    if layout == "volume":
-        return volume_transforms(spatial, train=train)
-    # slice students train on one stack per sample and are evaluated per subject on num_stacks stacks
-    stacks = config.num_stacks if (layout == "multi_slice" or not train) else None
-    return slice_stack_transforms(spatial, num_slices, num_stacks=stacks, train=train, keep_volume=keep_volume)
-
-
-def _loader(records: Sequence[Mapping[str, Any]], transform: Any, config: StudyConfig, train: bool) -> Any:
-    from monai.data import DataLoader
-
-    from medkd3d.data.datasets import build_dataset
-
-    dataset = build_dataset(
-        records, transform, cache=config.cache, cache_dir=Path(config.out_dir) / "cache",
-        num_workers=config.num_workers,
-    )  # fmt: skip
-    # Batch norm cannot train on a final batch of one, so training drops an incomplete last batch.
-    batch_size = max(1, min(config.batch_size, len(dataset))) if train else config.batch_size
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=config.num_workers,
-    )  # fmt: skip
-
-
-def _class_weighted_ce(records: Sequence[Mapping[str, Any]], num_classes: int, device: Any) -> Any:
-    """Cross-entropy weighted by inverse class frequency of the training subjects (HGG/LGG are imbalanced)."""
-    from torch import nn
-
-    from medkd3d.losses import class_weights_from_labels
-
-    weights = class_weights_from_labels([r["label"] for r in records], num_classes)
-    return nn.CrossEntropyLoss(weight=weights.to(device))
-
-
-def _timed_run(trainer: Any) -> float:
-    start = time.perf_counter()
-    trainer.run()
-    return time.perf_counter() - start
-
-
-def _optimizer(modules: Sequence[Any], config: StudyConfig) -> Any:
-    import torch
-
-    parameters = [p for module in modules if module is not None for p in module.parameters() if p.requires_grad]
-    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-
-
-# ------------------------------------------------------------------------------------------------------- study
+    metrics = read_json(eval_dir / "metrics.json", "evaluation metrics")
+    with (eval_dir / "evaluation_predictions.csv").open(newline="", encoding="utf-8") as f:
+        predicted = {row["predicted"] for row in csv.DictReader(f)}
+    return {
+        **{key: metrics.get(key) for key in METRIC_KEYS},
+        "test_subjects": metrics.get("num_samples"),
+        "predicted_classes": len(predicted),
+        # the class a run predicts for every test subject (None when it predicts several): flagged by the report
+        "one_class": next(iter(predicted)) if len(predicted) == 1 else None,
+        "predictions": str(eval_dir / "evaluation_predictions.csv"),
+    }
 
 
 class _Study:
-    """The state of one :func:`run_study` call: data, folds, teachers, profiles."""
+    """The state of one :func:`run_study` call: data, split, teachers, bundle runs."""
 
     def __init__(self, config: StudyConfig) -> None:
-        import torch
-
-        from medkd3d.data.splits import make_splits, split_records, write_splits
+        from medkd3d.data import write_datalist
+        from medkd3d.data.splits import load_splits, make_splits, split_records, write_splits
+        from medkd3d.workflows import find_bundle_root
 
         self.config = config
-        self.out = Path(config.out_dir)
+        self.out = Path(config.out_dir).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.store = ResultStore(self.out)
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.grid = config.grid()
         first_start = not self.store.settings_path.is_file()
         datalist = _load_datalist(config, validate=first_start)  # validate every file once, on the first start
@@ -508,151 +389,173 @@ class _Study:
                 "class_names": self.class_names,
             }
         )
-        splits = make_splits(records, num_folds=config.folds, seed=config.split_seed)
-        write_splits(splits, self.out / "splits.json")
+        self.datalist_file = write_datalist(datalist, self.out / "datalist.json")
+        self.splits_file = self.out / "splits.json"
+        if not self.splits_file.is_file():  # bound by the settings above: the same split on every resume
+            splits = make_splits(
+                records, num_folds=config.folds, test_fraction=config.test_fraction, seed=config.split_seed
+            )
+            write_splits(splits, self.splits_file)
+        splits = load_splits(self.splits_file)
         self.sides = [split_records(records, splits, fold) for fold in range(config.folds)]
-        self._teachers: dict[int, Any] = {}
-        self.teachers_trained: list[int] = []
+        if not self.sides[0]["test"]:
+            raise ValueError(
+                f"the study's test split is empty; use a test_fraction above 0 (got {config.test_fraction})"
+            )
+        bundles = {*config.students, *(student_teacher(s) for s in config.students)}
+        self.roots = {name: Path(find_bundle_root(name)) for name in bundles}
+        self.teachers_trained: list[str] = []
 
-    # ------------------------------------------------------------------------------------------- teachers
+    # --------------------------------------------------------------------------------------------- overrides
 
-    def teacher(self, fold: int) -> Any:
-        """The frozen teacher of ``fold``: loaded, or trained on the fold's training side and saved.
-
-        Its held-out metrics and cost are stored in ``<out>/teachers/fold<k>.json`` for the report.
-        """
-        if fold in self._teachers:
-            return self._teachers[fold]
-        from monai.utils import set_determinism
-
-        self._teachers.clear()  # folds run one after the other: keep one teacher in memory
-        set_determinism(seed=self.config.split_seed)
-        teacher = _build_teacher(self.config, len(self.class_names)).to(self.device)
-        checkpoint, train_time = self._teacher_weights(teacher, fold)
-        info_path = self.out / "teachers" / f"fold{fold}.json"
-        if train_time is not None or not info_path.is_file():
-            profile = _cached_profile(self.out / "profiles" / "teacher.json", teacher, None, self.config)
-            write_json_atomic(
-                info_path,
-                {"fold": fold, "model": self.config.teacher, "checkpoint": str(checkpoint),
-                 **self.evaluate(teacher, "volume", 0, fold), **profile, "train_time_s": train_time,
-                 "train_subjects": len(self.sides[fold]["train"])},
-            )  # fmt: skip
-        teacher.eval().requires_grad_(False)
-        self._teachers[fold] = teacher
-        return teacher
-
-    def _teacher_weights(self, teacher: Any, fold: int) -> tuple[Path, float | None]:
-        """Load the teacher's checkpoint, training and saving it first when it is the study's own and missing.
-
-        Returns:
-            The checkpoint and the training time in seconds (``None`` when nothing was trained).
-        """
-        import torch
-        from monai.engines import SupervisedTrainer
-
-        from medkd3d.engines import load_teacher_checkpoint
+    def _bundle_overrides(self, bundle: str) -> dict[str, Any]:
+        """Tiny networks (when asked) and the user's overrides of one bundle."""
+        from medkd3d.export.bundle import tiny_overrides
 
         config = self.config
-        if config.teacher_checkpoint:
-            if "{fold}" not in str(config.teacher_checkpoint):
-                logger.warning(
-                    "Teacher %s serves every fold: if it was trained on subjects a fold holds out, that fold's KD "
-                    "runs see their test subjects through the teacher. Prefer per-fold teachers ({fold} in the path).",
-                    config.teacher_checkpoint,
-                )  # fmt: skip
-            checkpoint = Path(str(config.teacher_checkpoint).replace("{fold}", str(fold)))
-            load_teacher_checkpoint(teacher, checkpoint, map_location=self.device)
-            return checkpoint, None
-        checkpoint = self.out / "teachers" / f"fold{fold}.pt"
-        if checkpoint.is_file():
-            load_teacher_checkpoint(teacher, checkpoint, map_location=self.device)
-            return checkpoint, None
-        train = self.sides[fold]["train"]
-        logger.info("Training the %s teacher of fold %d on %d subjects.", config.teacher, fold, len(train))
-        trainer = SupervisedTrainer(
-            device=self.device, max_epochs=config.teacher_epochs or config.epochs,
-            train_data_loader=_loader(train, _transforms("volume", 0, config, train=True), config, train=True),
-            network=teacher, optimizer=_optimizer([teacher], config),
-            loss_function=_class_weighted_ce(train, len(self.class_names), self.device), decollate=False,
-        )  # fmt: skip
-        train_time = _timed_run(trainer)
-        with atomic_path(checkpoint) as tmp:
-            torch.save(teacher.state_dict(), tmp)
-        self.teachers_trained.append(fold)
-        return checkpoint, train_time
+        overrides: dict[str, Any] = {}
+        if config.tiny:
+            overrides.update(tiny_overrides(self.roots[bundle], config.spatial_size or 32))
+        overrides.update(config.bundle_overrides.get(bundle, {}))
+        return overrides
+
+    def _overrides(self, bundle: str, fold: int, seed: int, run_dir: Path, epochs: int | None) -> dict[str, Any]:
+        """The config overrides of one bundle run: data, split, budget, output folders."""
+        config = self.config
+        overrides: dict[str, Any] = {
+            "datalist": str(self.datalist_file),
+            "dataset_dir": str(self.out),  # not read: the datalist holds absolute paths
+            "validate_data": False,  # validated once by the study
+            "class_names": self.class_names,
+            "splits_file": str(self.splits_file),
+            "fold": fold,
+            "num_folds": config.folds,
+            "seed": seed,
+            "num_workers": config.num_workers,
+            "cache": config.cache,
+            "cache_dir": str(self.out / "cache" / bundle) if config.cache == "disk" else None,
+            "ckpt_dir": str(run_dir / "models"),
+            "output_dir": str(run_dir / "eval"),
+            **({"epochs": epochs} if epochs else {}),
+            **({"spatial_size": [config.spatial_size] * 3} if config.spatial_size else {}),
+            **({"batch_size": config.batch_size} if config.batch_size else {}),
+            **({"device": f"$torch.device({config.device!r})"} if config.device else {}),
+            **config.overrides,
+            **self._bundle_overrides(bundle),
+        }
+        return overrides
+
+    def _configs(self, *names: str) -> list[str]:
+        return ["train.json", *(f"profiles/{p}.json" for p in self.config.profiles), *names]
+
+    def _train_and_evaluate(self, bundle: str, run_dir: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Train one bundle run, evaluate its best-validation checkpoint on the test split, store the result.
+
+        A run whose ``result.json`` exists is not redone.
+        """
+        from medkd3d.workflows import run_bundle_config
+
+        result_file = run_dir / "result.json"
+        if result_file.is_file():
+            return read_json(result_file, "bundle run result")
+        root = self.roots[bundle]
+        start = time.perf_counter()
+        run_bundle_config(root, self._configs(), **overrides)
+        train_time = time.perf_counter() - start
+        run_bundle_config(
+            root, self._configs("evaluate.json"), workflow_type="infer", evaluate_split="test", **overrides
+        )
+        result = {**_read_evaluation(run_dir / "eval"), **self._cost(bundle, overrides), "train_time_s": train_time}
+        write_json_atomic(result_file, result)
+        return result
+
+    def _cost(self, bundle: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """The bundle's cost, measured once per study (``<out>/profiles/<bundle>.json``)."""
+        path = self.out / "profiles" / f"{bundle}.json"
+        if not path.is_file():
+            record = self.sides[0]["test"][0]
+            profile = _profile(self.roots[bundle], self._configs(), overrides, record, self.config.latency_repeats)
+            write_json_atomic(path, profile)
+        profile = read_json(path, "model profile")
+        return {key: profile[key] for key in ("parameters", "gflops", "cpu_latency_ms")}
+
+    # ------------------------------------------------------------------------------------------------ teachers
+
+    def teacher_dir(self, teacher: str, fold: int) -> Path:
+        return self.out / "teachers" / teacher / f"fold{fold}"
+
+    def teacher(self, teacher: str, fold: int) -> dict[str, Any]:
+        """Train (or find) the teacher bundle of ``fold`` on the fold's whole training side; its test result."""
+        run_dir = self.teacher_dir(teacher, fold)
+        if not (run_dir / "result.json").is_file():
+            logger.info("Training the %s teacher of fold %d.", teacher, fold)
+            self.teachers_trained.append(f"{teacher}/fold{fold}")
+        epochs = self.config.teacher_epochs or self.config.epochs
+        overrides = self._overrides(teacher, fold, self.config.split_seed, run_dir, epochs)
+        result = self._train_and_evaluate(teacher, run_dir, overrides)
+        return {"fold": fold, "model": teacher, **result, "train_subjects": len(self.sides[fold]["train"])}
 
     def teacher_rows(self) -> list[dict[str, Any]]:
-        """The stored teacher results, one per fold that has one."""
-        paths = [self.out / "teachers" / f"fold{fold}.json" for fold in range(self.config.folds)]
-        return [read_json(path, "teacher info") for path in paths if path.is_file()]
+        """The stored teacher results, one per (teacher bundle, fold) that has one."""
+        rows = []
+        for teacher in dict.fromkeys(student_teacher(s) for s in self.config.students):
+            for fold in range(self.config.folds):
+                path = self.teacher_dir(teacher, fold) / "result.json"
+                if path.is_file():
+                    result = read_json(path, "teacher result")
+                    rows.append(
+                        {"fold": fold, "model": teacher, **result, "train_subjects": len(self.sides[fold]["train"])}
+                    )
+        return rows
 
-    # ------------------------------------------------------------------------------------------- students
+    def baseline_rows(self) -> list[dict[str, Any]]:
+        """The trivial baseline (:func:`medkd3d.engines.evaluate_trivial_baseline`) on the test subjects, fitted on
+        every non-test subject (the same for every fold: it has no model selection), computed once."""
+        path = self.out / "baseline.json"
+        if not path.is_file():
+            from medkd3d.engines import evaluate_trivial_baseline
 
-    def evaluate(self, network: Any, layout: str, num_slices: int, fold: int) -> dict[str, Any]:
-        """Subject-level metrics of ``network`` on the held-out subjects of ``fold``."""
-        from monai.inferers import SimpleInferer
+            metrics = evaluate_trivial_baseline(self.sides[0], self.class_names, fit_on=("train", "val"))
+            row = {
+                "fold": "all",
+                **{k: metrics.get(k) for k in METRIC_KEYS},
+                "test_subjects": metrics.get("num_samples"),
+            }
+            write_json_atomic(path, row)
+        return [read_json(path, "trivial baseline")]
 
-        from medkd3d.engines import evaluate_classifier
-        from medkd3d.workflows.inferers import SliceStackInferer
-
-        held_out = self.sides[fold]["val"]
-        loader = _loader(held_out, _transforms(layout, num_slices, self.config, train=False), self.config, train=False)
-        inferer = SliceStackInferer(aggregate="probabilities") if layout == "slice" else SimpleInferer()
-        metrics = evaluate_classifier(network, loader, self.device, self.class_names, inferer=inferer)
-        keys = ("balanced_accuracy", "auc", "f1", "sensitivity", "specificity", "accuracy")
-        return {**{key: metrics[key] for key in keys}, "val_subjects": metrics["num_samples"]}
+    # ------------------------------------------------------------------------------------------------ students
 
     def run(self, spec: RunSpec) -> dict[str, Any]:
-        """Train and evaluate one run; returns its result row (without the coordinates)."""
-        from monai.engines import SupervisedTrainer
-        from monai.utils import set_determinism
-
-        from medkd3d.engines import DistillationTrainer
-        from medkd3d.losses import KDLoss, VolumeToSliceKDLoss
-
-        config, student = self.config, STUDENTS[spec.student]
-        num_slices = 1 if student.single_slice else config.num_slices
-        train = training_subset(self.sides[spec.fold]["train"], spec.size, spec.seed)
-        teacher = self.teacher(spec.fold) if spec.kd != "none" else None
-        set_determinism(seed=spec.seed)
-        network = _build_student(spec.student, config, len(self.class_names))
-        profile = _cached_profile(self.out / "profiles" / f"{spec.student}.json", network, spec.student, config)
-        network = network.to(self.device)
-        ce = _class_weighted_ce(train, len(self.class_names), self.device)
-        slices_to_volume = teacher is not None and student.layout != "volume"
-        loader = _loader(
-            train, _transforms(student.layout, num_slices, config, train=True, keep_volume=slices_to_volume), config,
-            train=True,
-        )  # fmt: skip
-        common = {"device": self.device, "max_epochs": config.epochs, "train_data_loader": loader, "network": network}
-        if teacher is None:
-            trainer = SupervisedTrainer(
-                **common, optimizer=_optimizer([network], config), loss_function=ce, decollate=False
-            )
-        else:
-            kd_class = VolumeToSliceKDLoss if slices_to_volume else KDLoss
-            kd_loss = kd_class(alpha=config.alpha, temperature=config.temperature, ce_loss=ce)
-            features: dict[str, Any] = {}
-            if spec.kd == "logit+feature":
-                features = {
-                    "feature_loss": _feature_loss(network, teacher, student.layout, config).to(self.device),
-                    "student_feature_taps": "forward_features",
-                    "teacher_feature_taps": "forward_features",
-                    "feature_loss_batch_keys": ("slice_index",) if slices_to_volume else (),
+        """Train and evaluate one run through its student bundle; returns its result row (without coordinates)."""
+        per_class, unlabelled = labelled_per_class(spec.size)
+        if spec.kd == "none":
+            unlabelled = False  # cross-entropy has no use for unlabelled subjects: the run of N is shared
+        effective = per_class if per_class is not None else "all"
+        name = f"{spec.student}_{spec.kd}_{effective}{'+unlabelled' if unlabelled else ''}_s{spec.seed}_f{spec.fold}"
+        run_dir = self.out / "bundle_runs" / name
+        teacher = student_teacher(spec.student)
+        overrides = self._overrides(spec.student, spec.fold, spec.seed, run_dir, self.config.epochs)
+        overrides.update({"kd_mode": spec.kd, "train_per_class": per_class, "unlabelled_train": unlabelled})
+        if spec.kd != "none":
+            self.teacher(teacher, spec.fold)
+            overrides["teacher_ckpt"] = str(self.teacher_dir(teacher, spec.fold) / "models" / "model.pt")
+            # the teacher is built as its own bundle was: its network overrides become the student's teacher_def
+            overrides.update(
+                {
+                    f"teacher_def{key[len('network_def') :]}": value
+                    for key, value in self._bundle_overrides(teacher).items()
+                    if key.startswith("network_def#")
                 }
-            trainer = DistillationTrainer(
-                **common, teacher=teacher, optimizer=_optimizer([network, features.get("feature_loss")], config),
-                kd_loss=kd_loss, teacher_image_key="volume" if slices_to_volume else None, decollate=False,
-                **features,
-            )  # fmt: skip
-        train_time = _timed_run(trainer)
-        metrics = self.evaluate(network, student.layout, num_slices, spec.fold)
+            )
+        result = self._train_and_evaluate(spec.student, run_dir, overrides)
+        items = training_subset(self.sides[spec.fold]["train"], per_class or "all", spec.seed)
         return {
-            **metrics,
-            **{key: profile[key] for key in ("parameters", "gflops", "cpu_latency_ms")},
-            "train_time_s": train_time,
-            "train_subjects": len(train),
+            **result,
+            "train_subjects": len(items),
+            "unlabelled_subjects": len(self.sides[spec.fold]["train"]) - len(items) if unlabelled else 0,
+            "teacher": teacher,
+            "bundle_run": name,
         }
 
 
@@ -708,7 +611,7 @@ def _run_study(config: StudyConfig, progress: bool) -> StudyOutcome:
     outcome = StudyOutcome(skipped=[spec.key for spec in runs if study.store.is_done(spec)])
     pending = [spec for spec in runs if not study.store.is_done(spec)]
     logger.info(
-        "Study %s: %d runs, %d already finished, %d to train.", study.out, len(runs), len(outcome.skipped), len(pending)
+        "Study %s: %d runs, %d already finished, %d to do.", study.out, len(runs), len(outcome.skipped), len(pending)
     )
     try:
         with tqdm(
@@ -720,15 +623,22 @@ def _run_study(config: StudyConfig, progress: bool) -> StudyOutcome:
                 study.store.write(spec, result)
                 outcome.trained.append(spec.key)
                 logger.info(
-                    "Run %s: balanced accuracy %.3f, AUC %.3f, %.1f s.",
-                    spec.key, result["balanced_accuracy"], result["auc"], result["train_time_s"],
-                )  # fmt: skip
+                    "Run %s: test balanced accuracy %.3f, AUC %.3f.",
+                    spec.key,
+                    result["balanced_accuracy"],
+                    result["auc"],
+                )
                 bar.update()
     finally:
         set_determinism(seed=None)
         outcome.teachers_trained = study.teachers_trained
     settings = {"dataset": str(config.dataset_dir), **config.run_settings()}
-    outcome.reports = write_report(study.store.collect(study.grid), study.out, study.teacher_rows(), settings)
+    outcome.rows = study.store.collect(study.grid)
+    outcome.teacher_rows = study.teacher_rows()
+    outcome.baseline_rows = study.baseline_rows()
+    outcome.reports = write_report(
+        outcome.rows, study.out, outcome.teacher_rows, settings, baseline_rows=outcome.baseline_rows
+    )
     return outcome
 
 

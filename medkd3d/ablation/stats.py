@@ -15,6 +15,14 @@ Conventions (all reported in ``summary.md``):
   paired differences ``metric(KD) - metric(none)`` and its CI is the percentile bootstrap of that mean,
   resampling *pairs*. Pairing removes the variation the two runs share (which subjects were drawn, which
   fold), so the CI reflects the effect of distillation rather than the spread between folds.
+* **Retention.** Each run is paired with its fold's teacher (and seed, when teacher results carry one):
+  ``auc_ratio = student AUC / teacher AUC`` and ``margin_retention = (student - chance) / (teacher - chance)`` of
+  the balanced accuracy (:func:`medkd3d.engines.margin_retention`; chance 0.5 for two classes). A student that
+  predicts one class has balanced accuracy 0.5 and retains 0 of the margin; a teacher at or below chance leaves
+  the margin retention undefined (NaN, counted and flagged). Per cell, both are summarised like a metric.
+* **Flags.** A cell is flagged in words when some of its runs predict one class (read from the run's
+  ``one_class`` column when present, else from a binary run's sensitivity/specificity of 0 and 1), when its AUC
+  CI includes 0.5, when a run was evaluated on fewer than 20 subjects, and when retention is undefined.
 * **Caveat.** Folds share training subjects and seeds share folds, so the runs are not independent samples of
   the population; the bootstrap CI describes the variability of *this* study's runs and is typically too
   narrow for claims about new data. Report it together with the number of runs.
@@ -28,7 +36,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CellSummary", "KDGain", "bootstrap_ci", "kd_gains", "mean_std", "summarize_cells"]
+__all__ = [
+    "CellSummary",
+    "KDGain",
+    "RetentionSummary",
+    "bootstrap_ci",
+    "cell_flags",
+    "evaluated_subjects",
+    "kd_gains",
+    "mean_std",
+    "predicts_one_class",
+    "retention_rows",
+    "summarize_cells",
+    "summarize_retention",
+]
 
 #: The coordinates that identify a cell of the study (a result row also has ``seed`` and ``fold``).
 CELL_KEYS = ("student", "kd", "size")
@@ -178,3 +199,157 @@ def kd_gains(
         low, high = bootstrap_ci(differences, confidence, num_resamples, seed)
         gains.append(KDGain(student, kd, size, len(differences), float(np.mean(differences)), low, high))
     return gains
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# honesty: one-class runs, retention over chance, flags
+
+#: Columns that may hold the number of subjects a run was evaluated on, in order of preference.
+SUBJECT_COUNT_KEYS = ("test_subjects", "num_samples", "n", "val_subjects")
+
+
+def predicts_one_class(row: Mapping[str, Any]) -> bool | None:
+    """Whether a run predicted the same class for every evaluated subject.
+
+    Read from the row's ``one_class`` column when the runner wrote one (a class name, or empty/``None`` for
+    several classes); otherwise inferred for binary tasks from sensitivity and specificity: a run that calls
+    every subject negative has sensitivity 0 and specificity 1, one that calls every subject positive the reverse.
+
+    Returns:
+        ``True``/``False``, or ``None`` when the row does not tell.
+    """
+    if "one_class" in row:
+        value = row["one_class"]
+        if isinstance(value, str):  # results read back from CSV
+            return value.strip().lower() not in ("", "0", "false", "none")
+        return bool(value)
+    values = _finite([row.get("sensitivity"), row.get("specificity")])
+    if len(values) < 2:
+        return None
+    return set(values) == {0.0, 1.0}
+
+
+def evaluated_subjects(row: Mapping[str, Any]) -> int | None:
+    """The number of subjects a run was evaluated on (see :data:`SUBJECT_COUNT_KEYS`), ``None`` if unknown."""
+    for key in SUBJECT_COUNT_KEYS:
+        if row.get(key) not in (None, ""):
+            return int(row[key])
+    return None
+
+
+def retention_rows(
+    rows: Sequence[Mapping[str, Any]],
+    teacher_rows: Sequence[Mapping[str, Any]],
+    chance: float = 0.5,
+    metric: str = "balanced_accuracy",
+) -> list[dict[str, Any]]:
+    """Each run's retention against the teacher of its fold: ``auc_ratio`` and ``margin_retention``.
+
+    Args:
+        rows: run results (``student``, ``kd``, ``size``, ``seed``, ``fold``, ``auc``, ``metric`` and the
+            ``teacher`` they are distilled from, or ``None``).
+        teacher_rows: teacher results with ``fold``, ``model`` (the name runs give as ``teacher``) and ``seed``
+            when teachers differ per seed.
+        chance: chance level of ``metric``.
+        metric: the metric whose margin over chance is retained.
+
+    Returns:
+        Copies of the runs that have a teacher, with ``auc_ratio``, ``margin_retention`` (NaN when undefined)
+        and ``teacher_at_chance`` added.
+    """
+    from medkd3d.engines.honesty import auc_ratio, margin_retention
+
+    # a study may hold several teachers (one per teacher bundle): a run is paired with its own teacher
+    # (``row["teacher"]`` names the teacher's ``model``) of its fold, and of its seed when teachers differ per seed
+    by_key = {(t.get("model"), t.get("seed"), t["fold"]): t for t in teacher_rows}
+    out = []
+    for row in rows:
+        name = row.get("teacher")
+        teacher = by_key.get((name, row.get("seed"), row["fold"])) or by_key.get((name, None, row["fold"]))
+        if teacher is None:
+            continue
+        teacher_metric = teacher.get(metric)
+        out.append(
+            {
+                **row,
+                "auc_ratio": auc_ratio(row.get("auc"), teacher.get("auc")),
+                "margin_retention": margin_retention(row.get(metric), teacher_metric, chance),
+                "teacher_at_chance": bool(_finite([teacher_metric]) and float(teacher_metric) <= chance),
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class RetentionSummary:
+    """Retention of one cell over its runs: the AUC ratio and the margin retention, each as a :class:`CellSummary`,
+    and the number of runs whose margin retention is undefined (teacher at chance)."""
+
+    auc_ratio: CellSummary
+    margin_retention: CellSummary
+    undefined_runs: int
+
+
+def summarize_retention(
+    rows: Sequence[Mapping[str, Any]],
+    teacher_rows: Sequence[Mapping[str, Any]],
+    chance: float = 0.5,
+    num_resamples: int = 10_000,
+    seed: int = 0,
+) -> list[RetentionSummary]:
+    """Mean, std and bootstrap CI of both retentions per cell (:func:`retention_rows`); runs with an undefined
+    retention are left out of its statistics and counted.
+
+    Returns:
+        One summary per cell with at least one run paired with a teacher, in first-appearance order.
+    """
+    paired = retention_rows(rows, teacher_rows, chance)
+    ratios = summarize_cells(paired, "auc_ratio", num_resamples=num_resamples, seed=seed)
+    margins = summarize_cells(paired, "margin_retention", num_resamples=num_resamples, seed=seed)
+    undefined = {cell: sum(bool(r["teacher_at_chance"]) for r in members) for cell, members in _cells(paired).items()}
+    return [
+        RetentionSummary(ratio, margin, undefined[(ratio.student, ratio.kd, ratio.size)])
+        for ratio, margin in zip(ratios, margins)
+    ]
+
+
+def cell_flags(
+    rows: Sequence[Mapping[str, Any]],
+    teacher_rows: Sequence[Mapping[str, Any]] = (),
+    min_subjects: int = 20,
+    chance: float = 0.5,
+    num_resamples: int = 10_000,
+    seed: int = 0,
+) -> dict[tuple, list[str]]:
+    """The warnings, in words, of every cell (``(student, kd, size)``) that has any.
+
+    Args:
+        rows: run results.
+        teacher_rows: teacher results per fold, for the retention flag.
+        min_subjects: runs evaluated on fewer subjects are flagged as noisy.
+        chance: chance level of the balanced accuracy.
+        num_resamples, seed: of the AUC CI (:func:`bootstrap_ci` over the cell's runs).
+
+    Returns:
+        ``{cell: [flag, ...]}`` for the flagged cells.
+    """
+    auc = {(c.student, c.kd, c.size): c for c in summarize_cells(rows, "auc", num_resamples=num_resamples, seed=seed)}
+    undefined = {(r.auc_ratio.student, r.auc_ratio.kd, r.auc_ratio.size): r.undefined_runs
+                 for r in summarize_retention(rows, teacher_rows, chance, num_resamples=1)}  # fmt: skip
+    flags: dict[tuple, list[str]] = {}
+    for cell, members in _cells(rows).items():
+        found = []
+        one_class = sum(bool(predicts_one_class(row)) for row in members)
+        if one_class:
+            found.append(f"predicts one class in {one_class} of {len(members)} runs")
+        summary = auc.get(cell)
+        if summary is not None and summary.ci_low <= 0.5 <= summary.ci_high:
+            found.append("AUC 95% CI includes 0.5")
+        counts = [n for n in (evaluated_subjects(row) for row in members) if n is not None]
+        if counts and min(counts) < min_subjects:
+            found.append(f"n < {min_subjects} test subjects: numbers are noisy")
+        if undefined.get(cell):
+            found.append(f"teacher at chance: retention undefined in {undefined[cell]} of {len(members)} runs")
+        if found:
+            flags[cell] = found
+    return flags

@@ -245,12 +245,13 @@ def slice_stack_transforms(
     ``"slice_index"`` holds the centre(s) as fractions of the depth, and ``keep_volume=True`` adds the
     ``[4, X, Y, Z]`` volume the slices came from as ``"volume"`` (for a 3D teacher).
 
-    Slice selection (``sampling``): the random ``"tumour"`` (default when ``train``: slices showing tumour in
-    the segmentation, which is then loaded and dropped after sampling; subjects without one fall back to brain
-    slices), ``"random_foreground"`` and ``"uniform"``; or the deterministic, segmentation-free
-    ``"foreground"`` (default for inference: evenly spaced over the brain's extent), ``"largest_area"`` and
-    ``"even"``. Inference therefore never needs a segmentation. See :class:`SliceStackd` and
-    :class:`RandSliceStackd`.
+    Slice selection (``sampling``): the random ``"random_foreground"`` (default when ``train``: one centre drawn
+    in each of ``S`` equal bins of the brain's extent), ``"tumour"`` (slices showing tumour in the segmentation,
+    which is then loaded and dropped after sampling; subjects without one fall back to brain slices) and
+    ``"uniform"``; or the deterministic, segmentation-free ``"foreground"`` (default for inference: the
+    midpoints of the same ``S`` bins), ``"largest_area"`` and ``"even"``. The two defaults give training and
+    evaluation the same stack distribution - jittered in training, fixed in evaluation - and neither needs a
+    segmentation. See :class:`SliceStackd` and :class:`RandSliceStackd`.
 
     With ``train=True``, flips and the small affine act on the 3D volume (and segmentation) before the slices
     are chosen, and the intensity augmentations on the slices (and the kept volume) after.
@@ -260,7 +261,8 @@ def slice_stack_transforms(
         num_slices: ``K`` adjacent slices per stack.
         axis: spatial axis to slice along (2 = axial, as the volume is in RAS).
         num_stacks: ``None`` for one stack, ``S`` for ``S`` stacks.
-        sampling: slice selection, see above; ``None`` picks ``"tumour"`` when ``train`` else ``"foreground"``.
+        sampling: slice selection, see above; ``None`` picks ``"random_foreground"`` when ``train`` else
+            ``"foreground"``.
         train: add the random augmentations.
         keep_volume: keep the preprocessed (and augmented) 3D volume under ``"volume"``.
         reader: ``"NibabelReader"`` or ``"ITKReader"``.
@@ -274,7 +276,8 @@ def slice_stack_transforms(
         ValueError: for an unknown sampling or invalid slice arguments.
     """
     if sampling is None:
-        sampling = "tumour" if train else "foreground"
+        # the segmentation-free pair: the random stacks are a jittered version of the evaluation stacks
+        sampling = "random_foreground" if train else "foreground"
     if sampling not in DETERMINISTIC_SAMPLINGS + RANDOM_SAMPLINGS:
         raise ValueError(
             f"unknown sampling {sampling!r}: random ones are {RANDOM_SAMPLINGS}, "

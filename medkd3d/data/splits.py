@@ -330,7 +330,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scheme = parser.add_mutually_exclusive_group()
     scheme.add_argument("--folds", type=int, default=None, help="k-fold cross-validation with K folds (default 5)")
     scheme.add_argument("--val-fraction", type=float, default=None, help="single train/val split instead of k-fold")
-    parser.add_argument("--test-fraction", type=float, default=0.0, help="fraction held out for test (default 0)")
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.2,
+        help="fraction of each class held out for test before the folds, the same for every fold (default 0.2, as "
+        "the bundles' test_fraction; 0 holds out none, and the bundles' evaluate.json then refuses to report)",
+    )
     parser.add_argument(
         "--train-per-class", type=_per_class, default=None, metavar="N|all",
         help="keep N training subjects per class (data-size studies; nested across N for one seed)",

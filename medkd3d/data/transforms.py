@@ -9,9 +9,12 @@ Two transforms pick the slice centres:
 - :class:`SliceStackd` is deterministic and never needs a segmentation, so it is the one for validation,
   testing and deployment. It selects slices from the brain foreground (voxels that are nonzero in any
   modality, i.e. the skull-stripped brain of BraTS-style data), or evenly over the whole volume.
-- :class:`RandSliceStackd` samples centres at random for training, preferably where the segmentation shows
-  tumour. Because it is randomizable, MONAI's ``CacheDataset``/``PersistentDataset`` cache the preprocessed
-  volume before it and draw new slices every epoch.
+- :class:`RandSliceStackd` samples centres at random for training. Its ``"random_foreground"`` mode needs no
+  segmentation and, with ``S`` stacks, draws one centre in each of the ``S`` equal bins of the brain extent whose
+  midpoints :class:`SliceStackd` (``"foreground"``) takes at evaluation - the same stack distribution, jittered,
+  as a multiple-instance student needs. ``"tumour"`` samples where the segmentation shows tumour. Because it is
+  randomizable, MONAI's ``CacheDataset``/``PersistentDataset`` cache the preprocessed volume before it and draw
+  new slices every epoch.
 
 Both emit ``"slice_index"`` (the centre slice ``c`` as the fraction ``(c + 0.5) / depth`` of the volume's extent
 along the slicing axis: the same fraction points at the same anatomy in a feature map of any stride, which is how
@@ -37,8 +40,10 @@ __all__ = [
     "RandSliceStackd",
     "SliceStackd",
     "brain_mask",
+    "evenly_spaced",
     "extract_slice_stacks",
     "foreground_area",
+    "stratified_random",
     "valid_centre_range",
 ]
 
@@ -115,9 +120,35 @@ def extract_slice_stacks(volume: torch.Tensor, centres: Sequence[int], num_slice
 
 
 def evenly_spaced(first: int, last: int, count: int) -> list[int]:
-    """Centres of ``count`` equal-width bins covering the slices ``first..last`` (inclusive)."""
+    """Centres of ``count`` equal-width bins covering the slices ``first..last`` (inclusive).
+
+    Slice ``j`` covers ``[j, j + 1)``, so the extent is ``[first, last + 1)`` and bin ``i`` is
+    ``[first + i w, first + (i + 1) w)`` with ``w = (last - first + 1) / count``; the result is the slice holding
+    each bin's midpoint. :func:`stratified_random` draws from the same bins.
+    """
     width = (last - first + 1) / count
     return [first + int((i + 0.5) * width) for i in range(count)]
+
+
+def stratified_random(first: int, last: int, count: int, rng: np.random.RandomState) -> list[int]:
+    """One slice drawn uniformly from each of the ``count`` bins of :func:`evenly_spaced` (jittered centres).
+
+    A position is drawn uniformly in each bin and the slice holding it is returned, so a slice's probability is
+    its overlap with the bin and the midpoints :func:`evenly_spaced` picks are the bins' expected positions: the
+    random training stacks and the deterministic evaluation stacks cover the extent the same way.
+
+    Args:
+        first: first slice of the extent.
+        last: last slice of the extent (inclusive, ``>= first``).
+        count: number of bins, one slice per bin; bins narrower than a slice may share it.
+        rng: random state (a MONAI transform's ``R``).
+
+    Returns:
+        ``count`` non-decreasing slice indices in ``first..last``.
+    """
+    width = (last - first + 1) / count
+    positions = first + (np.arange(count) + rng.uniform(size=count)) * width
+    return [min(int(p), last) for p in positions]
 
 
 class DropNoned(MapTransform):
@@ -282,12 +313,15 @@ class RandSliceStackd(Randomizable, _SliceStackBase):
       without a segmentation, or whose tumour is not visible after preprocessing, falls back to
       ``"random_foreground"`` - so unsegmented training subjects still work. Inference never needs a
       segmentation: use :class:`SliceStackd` there.
-    - ``"random_foreground"``: centres drawn from the slices containing brain (nonzero in any channel).
+    - ``"random_foreground"``: needs no segmentation. The brain's extent along ``axis`` (first to last slice
+      that is nonzero in any channel) is cut into ``S`` equal bins and one centre is drawn uniformly in each
+      (:func:`stratified_random`): a jittered version of :class:`SliceStackd`'s ``"foreground"`` centres, the bin
+      midpoints, so training and evaluation see the same stack distribution.
     - ``"uniform"``: centres drawn from the whole volume depth.
 
-    With ``S`` stacks the candidate slices are split into ``S`` consecutive groups and one centre is drawn per
-    group, so the stacks cover the candidates in anatomical order; with fewer candidates than stacks, the
-    centres are drawn with replacement and sorted.
+    For ``"tumour"`` and ``"uniform"`` with ``S`` stacks the candidate slices are split into ``S`` consecutive
+    groups and one centre is drawn per group, so the stacks cover the candidates in anatomical order; with fewer
+    candidates than stacks, the centres are drawn with replacement and sorted.
 
     Args:
         keys: keys of ``[C, X, Y, Z]`` volumes to slice (the same centres for every key), usually ``"image"``.
@@ -344,4 +378,5 @@ class RandSliceStackd(Randomizable, _SliceStackBase):
                 if tumour.size:
                     return self.randomize(tumour)
             logger.debug("subject %r: no tumour to sample from, sampling brain slices", data.get("subject"))
-        return self.randomize(self._brain_slices(foreground_area(volume, self.axis), data))
+        brain = self._brain_slices(foreground_area(volume, self.axis), data)
+        return stratified_random(int(brain[0]), int(brain[-1]), self.num_stacks or 1, self.R)

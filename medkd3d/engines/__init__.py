@@ -1,8 +1,30 @@
 """Distillation engines: ``DistillationTrainer``, feature taps, the teacher soft-target cache, strict teacher
-checkpoint loading, classification metrics and evaluation helpers."""
+checkpoint loading, classification metrics, evaluation helpers, the trivial baseline and honest-report helpers
+(chance levels, retention over chance, AUC intervals, flags)."""
 
+from medkd3d.engines.baseline import (
+    DEFAULT_PERCENTILES,
+    BaselineResult,
+    evaluate_trivial_baseline,
+    intensity_features,
+    trivial_baseline,
+)
 from medkd3d.engines.checkpoint import load_teacher_checkpoint
 from medkd3d.engines.evaluation import evaluate_classifier, flatten_metrics, write_metrics
+from medkd3d.engines.honesty import (
+    AUC_CHANCE,
+    MIN_TEST_SUBJECTS,
+    HonestSummary,
+    Retention,
+    auc_bootstrap_ci,
+    auc_ratio,
+    chance_levels,
+    honesty_flags,
+    margin_retention,
+    predicts_one_class,
+    retention,
+    summarize_predictions,
+)
 from medkd3d.engines.metrics import (
     METRIC_NAMES,
     ClassificationMetric,
@@ -29,28 +51,45 @@ from medkd3d.engines.taps import (
 from medkd3d.engines.trainer import LOSS_PREFIX, DistillationTrainer, loss_terms
 
 __all__ = [
+    "AUC_CHANCE",
+    "DEFAULT_PERCENTILES",
     "LOSS_PREFIX",
     "METRIC_NAMES",
+    "MIN_TEST_SUBJECTS",
+    "BaselineResult",
     "ClassificationMetric",
     "ClassificationReport",
     "DistillationTrainer",
     "FeatureTaps",
+    "HonestSummary",
+    "Retention",
     "SoftTargetCache",
+    "auc_bootstrap_ci",
+    "auc_ratio",
+    "chance_levels",
     "check_deterministic_teacher_input",
     "classification_metrics",
     "confusion_matrix",
     "evaluate_classifier",
+    "evaluate_trivial_baseline",
     "feature_info_taps",
     "find_random_transforms",
     "flatten_metrics",
     "forward_with_features",
     "has_two_heads",
+    "honesty_flags",
+    "intensity_features",
     "load_teacher_checkpoint",
     "loss_terms",
+    "margin_retention",
     "precompute_soft_targets",
+    "predicts_one_class",
+    "retention",
     "returning_features",
     "roc_auc",
+    "summarize_predictions",
     "teacher_fingerprint",
+    "trivial_baseline",
     "unwrap_model",
     "write_metrics",
 ]

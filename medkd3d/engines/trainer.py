@@ -17,14 +17,19 @@ from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 from torch.optim import Optimizer
 
+from medkd3d.losses import labelled_mask
+
 from .soft_targets import SoftTargetCache, as_teacher_list, check_deterministic_teacher_input, teacher_fingerprint
 from .taps import FORWARD_FEATURES, FeatureTaps, feature_info_taps, has_two_heads, returning_features, unwrap_model
 
-__all__ = ["LOSS_PREFIX", "DistillationTrainer", "loss_terms"]
+__all__ = ["LOSS_PREFIX", "NUM_LABELLED", "DistillationTrainer", "loss_terms"]
 
 
 #: ``engine.state.output`` key prefix of every loss component (``"loss_kd"``, ``"loss_ce"``, ``"loss_feat_1"``).
 LOSS_PREFIX = "loss_"
+
+#: ``engine.state.output`` key of the number of labelled items in the batch (the others have label ``-1``).
+NUM_LABELLED = "num_labelled"
 
 Taps = str | Sequence[str] | None
 
@@ -49,6 +54,13 @@ def loss_terms(output: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[
         for key, value in output.items()
         if key == Keys.LOSS or (isinstance(key, str) and key.startswith(LOSS_PREFIX))
     }
+
+
+def _num_labelled(targets: Any) -> torch.Tensor | None:
+    """Number of labelled items of a batch of class indices (label ``-1`` marks unlabelled ones), else ``None``."""
+    if isinstance(targets, torch.Tensor) and targets.ndim == 1 and not targets.is_floating_point():
+        return labelled_mask(_plain(targets)).sum()
+    return None
 
 
 def _teacher_index(teacher: Any, name_or_index: int | str) -> int:
@@ -86,6 +98,12 @@ class DistillationTrainer(SupervisedTrainer):
     of both heads for a two-head student), ``loss`` (the total) and every weighted loss term as a detached
     tensor under ``"loss_<name>"`` (e.g. ``"loss_kd"``, ``"loss_ce"``, ``"loss_feat_1"``); log them with
     ``StatsHandler(output_transform=medkd3d.engines.loss_terms)``.
+
+    Batches may mix labelled items with unlabelled ones (label ``-1``, as
+    :func:`medkd3d.workflows.inference_records` writes subjects without a grade): the teacher terms learn from
+    every item, the supervised term of the medkd3d KD losses only from the labelled ones (``0`` for a batch
+    without any), and ``engine.state.output["num_labelled"]`` says how many items were labelled. A custom
+    ``kd_loss`` must do the same (see :func:`medkd3d.losses.supervised_term`).
 
     Features come from the same forward pass as the logits: module paths are tapped with forward hooks
     (:class:`~medkd3d.engines.FeatureTaps`, any model), or ``"forward_features"`` uses a zoo model's
@@ -365,7 +383,8 @@ class DistillationTrainer(SupervisedTrainer):
         """One distillation step; the structure and events follow ``SupervisedTrainer._iteration``.
 
         Returns:
-            ``engine.state.output``: ``image``, ``label``, ``pred``, ``loss`` and each ``loss_<name>`` term.
+            ``engine.state.output``: ``image``, ``label``, ``pred``, ``loss``, each ``loss_<name>`` term and
+            ``num_labelled``.
 
         Raises:
             ValueError: when ``batchdata`` is None.
@@ -399,6 +418,9 @@ class DistillationTrainer(SupervisedTrainer):
                 components.update(feature_components)
             engine.state.output[Keys.LOSS] = total
             engine.state.output.update({name: term.detach() for name, term in components.items()})
+            num_labelled = _num_labelled(targets)
+            if num_labelled is not None:
+                engine.state.output[NUM_LABELLED] = num_labelled
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         should_zero_grad, should_step = self._accumulation_flags(engine)

@@ -1,9 +1,11 @@
 """Subjects and network inputs for parity checks, INT8 calibration and ``medkd3d infer``.
 
-A bundle's network does not always see the preprocessed image directly: its ``inferer`` may reshape it (the
-2.5D bundle's :class:`~medkd3d.workflows.SliceStackInferer` sends the ``S`` slice stacks of a subject as one
-batch). :func:`network_inputs` therefore runs the bundle's own inferer with a recording stand-in for the
-network, so parity and calibration use exactly the tensors the deployed network receives.
+A bundle's network does not always see the preprocessed image the way it comes out of the preprocessing: the
+``inferer`` may reshape it (:class:`~medkd3d.workflows.SliceStackInferer` sends the ``S`` slice stacks of a subject
+to a single-stack network as a batch of ``S``), or pass it whole (``SimpleInferer``: the 2.5D bundle's
+multiple-instance network takes a subject's ``[S, 4*K, H, W]`` stacks as one input). :func:`network_inputs`
+therefore runs the bundle's own inferer with a recording stand-in for the network, so parity and calibration use
+exactly the tensors the deployed network receives, whatever their shape.
 """
 
 from __future__ import annotations
@@ -125,7 +127,9 @@ def network_inputs(
         num_classes: number of classes of the network.
 
     Returns:
-        ``[N, *input_shape]`` float32 (``N = 1`` for a 3D network, the number of slice stacks for 2.5D).
+        ``[N, *input_shape]`` float32: ``N = 1`` for a network that takes a whole subject (a 3D volume
+        ``[4, X, Y, Z]``, or the 2.5D bundle's ``[S, 4*K, H, W]`` stacks), ``N = S`` for a single-stack 2.5D network
+        run by :class:`~medkd3d.workflows.SliceStackInferer` (input ``[4*K, H, W]``).
 
     Raises:
         RuntimeError: naming the subject and the first file when preprocessing fails.

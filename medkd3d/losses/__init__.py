@@ -12,6 +12,10 @@ tensor and ``components`` a ``dict[str, Tensor]`` of the named *weighted* terms,
   (3D teacher features at the 2.5D student's slice positions, needs ``slice_index``).
 - The supervised term of every loss is a replaceable ``ce_loss=`` module, so class-weighted cross-entropy
   (:func:`class_weights_from_labels`) and :class:`FocalLoss` drop in for imbalanced grades.
+- Unlabelled items (label :data:`UNLABELLED` = ``-1``, subjects without a grade) are distilled too:
+  :class:`KDLoss` (and :class:`VolumeToSliceKDLoss`) and :class:`TokenDistillationLoss` compute their teacher term
+  on every item and their supervised term on the labelled ones only (:func:`supervised_term`,
+  :func:`labelled_mask`); CE-only training uses :class:`LabelledCrossEntropyLoss`, which refuses them clearly.
 
 Losses are orthogonal and combine as a weighted sum; e.g. HDKD is ``TokenDistillationLoss()`` (alpha=0.5, T=1)
 plus ``FeatureKDLoss()`` (lambda=10, beta=1), summed by the ``DistillationTrainer``.
@@ -21,8 +25,8 @@ from .cross_arch import AdversarialFeatureLoss, CrossArchitectureKDLoss
 from .dist import DISTLoss, pearson_distance
 from .dkd import DKDLoss, decoupled_kl_terms
 from .feature import FeatureKDLoss
-from .imbalance import FocalLoss, class_weights_from_counts, class_weights_from_labels
-from .kd import KDLoss, kl_divergence
+from .imbalance import FocalLoss, LabelledCrossEntropyLoss, class_weights_from_counts, class_weights_from_labels
+from .kd import UNLABELLED, KDLoss, kl_divergence, labelled_mask, supervised_term
 from .multi_teacher import MultiTeacherKDLoss
 from .projectors import (
     FeatureDiscriminator,
@@ -34,6 +38,7 @@ from .token import TokenDistillationLoss
 from .volume_to_slice import VolumeToSliceFeatureLoss, VolumeToSliceKDLoss
 
 __all__ = [
+    "UNLABELLED",
     "AdversarialFeatureLoss",
     "CrossArchitectureKDLoss",
     "DISTLoss",
@@ -44,6 +49,7 @@ __all__ = [
     "GradientReversal",
     "GroupWiseLinearProjector",
     "KDLoss",
+    "LabelledCrossEntropyLoss",
     "MultiTeacherKDLoss",
     "PartiallyCrossAttentionProjector",
     "TokenDistillationLoss",
@@ -53,5 +59,7 @@ __all__ = [
     "class_weights_from_labels",
     "decoupled_kl_terms",
     "kl_divergence",
+    "labelled_mask",
     "pearson_distance",
+    "supervised_term",
 ]

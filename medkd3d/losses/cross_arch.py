@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .feature import standardize_per_sample
 from .kd import check_fraction, check_non_negative, sum_components
 from .projectors import (
     FeatureDiscriminator,
@@ -136,6 +137,10 @@ class CrossArchitectureKDLoss(nn.Module):
         teacher_grids: token grid ``(X, Y, Z)`` per stage for token-shaped teacher features (``None``: cubes).
         teacher_prefix_tokens: leading non-spatial tokens of token-shaped teacher features (1 for a class token).
         num_views, min_crop_fraction, disc_grid, disc_hidden, grl_scale: see :class:`AdversarialFeatureLoss`.
+        normalize_teacher: standardise each sample's teacher map (zero mean, unit variance,
+            :func:`~medkd3d.losses.feature.standardize_per_sample`) before it is a target, so the terms do not
+            scale with the teacher's activations (a deep 3D teacher stage reaches a mean square of 10-100, which
+            would swamp the classification loss); the bundles use it.
 
     Raises:
         ValueError: for mismatched per-stage lists or invalid weights.
@@ -171,9 +176,11 @@ class CrossArchitectureKDLoss(nn.Module):
         disc_grid: int | Sequence[int] = 2,
         disc_hidden: int = 64,
         grl_scale: float = 1.0,
+        normalize_teacher: bool = False,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
+        self.normalize_teacher = bool(normalize_teacher)
         self.student_channels = _per_stage(student_channels, "student_channels")
         self.teacher_channels = _per_stage(teacher_channels, "teacher_channels")
         num_stages = len(self.student_channels)
@@ -255,6 +262,8 @@ class CrossArchitectureKDLoss(nn.Module):
                     f"{owner}: stage {stage} {who} feature has {x.shape[1]} channels (shape {tuple(x.shape)}) but "
                     f"{arg}[{stage}] is {expected}; use the models' feature_info 'num_chs' of the tapped stages."
                 )
+        if self.normalize_teacher:
+            teacher = standardize_per_sample(teacher.float())
         if student.shape[0] != teacher.shape[0]:
             raise ValueError(
                 f"{owner}: stage {stage} student batch {student.shape[0]} differs from teacher batch {teacher.shape[0]}."

@@ -8,6 +8,12 @@ as they are, without projectors::
 where ``MSE`` is ``1 / (C_j H_j W_j [D_j]) * ||f_t - f_s||^2`` averaged over the batch and ``j`` is the 1-based
 stage number, so later (more semantic) stages weigh more. HDKD uses ``lambda=10`` and ``beta=1``.
 
+Raw activations of two networks differ in scale by orders of magnitude (a 3D teacher's deep stage easily
+reaches a mean square of 10-100), so the raw MSE can dwarf the classification term and make training explode.
+``normalize=True`` first standardises each sample's map over all of its elements (layer normalisation without
+affine parameters), which bounds every stage term by 4 (``MSE <= 2 + 2``) whatever the networks; the bundles use
+it.
+
 The full HDKD objective ``l_cls + lambda * l_feat`` (eq. 8) is the sum of two orthogonal losses, which the
 ``DistillationTrainer`` adds (``total = logit_total + feature_total``, components merged)::
 
@@ -27,7 +33,20 @@ from torch import Tensor, nn
 
 from .kd import check_non_negative, sum_components
 
-__all__ = ["FeatureKDLoss"]
+__all__ = ["FeatureKDLoss", "standardize_per_sample"]
+
+
+def standardize_per_sample(features: Tensor, eps: float = 1e-5) -> Tensor:
+    """Zero mean, unit variance of each sample's features over all non-batch dimensions (affine-free layer norm).
+
+    Args:
+        features: ``[B, ...]`` feature map.
+        eps: added to the variance, so a constant map stays finite (it becomes all zeros).
+
+    Returns:
+        The standardised map, same shape.
+    """
+    return F.layer_norm(features, features.shape[1:], eps=eps)
 
 
 class FeatureKDLoss(nn.Module):
@@ -52,7 +71,11 @@ class FeatureKDLoss(nn.Module):
     """
 
     def __init__(
-        self, lambda_feat: float = 10.0, beta: float = 1.0, stage_indices: Sequence[int] | None = None
+        self,
+        lambda_feat: float = 10.0,
+        beta: float = 1.0,
+        stage_indices: Sequence[int] | None = None,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -66,9 +89,13 @@ class FeatureKDLoss(nn.Module):
                     "lists (e.g. (0, 1, 2)); pass None to use every stage."
                 )
         self.stage_indices = stage_indices
+        self.normalize = bool(normalize)
 
     def extra_repr(self) -> str:
-        return f"lambda_feat={self.lambda_feat}, beta={self.beta}, stage_indices={self.stage_indices}"
+        return (
+            f"lambda_feat={self.lambda_feat}, beta={self.beta}, stage_indices={self.stage_indices}, "
+            f"normalize={self.normalize}"
+        )
 
     def stage_weight(self, index: int) -> float:
         """Weight ``lambda * j^beta`` of the stage at 0-based ``index`` (``j = index + 1``)."""
@@ -118,6 +145,9 @@ class FeatureKDLoss(nn.Module):
                     "shapes. Pick stages that share their shape with stage_indices, or use a projector loss from "
                     "medkd3d.losses.cross_arch for architectures whose features differ."
                 )
-            mse = F.mse_loss(student.float(), teacher.detach().float())
+            student, teacher = student.float(), teacher.detach().float()
+            if self.normalize:
+                student, teacher = standardize_per_sample(student), standardize_per_sample(teacher)
+            mse = F.mse_loss(student, teacher)
             components[f"feat_{i + 1}"] = self.stage_weight(i) * mse
         return sum_components(components), components

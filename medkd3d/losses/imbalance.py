@@ -9,6 +9,10 @@ supervised term as a replaceable ``ce_loss=`` module, so either of these drops i
 
 In a bundle config: ``"ce_loss": {"_target_": "torch.nn.CrossEntropyLoss", "weight": "$torch.tensor([1.55, 0.45])"}``.
 Only the supervised term is re-weighted; the distillation terms follow the teacher's distribution.
+
+Unlabelled subjects (label ``-1``) count for no class: the weights come from the labelled ones, the distillation
+losses leave them out of their supervised term, and :class:`LabelledCrossEntropyLoss` (the criterion of
+CE-only training) refuses them with a message instead of torch's index error.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kd import check_logits, check_non_negative, check_target
+from .kd import UNLABELLED, check_logits, check_non_negative, check_target
 
-__all__ = ["FocalLoss", "class_weights_from_counts", "class_weights_from_labels"]
+__all__ = ["FocalLoss", "LabelledCrossEntropyLoss", "class_weights_from_counts", "class_weights_from_labels"]
 
 _METHODS = ("inverse", "effective")
 _REDUCTIONS = ("mean", "sum", "none")
@@ -72,13 +76,19 @@ def class_weights_from_counts(counts: Sequence[int], method: str = "inverse", be
 
 
 def class_weights_from_labels(
-    labels: Sequence[int] | np.ndarray | Tensor, num_classes: int, method: str = "inverse", beta: float = 0.999
+    labels: Sequence[int | None] | np.ndarray | Tensor,
+    num_classes: int,
+    method: str = "inverse",
+    beta: float = 0.999,
 ) -> Tensor:
     """Per-class weights from the training labels; see :func:`class_weights_from_counts` for the formulas.
 
+    Unlabelled subjects (``None`` in a datalist, ``-1`` once batched) are skipped: they belong to no class, and the
+    supervised terms that use these weights never see them.
+
     Args:
         labels: integer class index per training sample (e.g. the datalist's ``"label"`` values).
-        num_classes: number of classes ``C`` (every class must occur in ``labels``).
+        num_classes: number of classes ``C`` (every class must occur among the labelled samples).
         method: ``"inverse"`` or ``"effective"``.
         beta: hyperparameter of the effective number, in ``[0, 1)``.
 
@@ -86,22 +96,45 @@ def class_weights_from_labels(
         float32 ``[C]`` weights summing to ``C``.
 
     Raises:
-        ValueError: for labels that are not integers in ``[0, num_classes)`` (e.g. ``None`` of unlabeled data),
-            or a class without samples.
+        ValueError: for labels that are not integers in ``[0, num_classes)``, no labelled sample at all, or a class
+            without samples.
     """
+    if isinstance(labels, Tensor):
+        labels = labels.detach().cpu().reshape(-1).tolist()
+    values = [v for v in np.asarray(labels, dtype=object).reshape(-1).tolist() if v is not None and v != UNLABELLED]
     try:
-        values = np.asarray(labels.detach().cpu() if isinstance(labels, Tensor) else labels).reshape(-1)
-        as_int = values.astype(np.int64)
+        floats = np.asarray(values, dtype=np.float64)
+        as_int = floats.astype(np.int64)
     except (TypeError, ValueError) as err:
+        raise ValueError(f"class weights: labels must be integer class indices or None (unlabelled) ({err}).") from err
+    if floats.size == 0 or (as_int != floats).any() or as_int.min() < 0 or as_int.max() >= num_classes:
         raise ValueError(
-            f"class weights: labels must be integer class indices ({err}); drop unlabeled samples."
-        ) from err
-    if values.size == 0 or (as_int != values).any() or as_int.min() < 0 or as_int.max() >= num_classes:
-        raise ValueError(
-            f"class weights: labels must be a non-empty list of integers in [0, {num_classes}), got values "
-            f"{np.unique(values)[:10].tolist()}; check num_classes and the datalist's label column."
+            f"class weights: labels must hold integers in [0, {num_classes}) (None or {UNLABELLED} for unlabelled "
+            f"subjects), got values {np.unique(floats)[:10].tolist()} besides the unlabelled ones; check num_classes "
+            "and the datalist's label column."
         )
     return class_weights_from_counts(np.bincount(as_int, minlength=num_classes), method=method, beta=beta)
+
+
+class LabelledCrossEntropyLoss(nn.CrossEntropyLoss):
+    """``nn.CrossEntropyLoss`` that refuses unlabelled (``-1``) and out-of-range labels with a clear message.
+
+    The criterion of CE-only training (the teacher bundles' MONAI ``SupervisedTrainer``): a subject without a
+    grade cannot be learnt from by cross-entropy, and torch would fail on it with a bare index error (or a CUDA
+    device-side assert). Distil on such subjects with :class:`~medkd3d.engines.DistillationTrainer` instead.
+    Every argument of ``nn.CrossEntropyLoss`` is accepted; logits are ``[B, C]`` (classification) and
+    class-probability targets (floating ``[B, C]``) pass unchecked.
+
+    Raises:
+        ValueError: in ``forward``, naming how many items are unlabelled or which labels are out of range.
+    """
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        """Compute the loss after checking the class-index targets; see ``nn.CrossEntropyLoss``."""
+        if isinstance(target, Tensor) and not target.is_floating_point():
+            owner = type(self).__name__
+            check_target(target, check_logits(input, "logits", owner), owner, "cross-entropy training is supervised")
+        return super().forward(input, target)
 
 
 class FocalLoss(nn.Module):

@@ -16,7 +16,11 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["KDLoss", "kl_divergence"]
+__all__ = ["UNLABELLED", "KDLoss", "kl_divergence", "labelled_mask", "supervised_term"]
+
+#: Label of an item without a class (``medkd3d.workflows.inference_records``: MONAI cannot collate ``None``).
+#: Distillation losses train on such items through their teacher terms only; supervised criteria reject them.
+UNLABELLED = -1
 
 _REDUCTIONS = ("batchmean", "sum", "none")
 
@@ -113,11 +117,17 @@ def check_logit_pair(
     return student_logits, teacher_logits.detach()
 
 
-def check_target(target: object, logits: Tensor, owner: str, why: str) -> Tensor:
+def check_target(target: object, logits: Tensor, owner: str, why: str, allow_unlabelled: bool = False) -> Tensor:
     """Check that ``target`` is an integer ``[B]`` tensor of class indices matching ``logits``' batch.
 
     Args:
         why: the end of the sentence explaining why a target is needed, e.g. ``"alpha=0.5 < 1 keeps a CE term"``.
+        allow_unlabelled: accept :data:`UNLABELLED` (``-1``) items; otherwise they are refused with a message
+            saying what to do with unlabelled subjects.
+
+    Raises:
+        TypeError: for a target that is not a tensor.
+        ValueError: for a wrong shape or dtype, or labels outside ``[0, C)`` (besides allowed ``-1``).
     """
     if target is None:
         raise ValueError(f"{owner}: target is None but {why}; pass the int64 [batch] class labels.")
@@ -129,7 +139,60 @@ def check_target(target: object, logits: Tensor, owner: str, why: str) -> Tensor
             f"[batch] tensor of class indices with batch={logits.shape[0]} like the logits "
             "(squeeze a [batch, 1] label, or use .long())."
         )
+    num_classes = logits.shape[1]
+    unlabelled = target == UNLABELLED
+    if not allow_unlabelled and bool(unlabelled.any()):
+        raise ValueError(
+            f"{owner}: {int(unlabelled.sum())} of {target.shape[0]} item(s) have label {UNLABELLED} (unlabelled "
+            f"subjects) but {why}, which needs a class for every item. Drop unlabelled subjects from this training "
+            "split, or distil on them with medkd3d.engines.DistillationTrainer and a KD loss (KDLoss, "
+            "TokenDistillationLoss), whose teacher terms use every item and whose CE term only the labelled ones."
+        )
+    # out-of-range classes would otherwise surface as an index error deep inside torch (or a CUDA assert)
+    bad = ((target < 0) | (target >= num_classes)) & ~unlabelled
+    if bool(bad.any()):
+        note = f"; {UNLABELLED} marks an unlabelled item" if allow_unlabelled else ""
+        raise ValueError(
+            f"{owner}: labels {sorted(set(target[bad].tolist()))} are not class indices in [0, {num_classes}) "
+            f"(the logits have {num_classes} classes{note}); check class_names/num_classes and the datalist's labels."
+        )
     return target
+
+
+def labelled_mask(target: Tensor) -> Tensor:
+    """Boolean ``[B]`` mask of the items that have a class label (every label but :data:`UNLABELLED`)."""
+    return target != UNLABELLED
+
+
+def supervised_term(ce_loss: nn.Module, logits: Tensor, target: Tensor, owner: str, why: str) -> Tensor:
+    """``ce_loss`` over the labelled items of the batch only; ``0`` (still in the graph) when none is labelled.
+
+    The supervised term of every distillation loss goes through here, so a batch may mix labelled subjects
+    with unlabelled ones (label ``-1``) that only the teacher terms learn from. The criterion sees just the
+    labelled rows, so its own reduction (a class-weighted CE divides by the labelled items' weights) is the
+    same as for a batch of those items alone.
+
+    Args:
+        ce_loss: criterion ``ce_loss(logits, target) -> scalar``.
+        logits: ``[B, C]`` logits.
+        target: ``[B]`` class indices, ``-1`` for unlabelled items.
+        owner: name of the calling loss, for messages.
+        why: why the calling loss needs labels (see :func:`check_target`).
+
+    Returns:
+        The scalar supervised term.
+
+    Raises:
+        TypeError, ValueError: from :func:`check_target`.
+    """
+    target = check_target(target, logits, owner, why, allow_unlabelled=True)
+    mask = labelled_mask(target)
+    if bool(mask.all()):
+        return ce_loss(logits, target)
+    if not bool(mask.any()):
+        # an empty sum is an exact 0 attached to the logits, so backward() works even when this is the only term
+        return logits[:0].sum()
+    return ce_loss(logits[mask], target[mask])
 
 
 def check_teacher_sequence(teacher_logits: object, owner: str) -> Sequence[Tensor]:
@@ -173,6 +236,9 @@ class KDLoss(nn.Module):
     ``(1 - alpha) * CE``. A term whose weight is zero is neither computed nor reported, so with ``alpha=1`` the
     target may be ``None`` and with ``alpha=0`` the teacher logits may be ``None``.
 
+    Unlabelled items (label ``-1``, e.g. subjects without a grade) are distilled like the others: the KD term
+    averages over the whole batch, the CE term over the labelled items only (``0`` when the batch has none).
+
     Args:
         alpha: weight of the distillation term in ``[0, 1]``; 1 is pure KD, 0 pure supervised CE.
         temperature: softmax temperature ``T > 0``.
@@ -206,7 +272,7 @@ class KDLoss(nn.Module):
         Args:
             student_logits: ``[B, C]`` student logits.
             teacher_logits: ``[B, C]`` teacher logits (detached here; ``None`` allowed when ``alpha == 0``).
-            target: ``[B]`` int64 class indices (``None`` allowed when ``alpha == 1``).
+            target: ``[B]`` int64 class indices, ``-1`` for unlabelled items (``None`` allowed when ``alpha == 1``).
 
         Returns:
             ``(total, components)``.
@@ -223,6 +289,6 @@ class KDLoss(nn.Module):
             components["kd"] = self.alpha * t * t * kl
         if self.alpha < 1:
             student_logits = check_logits(student_logits, "student logits", owner)
-            target = check_target(target, student_logits, owner, f"alpha={self.alpha} < 1 keeps the CE term")
-            components["ce"] = (1.0 - self.alpha) * self.ce_loss(student_logits, target)
+            why = f"alpha={self.alpha} < 1 keeps the CE term"
+            components["ce"] = (1.0 - self.alpha) * supervised_term(self.ce_loss, student_logits, target, owner, why)
         return sum_components(components), components

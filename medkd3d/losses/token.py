@@ -21,9 +21,9 @@ from .kd import (
     check_logit_pair,
     check_logits,
     check_positive,
-    check_target,
     kl_divergence,
     sum_components,
+    supervised_term,
     temperature_log_softmax,
 )
 
@@ -41,7 +41,8 @@ class TokenDistillationLoss(nn.Module):
     HDKD uses the defaults: ``alpha=0.5``, ``T=1``, soft.
 
     Components: ``"ce"`` = ``(1 - alpha) * CE(z_cls, y)`` and ``"kd"`` = ``alpha * L_dist``; a term with zero
-    weight is neither computed nor reported (so ``target`` may be ``None`` when ``alpha=1``).
+    weight is neither computed nor reported (so ``target`` may be ``None`` when ``alpha=1``). Unlabelled items
+    (label ``-1``) feed the distillation token only: the CE term averages over the labelled items (``0`` if none).
 
     Args:
         alpha: weight of the distillation-token term in ``[0, 1]``.
@@ -85,7 +86,7 @@ class TokenDistillationLoss(nn.Module):
             student_logits: the pair ``(cls_logits, dist_logits)``, each ``[B, C]``, as returned by a two-head
                 student's ``forward_heads(x)``.
             teacher_logits: ``[B, C]`` teacher logits (detached here; ``None`` allowed when ``alpha == 0``).
-            target: ``[B]`` int64 class indices (``None`` allowed when ``alpha == 1``).
+            target: ``[B]`` int64 class indices, ``-1`` for unlabelled items (``None`` allowed when ``alpha == 1``).
 
         Returns:
             ``(total, components)``.
@@ -110,8 +111,8 @@ class TokenDistillationLoss(nn.Module):
             )
         components: dict[str, Tensor] = {}
         if self.alpha < 1:
-            target = check_target(target, cls_logits, owner, f"alpha={self.alpha} < 1 keeps the class-token CE term")
-            components["ce"] = (1.0 - self.alpha) * self.ce_loss(cls_logits, target)
+            why = f"alpha={self.alpha} < 1 keeps the class-token CE term"
+            components["ce"] = (1.0 - self.alpha) * supervised_term(self.ce_loss, cls_logits, target, owner, why)
         if self.alpha > 0:
             dist_logits, teacher_logits = check_logit_pair(dist_logits, teacher_logits, owner)
             if self.distillation == "soft":

@@ -5,8 +5,11 @@ fraction in ``[0, 1]`` of the preprocessed volume's depth along the slicing axis
 ``keep_volume=True``, the ``"volume"`` it came from. The trainer feeds ``"volume"`` to the teacher and
 ``"image"`` to the student; two losses connect them:
 
-- :class:`VolumeToSliceKDLoss` (logit level): the teacher's *volume* logits supervise the student's slice
-  prediction with the seed KD formula (:class:`~medkd3d.losses.KDLoss`). Because the teacher input is the
+- :class:`VolumeToSliceKDLoss` (logit level): the teacher's *volume* logits supervise the student's prediction
+  with the seed KD formula (:class:`~medkd3d.losses.KDLoss`). For a multiple-instance student
+  (:class:`~medkd3d.networks.efficientnet25d.MultiSliceEfficientNet25D`, the 2.5D bundle) that prediction is
+  the subject logits the student outputs from its ``S`` stacks - the same output that is evaluated and
+  deployed - so the volume teacher and the student are compared subject to subject. Because the teacher input is the
   deterministic preprocessed volume, its soft targets can be cached per subject even when slices are sampled
   at random.
 - :class:`VolumeToSliceFeatureLoss` (feature level): the teacher's 3D stage map is depth-pooled around the
@@ -29,13 +32,19 @@ __all__ = ["VolumeToSliceFeatureLoss", "VolumeToSliceKDLoss", "depth_pooling_wei
 
 
 class VolumeToSliceKDLoss(KDLoss):
-    """Logit KD from a 3D teacher's volume prediction to a 2.5D student's slice prediction.
+    """Logit KD from a 3D teacher's volume prediction to a 2.5D student's prediction.
 
     ``L = alpha * T^2 * KL(p_teacher || p_student) + (1 - alpha) * CE(student, y)`` exactly as
-    :class:`~medkd3d.losses.KDLoss` (same arguments and components ``"kd"``, ``"ce"``). Student logits may be
-    ``[B, C]`` (one prediction per slice stack, or a multi-slice student that fuses its slices) or per-slice
-    ``[B, S, C]``; in the latter case the volume logits ``[B, C]`` and labels ``[B]`` are repeated for each of
-    the ``S`` slices and the loss is averaged over all ``B * S`` slice predictions.
+    :class:`~medkd3d.losses.KDLoss` (same arguments and components ``"kd"``, ``"ce"``). Student logits may be:
+
+    - ``[B, C]``: one prediction per subject. For a multiple-instance student, which pools its ``S`` stacks
+      itself, these are its subject logits, so the volume logits supervise exactly what the student outputs
+      per subject at inference (the 2.5D bundle). A single-stack student's ``[B, C]`` is a per-stack prediction.
+    - ``[B, S, C]``: per-stack predictions; the volume logits ``[B, C]`` and labels ``[B]`` are repeated for
+      each of the ``S`` stacks and the loss is averaged over all ``B * S`` stack predictions.
+
+    Teacher and student must give the same batch ``B`` of subjects; a batch of ``B * S`` flattened stacks is
+    refused with a message naming the shapes.
     """
 
     def forward(
@@ -117,8 +126,10 @@ class VolumeToSliceFeatureLoss(nn.Module):
     shrinking both sides together. ``"teacher"`` maps the teacher slice into the student's space (the
     student's features must be a linear function of the teacher's); both sides are trainable then.
 
-    Multi-slice students: with ``slice_index`` ``[B, S]``, a student map ``[B, S, C_s, H, W]`` is matched slice
-    by slice, while a fused map ``[B, C_s, H, W]`` is matched with the mean of the ``S`` pooled teacher slices.
+    Multi-slice students: with ``slice_index`` ``[B, S]``, a student map ``[B, S, C_s, H, W]`` (the
+    ``forward_features`` of :class:`~medkd3d.networks.efficientnet25d.MultiSliceEfficientNet25D`, or
+    ``[B * S, C_s, H, W]`` as a forward hook in its shared encoder sees it) is matched slice by slice, while a
+    fused map ``[B, C_s, H, W]`` is matched with the mean of the ``S`` pooled teacher slices.
 
     Components: ``"v2s_feat"`` (the weighted total).
 
@@ -251,11 +262,20 @@ class VolumeToSliceFeatureLoss(nn.Module):
                 name=f"{owner} stage {stage} teacher feature {i_t}",
             )
             index = self._check_slice_index(slice_index, teacher.shape[0], teacher.device)
+            if student.ndim == 4 and index.ndim == 2 and index.shape[1] > 1 and student.shape[0] == index.numel():
+                # a hook inside a multi-slice student's shared encoder sees the B * S stacks as one batch
+                student = student.unflatten(0, tuple(index.shape))
             per_slice = student.ndim == 5
-            if student.ndim not in (4, 5) or (per_slice and (index.ndim != 2 or student.shape[1] != index.shape[1])):
+            if (
+                student.ndim not in (4, 5)
+                or student.shape[0] != index.shape[0]
+                or (per_slice and (index.ndim != 2 or student.shape[1] != index.shape[1]))
+            ):
                 raise ValueError(
-                    f"{owner}: stage {stage} student feature has shape {tuple(student.shape)}; expected a 2D map "
-                    "[B, C, H, W], or [B, S, C, H, W] with slice_index [B, S]."
+                    f"{owner}: stage {stage} student feature has shape {tuple(student.shape)} for a batch of "
+                    f"{index.shape[0]} with slice_index {tuple(index.shape)}; expected a 2D map [B, C, H, W], or "
+                    "[B, S, C, H, W] (or the B * S stacks [B * S, C, H, W] of a multi-slice encoder) with slice_index "
+                    "[B, S]."
                 )
             c_s, c_t = self.student_channels[stage], self.teacher_channels[stage]
             if student.shape[-3] != c_s or teacher.shape[1] != c_t:

@@ -1,8 +1,9 @@
-"""2.5D and 2D students: a timm 2D backbone over slice stacks, and a multi-slice model with attention pooling.
+"""2.5D and 2D students: a timm 2D backbone over slice stacks, and a multi-slice (MIL) model that pools its stacks.
 
 The 2.5D input is the slice pipeline's ``[B, 4*K, H, W]`` stack (modality-major: channel ``m*K + k``), the 2D
-input ``[B, 4, H, W]``. The multi-slice model takes ``[B, S, 4*K, H, W]``: S stacks from one volume, encoded by
-one shared backbone and pooled by gated attention into a single volume-level prediction.
+input ``[B, 4, H, W]``. The multi-slice model takes ``[B, S, 4*K, H, W]``: S stacks from one volume (a bag of
+instances in multiple-instance learning), encoded by one shared backbone and pooled - by gated attention or by
+the mean - into a single subject-level prediction. It is trained on the same kind of input it is used on.
 
 Any timm model with ``forward_intermediates`` and a convolutional (NCHW) feature map works as ``backbone``;
 no pretrained weights are loaded (the package runs offline, and ImageNet weights expect 3 channels anyway).
@@ -19,7 +20,16 @@ from torch import nn
 
 from medkd3d.networks.registry import register_model
 
-__all__ = ["EfficientNet25D", "GatedAttentionPooling", "MultiSliceEfficientNet25D"]
+__all__ = [
+    "MIL_POOLINGS",
+    "EfficientNet25D",
+    "GatedAttentionPooling",
+    "MeanPooling",
+    "MultiSliceEfficientNet25D",
+]
+
+#: Stack pooling modes of :class:`MultiSliceEfficientNet25D`.
+MIL_POOLINGS: tuple[str, ...] = ("attention", "mean")
 
 
 def _describe_backbone(backbone: nn.Module, name: str, in_channels: int) -> tuple[list[dict[str, Any]], bool, int]:
@@ -165,29 +175,52 @@ class GatedAttentionPooling(nn.Module):
         return (weights.unsqueeze(1) @ embeddings).squeeze(1), weights
 
 
-class MultiSliceEfficientNet25D(nn.Module):
-    """One shared 2.5D encoder over S slice stacks ``[B, S, 4*K, H, W]``, attention-pooled into one prediction.
+class MeanPooling(nn.Module):
+    """Mean MIL pooling over the instance axis: ``z = mean_s h_s``, i.e. every weight is ``1 / S``.
 
-    Each stack is encoded and pooled to an embedding by the same :class:`EfficientNet25D` backbone; gated attention
-    weighs the S embeddings into one volume embedding, which a linear layer classifies. The prediction is
-    invariant to the order of the stacks and works for any S.
+    It has no parameters and shares :class:`GatedAttentionPooling`'s interface, so the two are interchangeable.
+    """
+
+    def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool ``[B, S, D]`` instance embeddings.
+
+        Returns:
+            ``(pooled [B, D], weights [B, S])`` with uniform weights ``1 / S``.
+        """
+        # softmax of zeros: uniform weights whose S stays symbolic in traced and exported graphs
+        weights = torch.softmax(torch.zeros_like(embeddings[..., 0]), dim=1)
+        return embeddings.mean(dim=1), weights
+
+
+class MultiSliceEfficientNet25D(nn.Module):
+    """One shared 2.5D encoder over S slice stacks ``[B, S, 4*K, H, W]``, pooled into one subject prediction.
+
+    Multiple-instance learning: a subject is a bag of S stacks and its grade a bag label. Each stack is encoded
+    and pooled to an embedding by the same :class:`EfficientNet25D` backbone; ``pooling`` weighs the S embeddings
+    into one subject embedding (gated attention, :class:`GatedAttentionPooling`, or their mean,
+    :class:`MeanPooling`), which a linear layer classifies. ``forward`` returns the subject logits
+    ``[B, num_classes]``, so training losses (CE, logit KD from a 3D teacher's volume logits) supervise exactly
+    what the model outputs at inference. The prediction is invariant to the order of the stacks and works for
+    any S, but train and deploy it with the same S (the bundle's ``num_stacks``).
 
     Feature convention: ``forward_features`` returns the per-stack encoder features with the stack axis kept,
     ``[B, S, C_i, H / r_i, W / r_i]``; ``feature_info`` describes the 2D encoder (``num_chs`` is ``C_i``, at
-    dim 2; ``reduction`` is relative to ``H`` and ``W``). ``features[i].flatten(0, 1)`` gives timm's 2D layout.
-    :meth:`forward_attention` also returns the attention weights ``[B, S]`` for analysis.
+    dim 2; ``reduction`` is relative to ``H`` and ``W``). ``features[i].flatten(0, 1)`` gives timm's 2D layout;
+    :class:`~medkd3d.losses.VolumeToSliceFeatureLoss` matches such maps stack by stack with the batch's
+    ``slice_index`` ``[B, S]``. :meth:`forward_attention` also returns the pooling weights ``[B, S]``.
 
     Args:
         backbone: timm model name of the shared encoder.
         num_slices: K, adjacent slices per stack (``in_channels = 4 * K`` unless given).
         in_channels: channels of one stack; defaults to ``4 * num_slices``.
         num_classes: number of classes.
-        attention_dim: hidden width of the gated attention.
-        dropout_rate: dropout on the pooled volume embedding.
+        pooling: ``"attention"`` (gated attention, default) or ``"mean"``, see :data:`MIL_POOLINGS`.
+        attention_dim: hidden width of the gated attention (unused with ``"mean"``).
+        dropout_rate: dropout on the pooled subject embedding.
         backbone_kwargs: further ``timm.create_model`` arguments.
 
     Raises:
-        ValueError: as :class:`EfficientNet25D`.
+        ValueError: for an unknown ``pooling``, and as :class:`EfficientNet25D`.
     """
 
     def __init__(
@@ -196,22 +229,46 @@ class MultiSliceEfficientNet25D(nn.Module):
         num_slices: int = 3,
         in_channels: int | None = None,
         num_classes: int = 2,
+        pooling: str = "attention",
         attention_dim: int = 128,
         dropout_rate: float = 0.0,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
-        # num_classes=0: the encoder stops at the pooled embedding; the volume-level classifier is ours.
+        if pooling not in MIL_POOLINGS:
+            raise ValueError(
+                f"MultiSliceEfficientNet25D: pooling must be one of {', '.join(map(repr, MIL_POOLINGS))}, "
+                f"got {pooling!r}."
+            )
+        # num_classes=0: the encoder stops at the pooled embedding; the subject-level classifier is ours.
         self.encoder = EfficientNet25D(backbone, num_slices, in_channels, num_classes=0, **backbone_kwargs)
         self.in_channels = self.encoder.in_channels
         self.num_classes = num_classes
+        self.pooling_mode = pooling
         self.feature_info = [{**entry, "module": f"encoder.{entry['module']}"} for entry in self.encoder.feature_info]
-        self.pooling = GatedAttentionPooling(self.encoder.embed_dim, attention_dim)
+        self.pooling: nn.Module = (
+            GatedAttentionPooling(self.encoder.embed_dim, attention_dim) if pooling == "attention" else MeanPooling()
+        )
         self.dropout = nn.Dropout(dropout_rate)
         self.classifier = nn.Linear(self.encoder.embed_dim, num_classes)
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        if torch.jit.is_tracing():  # shapes are traced values there; the export fixes them from a valid example
+            return
+        if x.ndim != 5 or x.shape[2] != self.in_channels:
+            raise ValueError(
+                f"MultiSliceEfficientNet25D expects [B, S, {self.in_channels}, H, W] (S slice stacks of one subject), "
+                f"got shape {tuple(x.shape)}; build the input with slice_stack_transforms(num_stacks=S) and run the "
+                "network with SimpleInferer (it pools the stacks itself; SliceStackInferer is for single-stack nets)."
+            )
+
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-stack encoder features ``[B, S, C_i, h_i, w_i]`` of the input ``[B, S, C, H, W]``."""
+        """Per-stack encoder features ``[B, S, C_i, h_i, w_i]`` of the input ``[B, S, C, H, W]``.
+
+        Raises:
+            ValueError: if ``x`` is not ``[B, S, in_channels, H, W]``.
+        """
+        self._check_input(x)
         num_stacks = x.shape[1]
         features = self.encoder.forward_features(x.flatten(0, 1))
         return [f.unflatten(0, (-1, num_stacks)) for f in features]
@@ -223,11 +280,11 @@ class MultiSliceEfficientNet25D(nn.Module):
         return self.classifier(self.dropout(pooled)), weights
 
     def forward_head(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Volume-level logits ``[B, num_classes]`` from the last per-stack feature."""
+        """Subject-level logits ``[B, num_classes]`` from the last per-stack feature."""
         return self._pool(features)[0]
 
     def forward_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits [B, num_classes], attention weights [B, S])``, from one pass."""
+        """``(logits [B, num_classes], pooling weights [B, S])``, from one pass (uniform weights for ``"mean"``)."""
         return self._pool(self.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,5 +325,5 @@ def efficientnet2d(**kwargs: Any) -> EfficientNet25D:
     default_input_shape=(8, 12, 128, 128),
 )
 def efficientnet25d_multi(**kwargs: Any) -> MultiSliceEfficientNet25D:
-    """Multi-slice 2.5D student: shared EfficientNet-B0 over S stacks of K=3 slices, gated attention pooling."""
+    """Multi-slice (MIL) 2.5D student: shared EfficientNet-B0 over S stacks of K=3 slices, attention or mean pooled."""
     return MultiSliceEfficientNet25D(**kwargs)

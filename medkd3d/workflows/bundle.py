@@ -1,14 +1,30 @@
-"""Locate the medkd3d bundles and run their configs through MONAI's bundle API."""
+"""Locate the medkd3d bundles, their profiles, and run their configs through MONAI's bundle API.
+
+A *profile* is a plain MONAI config overlay in ``configs/profiles/<name>.json`` (``quick``, ``cpu``, ``gpu``):
+config ids and values (``"epochs": 2``, ``"network_def#vit_layers": 4``) merged after ``train.json`` exactly as
+``python -m monai.bundle run --config_file "['configs/train.json','configs/profiles/quick.json']"`` merges them.
+Profiles combine in order; later files and command-line overrides win.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUNDLE_NAMES", "bundle_command", "find_bundle_root", "run_bundle_config"]
+__all__ = [
+    "BUNDLE_NAMES",
+    "PROFILES_DIR",
+    "bundle_command",
+    "find_bundle_root",
+    "list_profiles",
+    "profile_configs",
+    "read_profiles",
+    "run_bundle_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +66,81 @@ def find_bundle_root(name: str) -> str:
     )
 
 
-def bundle_command(bundle_root: str | os.PathLike, config: str = "train.json") -> str:
-    """The ``python -m monai.bundle run`` command line of one config of a bundle, for messages.
+#: Folder of the profiles inside a bundle's ``configs/``.
+PROFILES_DIR = "profiles"
 
-    The path is relative to the working directory when the bundle lies below it (``bundles/<name>/...`` from the
-    repository root), absolute otherwise, so the command can be pasted as it is.
+
+def list_profiles(bundle_root: str | os.PathLike) -> list[str]:
+    """Names of a bundle's profiles (``configs/profiles/<name>.json``), sorted; empty when it has none."""
+    folder = Path(bundle_root) / "configs" / PROFILES_DIR
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def profile_configs(bundle_root: str | os.PathLike, profiles: Sequence[str]) -> list[str]:
+    """Config file names (relative to ``configs/``) of the named profiles, in the given order.
+
+    Args:
+        bundle_root: the bundle directory.
+        profiles: profile names, e.g. ``["quick"]`` or ``["cpu", "quick"]``.
+
+    Returns:
+        ``["profiles/<name>.json", ...]``, ready for :func:`run_bundle_config`'s ``configs``.
+
+    Raises:
+        ValueError: for a profile the bundle does not have, listing the ones it has.
     """
-    config_file = Path(bundle_root).resolve() / "configs" / config
-    if config_file.is_relative_to(Path.cwd()):
-        config_file = config_file.relative_to(Path.cwd())
-    return f"python -m monai.bundle run --config_file {config_file}"
+    available = list_profiles(bundle_root)
+    unknown = [p for p in profiles if p not in available]
+    if unknown:
+        raise ValueError(
+            f"Bundle {Path(bundle_root).name} has no profile {unknown[0]!r}; its profiles are {available} "
+            f"(files in {Path(bundle_root) / 'configs' / PROFILES_DIR})."
+        )
+    return [f"{PROFILES_DIR}/{p}.json" for p in profiles]
+
+
+def read_profiles(bundle_root: str | os.PathLike, profiles: Sequence[str]) -> dict[str, Any]:
+    """The merged content of the named profiles as ``{config id: value}``, later profiles winning.
+
+    Useful where a profile must reach a config it is not merged into, e.g. the ``network_def#...`` and size
+    overrides of ``inference.json`` or an export of a model trained under a profile.
+
+    Args:
+        bundle_root: the bundle directory.
+        profiles: profile names, in merge order.
+
+    Returns:
+        Config ids (as written in the profiles, e.g. ``"network_def#vit_layers"``) and their values.
+
+    Raises:
+        ValueError: for a profile the bundle does not have.
+    """
+    from monai.bundle.utils import merge_kv
+
+    merged: dict[str, Any] = {}
+    for name in profile_configs(bundle_root, profiles):
+        content = json.loads((Path(bundle_root) / "configs" / name).read_text(encoding="utf-8"))
+        for key, value in content.items():
+            merge_kv(merged, key, value)
+    return merged
+
+
+def bundle_command(bundle_root: str | os.PathLike, config: str | Sequence[str] = "train.json") -> str:
+    """The ``python -m monai.bundle run`` command line of config(s) of a bundle, for messages.
+
+    Paths are relative to the working directory when the bundle lies below it (``bundles/<name>/...`` from the
+    repository root), absolute otherwise, so the command can be pasted as it is. Several configs (e.g.
+    ``["train.json", "profiles/quick.json"]``) are written as MONAI's list syntax.
+    """
+    files = []
+    for name in [config] if isinstance(config, str) else config:
+        config_file = Path(bundle_root).resolve() / "configs" / name
+        if config_file.is_relative_to(Path.cwd()):
+            config_file = config_file.relative_to(Path.cwd())
+        files.append(str(config_file))
+    if len(files) == 1:
+        return f"python -m monai.bundle run --config_file {files[0]}"
+    return f'python -m monai.bundle run --config_file "[{",".join(repr(f) for f in files)}]"'
 
 
 def run_bundle_config(
@@ -68,16 +149,20 @@ def run_bundle_config(
     workflow_type: str | None = "train",
     logging_file: str | bool = False,
     tracking: str | dict | None = None,
+    profiles: Sequence[str] = (),
     **overrides: Any,
 ) -> Any:
-    """Run one config of a bundle with MONAI's ``ConfigWorkflow`` (the engine of ``python -m monai.bundle run``).
+    """Run config(s) of a bundle with MONAI's ``ConfigWorkflow`` (the engine of ``python -m monai.bundle run``).
 
     Args:
         bundle_root: the bundle directory.
-        configs: config file name(s) in ``configs/``, merged in order, e.g. ``["train.json", "evaluate.json"]``.
+        configs: config file name(s) in ``configs/`` (or paths), merged in order, e.g.
+            ``["train.json", "evaluate.json"]`` or ``["train.json", "profiles/quick.json"]``.
         workflow_type: ``"train"`` or ``"infer"`` (checked against MONAI's bundle properties), or ``None``.
         logging_file: path of a ``logging.conf``; ``False`` (default) keeps the caller's logging set-up.
         tracking: ``"mlflow"`` (or a settings file/dict) to enable MONAI's experiment tracking.
+        profiles: names of the bundle's profiles (``configs/profiles/<name>.json``), merged in order after
+            ``configs``; ``overrides`` still win over them.
         overrides: config ids and values, e.g. ``{"epochs": 2, "dataset_dir": "/data/brats"}``; ``bundle_root``
             is set to ``bundle_root`` unless given.
 
@@ -85,12 +170,13 @@ def run_bundle_config(
         The values of the config's ``run`` expressions.
 
     Raises:
-        ValueError: if the bundle lacks a required property of ``workflow_type``.
+        ValueError: if the bundle lacks a required property of ``workflow_type`` or a named profile.
     """
     from monai.bundle import ConfigWorkflow
 
     config_dir = Path(bundle_root) / "configs"
-    config_files = [str(config_dir / c) for c in ([configs] if isinstance(configs, str) else configs)]
+    names = [configs] if isinstance(configs, str) else list(configs)
+    config_files = [str(config_dir / c) for c in [*names, *profile_configs(bundle_root, profiles)]]
     overrides.setdefault("bundle_root", str(bundle_root))
     workflow = ConfigWorkflow(
         config_file=config_files,

@@ -1,4 +1,5 @@
-"""Dataset preparation for the bundles: synthesise the embedded default, discover, validate, split by fold."""
+"""Dataset preparation for the bundles: synthesise the embedded default, discover, validate, split into a held-out
+test set and folds."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SYNTHETIC_DEFAULT", "ensure_dataset", "inference_records", "prepare_dataset", "split_dataset"]
+__all__ = [
+    "SYNTHETIC_DEFAULT",
+    "ensure_dataset",
+    "inference_records",
+    "prepare_dataset",
+    "split_dataset",
+    "split_side",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -140,37 +148,84 @@ def split_dataset(
     num_folds: int = 5,
     seed: int = 0,
     splits_file: str | os.PathLike | None = None,
+    test_fraction: float = 0.2,
 ) -> dict[str, list[dict[str, Any]]]:
-    """The training and validation records of one fold, split by patient and stratified by class.
+    """The training, validation and held-out test records of one fold, split by patient and stratified by class.
 
-    The split depends only on the subjects, ``num_folds`` and ``seed``, so the teacher and every student
-    bundle (same overrides) train and validate on the same subjects: a student is never validated on a
-    subject its teacher was trained on.
+    ``test_fraction`` of each class's subjects are held out first; they depend on the subjects, ``test_fraction``
+    and ``seed`` only, so every fold (and every bundle) reports on the same test subjects, which neither training
+    nor model selection (best checkpoint, early stopping: the ``val`` side) ever sees. The remaining subjects are
+    dealt into ``num_folds`` stratified folds. The whole split depends only on the subjects and these arguments,
+    so the teacher and every student bundle (same overrides) train, validate and test on the same subjects: a
+    student is never validated or tested on a subject its teacher was trained on.
 
     Args:
         datalist: the prepared datalist (:func:`prepare_dataset`).
         fold: the fold to use, ``0 <= fold < num_folds``.
-        num_folds: number of stratified folds.
-        seed: split seed.
+        num_folds: number of stratified folds of the non-test subjects.
+        seed: split seed (of the test hold-out and of the folds).
         splits_file: a split file made by ``medkd3d split`` to use instead (its held-out test side is returned
-            as ``"test"``).
+            as ``"test"``; ``num_folds``, ``seed`` and ``test_fraction`` are then not used).
+        test_fraction: fraction of each class's subjects held out for test, in ``[0, 1)``; ``0`` holds out none
+            (the bundles' ``evaluate.json`` then refuses to report on the empty test side).
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}`` record lists.
+
+    Raises:
+        ValueError: for a ``test_fraction`` outside ``[0, 1)``, too few subjects for the folds, or a split file
+            that does not match the datalist.
     """
     from medkd3d.data.splits import load_splits, make_splits, split_records
 
     records = list(datalist["training"])
-    splits = load_splits(splits_file) if splits_file else make_splits(records, num_folds=num_folds, seed=seed)
+    if splits_file:
+        splits = load_splits(splits_file)
+    else:
+        if not 0.0 <= float(test_fraction) < 1.0:
+            raise ValueError(
+                f"test_fraction must be in [0, 1), got {test_fraction}; e.g. --test_fraction 0.2 holds out a fifth "
+                "of each class for test"
+            )
+        splits = make_splits(records, num_folds=num_folds, test_fraction=float(test_fraction), seed=seed)
     sides = split_records(records, splits, fold=fold)
     logger.info(
-        "Fold %d: %d training, %d validation, %d test subjects.",
+        "Fold %d: %d training, %d validation, %d held-out test subjects.",
         fold,
         len(sides["train"]),
         len(sides["val"]),
         len(sides["test"]),
     )
     return sides
+
+
+def split_side(split: Mapping[str, Sequence[dict[str, Any]]], side: str = "test") -> list[dict[str, Any]]:
+    """The records of one side of :func:`split_dataset`, refusing an empty one (what ``evaluate.json`` reports on).
+
+    Args:
+        split: ``{"train": [...], "val": [...], "test": [...]}``.
+        side: ``"test"`` (the honest default), ``"val"`` or ``"train"``.
+
+    Returns:
+        The side's records.
+
+    Raises:
+        KeyError: for an unknown side.
+        ValueError: if the side has no subject, with the overrides that fix it.
+    """
+    if side not in split:
+        raise KeyError(f"evaluate_split={side!r} is not a side of the split; choose one of {sorted(split)}")
+    records = list(split[side])
+    if not records:
+        if side == "test":
+            raise ValueError(
+                "The test split is empty, so there is nothing held out to report on: hold out test subjects with "
+                "--test_fraction 0.2 (a fraction of each class, default 0.2) or a --splits_file made by "
+                "`medkd3d split DATALIST --test-fraction 0.2 --out splits.json`; --evaluate_split val reports on "
+                "the validation subjects, which model selection has seen."
+            )
+        raise ValueError(f"The {side} split is empty; check the split settings (fold, num_folds, splits_file).")
+    return records
 
 
 def inference_records(datalist: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -1,4 +1,7 @@
-"""MONAI inferers for subject-level predictions of slice-based (2D / 2.5D) networks."""
+"""MONAI inferers for subject-level predictions of single-stack slice networks (2D / 2.5D).
+
+Networks that pool a subject's stacks themselves (multiple-instance students) need none: ``SimpleInferer``.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +34,11 @@ class SliceStackInferer(Inferer):
 
     Both keep the output logits-like ``[B, num_classes]``, as every other network's ``forward``. A single-stack
     input ``[B, C, H, W]`` passes through unchanged.
+
+    This inferer is for networks trained on single stacks. A multiple-instance network that pools the ``S``
+    stacks of a subject itself (``efficientnet25d_multi``, the 2.5D bundle) takes ``[B, S, C, H, W]`` whole and
+    returns subject logits: run it with MONAI's ``SimpleInferer``, so the subject prediction is the one it was
+    trained to make.
 
     Args:
         spatial_dims: spatial dimensions of one stack (2 for a slice network).

@@ -5,9 +5,12 @@ every model on the same fold -> export (TorchScript and ONNX with :func:`medkd3d
 artefact checked against eager PyTorch on random and real inputs) -> write a comparison report (Markdown + CSV:
 metrics, parameters, GFLOPs, CPU latency, student/teacher ratios, the artefacts and their parity).
 
-Every step is a bundle config run with MONAI's ``ConfigWorkflow`` and command-line-style overrides, exactly what
-``python -m monai.bundle run --config_file bundles/<b>/configs/train.json --epochs 2 ...`` does; outputs go to
-``--out`` (one folder per bundle), never into the bundles themselves.
+Every step is a bundle config run with MONAI's ``ConfigWorkflow``, the bundle's profiles merged after
+``train.json`` and command-line-style overrides on top, exactly what
+``python -m monai.bundle run --config_file "['bundles/<b>/configs/train.json','bundles/<b>/configs/profiles/quick.json']"
+--epochs 2 ...`` does; outputs go to ``--out`` (one folder per bundle), never into the bundles themselves.
+Precedence, lowest first: ``train.json``, the profiles in order, the shorthands (``--epochs`` ...), ``--override
+KEY=VALUE`` (every bundle), ``--override BUNDLE:KEY=VALUE``; the pipeline's own folders, data and split always win.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from medkd3d.workflows.report import ModelResult
 
-__all__ = ["MODELS", "QUICK", "PipelineModel", "PipelineSettings", "register", "run_pipeline"]
+__all__ = ["MODELS", "QUICK", "PipelineModel", "PipelineSettings", "parse_bundle_override", "register", "run_pipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ class PipelineModel:
     Args:
         bundle: bundle directory name under ``bundles/``.
         teacher: bundle of its teacher (students only); trained first, and its checkpoint is passed on.
-        slice_stacks: the network classifies 2.5D slice stacks (a subject takes ``num_eval_stacks`` of them).
+        slice_stacks: the network classifies 2.5D slice stacks (a subject takes ``num_stacks`` of them).
     """
 
     bundle: str
@@ -67,15 +71,19 @@ class PipelineSettings:
             Default: ``<out_dir>/data/synthetic_brats2019``.
         datalist: a datalist JSON to use instead of discovering ``dataset_dir``.
         synthetic: overrides of :data:`medkd3d.workflows.data.SYNTHETIC_DEFAULT` for a generated dataset.
-        epochs: training epochs of every bundle.
-        spatial_size: edge of the cubic preprocessed volume.
-        batch_size: training batch size; ``None`` keeps each bundle's default.
-        num_workers: data-loading workers.
+        profiles: bundle profiles (``configs/profiles/<name>.json``, e.g. ``"quick"``, ``"cpu"``, ``"gpu"``) merged
+            in order after ``train.json`` of every bundle that has them; each must exist in at least one bundle.
+        epochs: training epochs of every bundle; ``None`` keeps each bundle's (after its profiles).
+        spatial_size: edge of the cubic preprocessed volume; ``None`` keeps each bundle's.
+        batch_size: training batch size; ``None`` keeps each bundle's.
+        num_workers: data-loading workers; ``None`` keeps each bundle's.
         fold: cross-validation fold; all models use the same one.
         num_folds: number of folds.
         bundles: which bundles to run (teachers of selected students are added).
-        bundle_overrides: extra config overrides per bundle, e.g. smaller networks. A teacher's ``network_def#...``
-            overrides are given to its students as ``teacher_def#...``.
+        overrides: config overrides of every bundle (``{"learning_rate": 3e-4}``), over the profiles and shorthands.
+        bundle_overrides: config overrides per bundle, over ``overrides``, e.g. smaller networks. A teacher's
+            ``network_def#...`` overrides (its own or from ``overrides``) are given to its students as
+            ``teacher_def#...``, so a student always builds the teacher that was trained.
         tracking: ``"mlflow"`` to track every run with MONAI's MLflow integration.
         latency_repeats: timed forward passes per model for the CPU latency.
         export_formats: formats of :data:`medkd3d.export.FORMATS` every model is exported to (``<bundle>/export/``);
@@ -86,38 +94,46 @@ class PipelineSettings:
     dataset_dir: Path | None = None
     datalist: Path | None = None
     synthetic: Mapping[str, Any] | None = None
-    epochs: int = 100
-    spatial_size: int = 128
+    profiles: Sequence[str] = ()
+    epochs: int | None = None
+    spatial_size: int | None = None
     batch_size: int | None = None
-    num_workers: int = 4
+    num_workers: int | None = None
     fold: int = 0
     num_folds: int = 5
     bundles: Sequence[str] = tuple(m.bundle for m in MODELS)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
     bundle_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     tracking: str | None = None
     latency_repeats: int = 5
     export_formats: Sequence[str] = ("torchscript", "onnx")
 
 
-#: ``--quick``: a small synthetic dataset, tiny volumes, two epochs and a slimmer VGG-ViT teacher (a quarter of
-#: the VGG width, a 4-block ViT; the 160M-parameter default is made for GPUs) - the whole pipeline in about two
-#: minutes on two idle CPU cores. The numbers it reports show the pipeline works, not how good the models are.
+#: ``--quick``: the ``quick`` profile of every bundle (``configs/profiles/quick.json``: tiny volumes, two epochs,
+#: a slimmer VGG-ViT teacher - a quarter of the VGG width, a 4-block ViT; the 160M-parameter default is made for
+#: GPUs) plus a small synthetic dataset, fewer folds and latency repeats: the whole pipeline in minutes on two idle
+#: CPU cores. The numbers it reports show the pipeline works, not how good the models are.
 QUICK: dict[str, Any] = {
-    "synthetic": {"n_hgg": 10, "n_lgg": 10, "shape": (96, 96, 72)},
-    "epochs": 2,
-    "spatial_size": 32,
-    "num_workers": 0,
+    # 200 subjects, so the 20% held-out test split has 40 (the fewest an honest report may rest on); the quick
+    # profile's 32^3 volumes need no more than this source resolution
+    "synthetic": {"n_hgg": 100, "n_lgg": 100, "shape": (64, 64, 48)},
+    "profiles": ("quick",),
     "num_folds": 4,
     "latency_repeats": 3,
-    "bundle_overrides": {
-        "brats_teacher_vggvit3d": {
-            "network_def#width_multiplier": 0.25,
-            "network_def#vit_hidden_size": 192,
-            "network_def#vit_layers": 4,
-            "network_def#vit_heads": 3,
-            "network_def#msgff_dim": 64,
-        }
-    },
+}
+
+#: Config ids the pipeline sets itself, and the option that changes each; ``--override`` cannot set them.
+_PIPELINE_KEYS: dict[str, str] = {
+    "bundle_root": "--bundles",
+    "ckpt_dir": "--out",
+    "output_dir": "--out",
+    "dataset_dir": "--dataset-dir",
+    "datalist": "--datalist",
+    "validate_data": "--datalist",
+    "class_names": "--datalist",
+    "fold": "--fold",
+    "num_folds": "--num-folds",
+    "teacher_ckpt": "--bundles (the pipeline trains the teacher first)",
 }
 
 
@@ -130,18 +146,77 @@ def _selected(bundles: Sequence[str]) -> list[PipelineModel]:
     return [m for m in MODELS if m.bundle in wanted]
 
 
+def _check_overrides(settings: PipelineSettings) -> None:
+    """Refuse overrides of the pipeline's own config ids and of bundles the pipeline does not run."""
+    known = [m.bundle for m in MODELS]
+    unknown = sorted(set(settings.bundle_overrides) - set(known))
+    if unknown:
+        raise ValueError(f"Overrides for unknown bundle(s) {unknown}; the pipeline runs {known}.")
+    for where, overrides in [("--override", settings.overrides), *settings.bundle_overrides.items()]:
+        for key in overrides:
+            if key.split("#")[0].split("::")[0] in _PIPELINE_KEYS:
+                option = _PIPELINE_KEYS[key.split("#")[0].split("::")[0]]
+                raise ValueError(f"{where}: {key} is set by the pipeline itself; use {option} instead.")
+
+
+def _bundle_profiles(roots: Mapping[str, Path], profiles: Sequence[str]) -> dict[str, list[str]]:
+    """The profiles each bundle has, in the requested order.
+
+    Raises:
+        ValueError: for a profile that none of the bundles has, listing the available ones.
+    """
+    from medkd3d.workflows.bundle import list_profiles
+
+    available = {bundle: list_profiles(root) for bundle, root in roots.items()}
+    every = sorted({p for names in available.values() for p in names})
+    unknown = [p for p in profiles if p not in every]
+    if unknown:
+        raise ValueError(
+            f"Unknown profile {unknown[0]!r}; the bundles have the profiles {every} (configs/profiles/<name>.json)."
+        )
+    chosen = {bundle: [p for p in profiles if p in names] for bundle, names in available.items()}
+    for bundle, names in chosen.items():
+        missing = [p for p in profiles if p not in names]
+        if missing:
+            logger.info("%s has no profile %s; running it without", bundle, missing)
+    return chosen
+
+
 def _overrides(model: PipelineModel, settings: PipelineSettings, shared: Mapping[str, Any]) -> dict[str, Any]:
-    """The config overrides of one bundle: shared knobs, its own output folders, its teacher's checkpoint."""
+    """The config overrides of one bundle, lowest first: shared knobs, ``overrides``, its teacher's network,
+    its own ``bundle_overrides``, and the pipeline's data, folders and teacher checkpoint."""
     out = settings.out_dir / model.bundle
-    overrides = {**shared, "ckpt_dir": str(out / "models"), "output_dir": str(out / "eval")}
+    overrides = {**{k: v for k, v in shared.items() if k not in _PIPELINE_KEYS}, **settings.overrides}
     if model.teacher:
-        overrides["teacher_ckpt"] = str(settings.out_dir / model.teacher / "models" / "model.pt")
-        teacher_net = settings.bundle_overrides.get(model.teacher, {})
+        teacher_net = {**settings.overrides, **settings.bundle_overrides.get(model.teacher, {})}
         overrides.update(
             {f"teacher_def{k[len('network_def') :]}": v for k, v in teacher_net.items() if k.startswith("network_def#")}
         )
     overrides.update(settings.bundle_overrides.get(model.bundle, {}))
+    overrides.update({k: v for k, v in shared.items() if k in _PIPELINE_KEYS})
+    overrides.update({"ckpt_dir": str(out / "models"), "output_dir": str(out / "eval")})
+    if model.teacher:
+        overrides["teacher_ckpt"] = str(settings.out_dir / model.teacher / "models" / "model.pt")
     return overrides
+
+
+def _train_value(bundle_root: Path, profiles: Sequence[str], overrides: Mapping[str, Any], key: str) -> Any:
+    """The value of a plain config id (``epochs``, ``spatial_size``) of ``train.json`` under profiles and overrides."""
+    from monai.bundle import ConfigParser
+
+    from medkd3d.workflows.bundle import profile_configs
+
+    configs = bundle_root / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / c) for c in ["train.json", *profile_configs(bundle_root, profiles)]])
+    parser.update({"bundle_root": str(bundle_root), **dict(overrides)})
+    return parser.get_parsed_content(key)
+
+
+def _same_or_each(values: Mapping[str, Any]) -> Any:
+    """One value when every bundle has it, else ``"bundle: value, ..."``."""
+    distinct = {json.dumps(v) for v in values.values()}
+    return next(iter(values.values())) if len(distinct) == 1 else ", ".join(f"{b}: {v}" for b, v in values.items())
 
 
 def _subject_input(bundle_root: Path, overrides: Mapping[str, Any], slice_stacks: bool) -> tuple[list[int], int]:
@@ -154,7 +229,12 @@ def _subject_input(bundle_root: Path, overrides: Mapping[str, Any], slice_stacks
         return [4, *size], 1
     axis = int(parser.get_parsed_content("slice_axis"))
     plane = [s for i, s in enumerate(size) if i != axis]
-    return [4 * int(parser.get_parsed_content("num_slices")), *plane], int(parser.get_parsed_content("num_eval_stacks"))
+    stack = [4 * int(parser.get_parsed_content("num_slices")), *plane]
+    stacks = int(parser.get_parsed_content("num_stacks"))
+    inferer = parser.get("inferer") or {}
+    if str(inferer.get("_target_", "") if isinstance(inferer, Mapping) else "").endswith("SliceStackInferer"):
+        return stack, stacks  # a single-stack network sees a subject's stacks as a batch
+    return [stacks, *stack], 1  # a multiple-instance network takes a subject's stacks as one input
 
 
 #: Top-level knobs ``inference.json`` shares with ``train.json`` (others, e.g. ``epochs``, exist only in training).
@@ -167,7 +247,7 @@ _INFERENCE_KNOBS = frozenset(
         "num_workers",
         "num_slices",
         "slice_axis",
-        "num_eval_stacks",
+        "num_stacks",
         "validate_data",
     }
 )
@@ -183,7 +263,7 @@ def _measure(
     """
     from medkd3d.export import export_model, load_bundle
     from medkd3d.networks.profile import count_gflops, count_parameters, measure_latency
-    from medkd3d.workflows.report import ModelResult
+    from medkd3d.workflows.report import ModelResult, read_predictions
 
     out = settings.out_dir / model.bundle
     infer_overrides = {k: v for k, v in overrides.items() if k in _INFERENCE_KNOBS or k.startswith("network_def#")}
@@ -192,18 +272,24 @@ def _measure(
     exports = export_model(bundle, out / "export", settings.export_formats, parity_data=datalist)
     network = bundle.network
     metrics = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    # per-subject test probabilities: the report's AUC interval and one-class flag come from them
+    probabilities, labels, _ = read_predictions(out / "eval" / "evaluation_predictions.csv")
     return ModelResult(
         bundle=model.bundle,
         role="student" if model.teacher else "teacher",
         teacher=model.teacher,
         network=type(network).__name__,
         input_per_subject=f"{stacks} x {shape}",
-        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        metrics={
+            k: v for k, v in metrics.items() if isinstance(v, (int, float)) or k in ("confusion_matrix", "class_names")
+        },
         parameters=count_parameters(network),
         gflops=count_gflops(network, shape, batch_size=stacks),
         latency_ms=measure_latency(network, shape, batch_size=stacks, repeats=settings.latency_repeats)["median_ms"],
         exports={fmt: str(result.path) for fmt, result in exports.items()},
         export_max_abs_diff={fmt: result.parity.max_abs_diff for fmt, result in exports.items()},
+        probabilities=probabilities,
+        labels=labels,
     )
 
 
@@ -223,13 +309,16 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     import torch
 
     from medkd3d.data import write_datalist
-    from medkd3d.workflows.bundle import find_bundle_root, run_bundle_config
+    from medkd3d.workflows.bundle import find_bundle_root, read_profiles, run_bundle_config
     from medkd3d.workflows.data import ensure_dataset, prepare_dataset
-    from medkd3d.workflows.report import write_report
+    from medkd3d.workflows.report import baseline_result, bundle_evaluation_split, write_report
 
     started = time.perf_counter()
     out = settings.out_dir
     models = _selected(settings.bundles)
+    _check_overrides(settings)
+    roots = {m.bundle: Path(find_bundle_root(m.bundle)) for m in models}
+    profiles = _bundle_profiles(roots, settings.profiles)  # checked before any data is generated
     dataset_dir = settings.dataset_dir or out / "data" / "synthetic_brats2019"
     if settings.datalist is None:  # generated here, so the warning names this command's flag
         dataset_dir = ensure_dataset(dataset_dir, settings.synthetic, option="--dataset-dir")
@@ -241,38 +330,105 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
         "datalist": str(datalist),
         "validate_data": False,
         "class_names": list(data["class_names"]),
-        "epochs": settings.epochs,
-        "spatial_size": [settings.spatial_size] * 3,
-        "num_workers": settings.num_workers,
         "fold": settings.fold,
         "num_folds": settings.num_folds,
-        **({"batch_size": settings.batch_size} if settings.batch_size else {}),
     }
-    roots = {m.bundle: Path(find_bundle_root(m.bundle)) for m in models}
-    overrides = {m.bundle: _overrides(m, settings, shared) for m in models}
+    shorthands = {
+        "epochs": settings.epochs,
+        "spatial_size": None if settings.spatial_size is None else [settings.spatial_size] * 3,
+        "batch_size": settings.batch_size,
+        "num_workers": settings.num_workers,
+    }
+    shared.update({k: v for k, v in shorthands.items() if v is not None})
+    runs = {m.bundle: _overrides(m, settings, shared) for m in models}
     for model in models:
-        logger.info("=== training %s ===", model.bundle)
-        run_bundle_config(roots[model.bundle], "train.json", tracking=settings.tracking, **overrides[model.bundle])
+        logger.info("=== training %s (profiles %s) ===", model.bundle, profiles[model.bundle])
+        run_bundle_config(
+            roots[model.bundle], "train.json", tracking=settings.tracking, profiles=profiles[model.bundle],
+            **runs[model.bundle],
+        )  # fmt: skip
     for model in models:
         logger.info("=== evaluating %s ===", model.bundle)
         run_bundle_config(
-            roots[model.bundle], ["train.json", "evaluate.json"], workflow_type="infer", **overrides[model.bundle]
-        )
+            roots[model.bundle], ["train.json", "evaluate.json"], workflow_type="infer",
+            profiles=profiles[model.bundle], **runs[model.bundle],
+        )  # fmt: skip
+    # what the runs got from their profiles, for the configs the profiles are not merged into (inference.json)
+    overrides = {m.bundle: {**read_profiles(roots[m.bundle], profiles[m.bundle]), **runs[m.bundle]} for m in models}
     results = []
     for model in models:
         logger.info("=== exporting and profiling %s ===", model.bundle)
         results.append(_measure(model, roots[model.bundle], overrides[model.bundle], settings, datalist))
+    # the trivial baseline on exactly the subjects the bundles trained, selected and tested on
+    split, evaluate_split = bundle_evaluation_split(roots[models[0].bundle], overrides[models[0].bundle])
+    try:
+        baseline = baseline_result(split, list(data["class_names"]), evaluate_split)
+    except (OSError, ValueError) as error:  # the trained models are reported even if the baseline cannot be fitted
+        logger.warning("The trivial baseline could not be computed: %s", error)
+        baseline = None
     context = {
         "dataset": f"{settings.datalist or dataset_dir} ({len(data['training'])} subjects, classes {data['class_names']})",
-        "fold": f"{settings.fold} of {settings.num_folds}",
-        "epochs": settings.epochs,
-        "spatial_size": shared["spatial_size"],
-        "evaluation subjects": int(results[0].metrics.get("num_samples", 0)) if results else 0,
+        "split": f"fold {settings.fold} of {settings.num_folds}: {len(split['train'])} training, {len(split['val'])} "
+        f"validation, {len(split['test'])} held-out test subjects",
+        "profiles": ", ".join(settings.profiles) or "none (each bundle's train.json)",
+        **{
+            key: _same_or_each(
+                {m.bundle: _train_value(roots[m.bundle], profiles[m.bundle], runs[m.bundle], key) for m in models}
+            )
+            for key in ("epochs", "spatial_size", "batch_size")
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}",
         "total time": f"{time.perf_counter() - started:.0f} s",
     }
-    return write_report(results, out, context)
+    return write_report(results, out, context, baseline=baseline, evaluate_split=evaluate_split)
+
+
+#: ``BUNDLE:KEY`` of a one-bundle override; a single ``:`` (MONAI's own id separator is ``::``).
+_BUNDLE_KEY = re.compile(r"^(?P<bundle>[\w.-]+):(?!:)(?P<key>.+)$")
+
+
+def parse_bundle_override(text: str) -> tuple[str | None, str, Any]:
+    """Argparse type of ``medkd3d pipeline --override``: ``[BUNDLE:]KEY=VALUE``.
+
+    ``VALUE`` is parsed as JSON when it parses (``spatial_size=[64,64,64]``, ``amp=false``), else kept as a string,
+    like ``medkd3d export --override`` (:func:`medkd3d.export.cli.parse_override`).
+
+    Returns:
+        ``(bundle or None for every bundle, config id, value)``.
+
+    Raises:
+        argparse.ArgumentTypeError: without ``=``/key, or for a ``BUNDLE:`` the pipeline does not run.
+    """
+    from medkd3d.export.cli import parse_override
+
+    key, value = parse_override(text)
+    match = _BUNDLE_KEY.match(key)
+    if match is None:
+        return None, key, value
+    known = [m.bundle for m in MODELS]
+    if match["bundle"] not in known:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {match['bundle']!r} is not a bundle of the pipeline; BUNDLE:KEY=VALUE takes one of {known}."
+        )
+    return match["bundle"], match["key"], value
+
+
+def _profile_name(text: str) -> str:
+    """Argparse type of ``--profile``: a profile that at least one bundle of the pipeline has."""
+    from medkd3d.workflows.bundle import find_bundle_root, list_profiles
+
+    available: set[str] = set()
+    for model in MODELS:
+        try:
+            available.update(list_profiles(find_bundle_root(model.bundle)))
+        except FileNotFoundError:  # run_pipeline reports a missing bundle with its own message
+            continue
+    if text not in available:
+        raise argparse.ArgumentTypeError(
+            f"unknown profile {text!r}; the bundles have {sorted(available)} (configs/profiles/<name>.json)"
+        )
+    return text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -295,13 +451,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small synthetic dataset, 32^3 volumes, 2 epochs, a slimmer teacher: the whole job in about 2 minutes "
-        "on 2 idle CPU cores",
+        help="--profile quick (small volumes, few epochs, a slimmer teacher) plus a small synthetic dataset: the "
+        "whole job in minutes on 2 idle CPU cores",
     )
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 100, quick: 2)")
-    parser.add_argument("--spatial-size", type=int, default=None, help="volume edge (default: 128, quick: 32)")
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        type=_profile_name,
+        metavar="NAME",
+        help="merge configs/profiles/NAME.json after train.json of every bundle that has it (repeatable, in order; "
+        "the bundles ship quick, cpu and gpu)",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        type=parse_bundle_override,
+        metavar="[BUNDLE:]KEY=VALUE",
+        help="bundle config override over the profiles, VALUE parsed as JSON when it parses, e.g. learning_rate=3e-4 "
+        "or brats_teacher_vggvit3d:network_def#vit_layers=6 for one bundle (its students get the teacher's "
+        "network_def# values as teacher_def#) (repeatable)",
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: each bundle's)")
+    parser.add_argument("--spatial-size", type=int, default=None, help="volume edge (default: each bundle's)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: each bundle's)")
-    parser.add_argument("--num-workers", type=int, default=None, help="data-loading workers (default: 4, quick: 0)")
+    parser.add_argument("--num-workers", type=int, default=None, help="data-loading workers (default: each bundle's)")
     parser.add_argument("--fold", type=int, default=0, help="cross-validation fold (default: %(default)s)")
     parser.add_argument("--num-folds", type=int, default=None, help="number of folds (default: 5, quick: 4)")
     parser.add_argument(
@@ -318,6 +493,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     settings = replace(PipelineSettings(out_dir=args.out), **(QUICK if args.quick else {}))
+    profiles = [*settings.profiles, *(p for p in args.profile if p not in settings.profiles)]
+    bundle_overrides: dict[str, dict[str, Any]] = {}
+    for bundle, key, value in args.override:
+        if bundle is not None:
+            bundle_overrides.setdefault(bundle, {})[key] = value
+    overrides = {key: value for bundle, key, value in args.override if bundle is None}
+    settings = replace(settings, profiles=profiles, overrides=overrides, bundle_overrides=bundle_overrides)
     chosen = {
         "dataset_dir": args.dataset_dir,
         "datalist": args.datalist,

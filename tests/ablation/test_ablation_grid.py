@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from medkd3d.ablation.grid import ResultStore, RunSpec, StudyGrid, parse_size, size_sort_key
+from medkd3d.ablation.grid import ResultStore, RunSpec, StudyGrid, labelled_per_class, parse_size, size_sort_key
 
 STUDENTS = ("2.5d", "3d")
 KD = ("none", "logit", "logit+feature")
@@ -62,6 +62,27 @@ def test_parse_size() -> None:
         with pytest.raises(ValueError, match="positive number"):
             parse_size(bad)
     assert sorted([150, "all", 50], key=size_sort_key) == [50, 150, "all"]
+
+
+def test_unlabelled_sizes_parse_sort_and_split() -> None:
+    assert parse_size("8+unlabelled") == "8+unlabelled" and parse_size(" 8+Unlabelled ") == "8+unlabelled"
+    for bad in ("all+unlabelled", "0+unlabelled", "+unlabelled", "8+u"):
+        with pytest.raises(ValueError, match="positive number"):
+            parse_size(bad)
+    assert labelled_per_class("8+unlabelled") == (8, True)
+    assert labelled_per_class(8) == (8, False) and labelled_per_class("all") == (None, False)
+    # the unlabelled regime of N sits right after N on a learning curve
+    assert sorted(["all", "8+unlabelled", 16, 8], key=size_sort_key) == [8, "8+unlabelled", 16, "all"]
+    spec = RunSpec("brats_hdkd_student3d", "logit", "8+unlabelled", 0, 1)
+    assert spec.key == "brats_hdkd_student3d_logit_8+unlabelled_s0_f1"
+
+
+def test_grid_leaves_out_unsupported_modes() -> None:
+    grid = StudyGrid(STUDENTS, KD, SIZES, SEEDS, FOLDS, unsupported=frozenset({("2.5d", "logit+feature")}))
+    runs = grid.runs()
+    assert len(runs) == len(grid) == (2 * 3 - 1) * 3 * 2 * 3
+    assert not [r for r in runs if (r.student, r.kd) == ("2.5d", "logit+feature")]
+    assert [r for r in runs if (r.student, r.kd) == ("3d", "logit+feature")]
 
 
 def test_resume_skips_finished_runs(grid: StudyGrid, tmp_path) -> None:
@@ -146,3 +167,10 @@ def test_training_subsets_are_per_class_nested_and_capped(caplog) -> None:
     everything = training_subset(records, "all", seed=4)
     assert everything == records
     assert sum(r["subject"] == "hgg0" for r in training_subset(records, 8, seed=0)) == 2  # all records of a subject
+
+    # N+unlabelled: the same labelled subset, then every other training subject with label -1
+    items = training_subset(records, "2+unlabelled", seed=4)
+    labelled = [r for r in items if r["label"] != -1]
+    assert {r["subject"] for r in labelled} == subjects[2]
+    assert {r["subject"] for r in items if r["label"] == -1} == {r["subject"] for r in records} - subjects[2]
+    assert len(items) == len(records)  # each record once: labelled or not

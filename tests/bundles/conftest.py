@@ -1,7 +1,8 @@
 """Fixtures of the bundle tests: tiny overrides per bundle and the bundles trained once per session.
 
 Tests override configs, never edit them: tiny networks (each model's registry ``tiny_kwargs``), 32^3 volumes,
-one epoch, batch 2, no workers, 3 folds over the session's 12 synthetic subjects (8 train / 4 validation).
+one epoch, batch 2, no workers; of the session's 12 synthetic subjects the bundles' default ``test_fraction`` (0.2)
+holds out 2 for test, and fold 0 of 3 folds trains on 6 and validates on 4.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class BundleKit:
         "brats_teacher_vggvit3d": "vggvit3d",
         "brats_hdkd_teacher3d": "hdkd_teacher3d",
         "brats_student_effnet3d": "efficientnet3d_b0",
-        "brats_student_effnet25d": "efficientnet25d",
+        "brats_student_effnet25d": "efficientnet25d_multi",
         "brats_hdkd_student3d": "hdkd_student3d",
     }
 

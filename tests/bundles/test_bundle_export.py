@@ -50,6 +50,8 @@ def test_verify_net_in_out_catches_a_wrong_metadata(bundle_kit) -> None:
 def _input_shape(bundle: str, bundle_kit) -> list[int]:
     meta = json.loads((bundle_kit.bundles_dir / bundle / "configs" / "metadata.json").read_text())
     image = meta["network_data_format"]["inputs"]["image"]
+    if bundle == "brats_student_effnet25d":  # [B, S, 4K, H, W]: num_channels counts the stacks of a subject
+        return [1, image["num_channels"], image["spatial_shape"][0], *bundle_kit.spatial[:2]]
     return [1, image["num_channels"], *bundle_kit.spatial[: len(image["spatial_shape"])]]
 
 
@@ -115,9 +117,8 @@ def test_tensorrt_inference_config_runs_on_cpu(
     assert not any(isinstance(m, MemoryEfficientSwish) for m in network.modules())
     assert network is parser.get_parsed_content("network_export") is parser.get_parsed_content("network_def")
     assert parser.get_parsed_content("evaluator").amp is False
-    stacks = parser.get_parsed_content("num_eval_stacks") if "num_eval_stacks" in parser else 1
-    batch = parser.get_parsed_content("batch_size")
-    assert parser.get_parsed_content("trt_args")["dynamic_batchsize"] == [1, batch * stacks, batch * stacks]
+    batch = parser.get_parsed_content("batch_size")  # subjects: the 2.5D network takes a subject's stacks whole
+    assert parser.get_parsed_content("trt_args")["dynamic_batchsize"] == [1, batch, batch]
     assert workflow.check_properties() == []
     workflow.run()
     workflow.finalize()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,8 @@ def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_
         out_dir=tmp_path,
         dataset_dir=tmp_path / "brats",  # does not exist: the pipeline generates it
         synthetic=TINY_DATASET,
+        profiles=["quick"],  # its spatial_size (32, the teacher's ViT grid) must reach evaluation and export too
         epochs=1,
-        spatial_size=32,
         batch_size=2,
         num_workers=0,
         num_folds=3,
@@ -43,7 +45,11 @@ def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_
 
     with table.open(newline="") as stream:
         rows = {row["bundle"]: row for row in csv.DictReader(stream)}
+    # the trivial baseline comes first, on the same held-out test subjects (2 of the 12: one per class)
+    baseline = rows.pop(next(iter(rows)))
+    assert baseline["role"] == "baseline" and baseline["n"] == "2" and 0.0 <= float(baseline["auc"]) <= 1.0
     assert list(rows) == [teacher, student]
+    assert all(row["n"] == "2" for row in rows.values())
     t, s = rows[teacher], rows[student]
     assert (t["role"], s["role"], s["teacher"]) == ("teacher", "student", teacher)
     assert float(s["params_ratio"]) == pytest.approx(int(s["parameters"]) / int(t["parameters"]))
@@ -52,7 +58,10 @@ def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_
     for bundle, row in rows.items():
         assert 0.0 <= float(row["auc"]) <= 1.0 and float(row["gflops"]) > 0 and float(row["latency_ms"]) > 0
         _assert_checked_exports(bundle, row, tmp_path, text)
+    assert "- profiles: quick\n" in text and "- epochs: 1\n" in text and "- spatial_size: [32, 32, 32]\n" in text
     assert "## Students relative to their teachers" in text and f"| {student} | {teacher} |" in text
+    assert "- evaluation split: test, n = 2 subjects (1 LGG, 1 HGG)" in text and "- chance level: AUC 0.500" in text
+    assert "n < 20 test subjects: numbers are noisy" in text and "balanced_accuracy_margin_retention" in text
     assert (tmp_path / "datalist.json").is_file() and (tmp_path / student / "eval" / "metrics.json").is_file()
 
 
@@ -96,14 +105,105 @@ def test_command_line_maps_to_settings(monkeypatch, tmp_path: Path) -> None:
     )
     (settings,) = seen
     assert settings.out_dir == tmp_path and settings.epochs == 1 and settings.bundles == ["brats_hdkd_student3d"]
-    assert settings.spatial_size == QUICK["spatial_size"] and settings.synthetic == QUICK["synthetic"]
-    assert settings.num_workers == QUICK["num_workers"] and settings.dataset_dir is None
+    # --quick is the quick profile of every bundle plus the small synthetic dataset; sizes come from the profiles
+    assert settings.profiles == ["quick"] and settings.synthetic == QUICK["synthetic"]
+    assert settings.spatial_size is None and settings.num_workers is None and settings.dataset_dir is None
+
+    seen.clear()
+    argv = ["pipeline", "--quick", "--profile", "cpu", "--profile", "quick", "--override", "learning_rate=3e-4",
+            "--override", "brats_teacher_vggvit3d:network_def#vit_layers=6", "--override", "amp=false",
+            "--override", "brats_teacher_vggvit3d:tag=not json"]  # fmt: skip
+    assert main(argv) == 0
+    (settings,) = seen
+    assert settings.profiles == ["quick", "cpu"]  # in order, each once
+    assert settings.overrides == {"learning_rate": 3e-4, "amp": False}
+    assert settings.bundle_overrides == {"brats_teacher_vggvit3d": {"network_def#vit_layers": 6, "tag": "not json"}}
+
+
+def test_unknown_profile_is_a_command_line_error(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--profile", "fast"])
+    assert "unknown profile 'fast'; the bundles have ['cpu', 'gpu', 'quick']" in capsys.readouterr().err
+
+
+def test_override_parser_targets_bundles_and_keeps_monai_ids() -> None:
+    assert pipeline.parse_bundle_override("spatial_size=[64,64,64]") == (None, "spatial_size", [64, 64, 64])
+    assert pipeline.parse_bundle_override("network_def::vit_layers=4") == (None, "network_def::vit_layers", 4)
+    assert pipeline.parse_bundle_override("brats_hdkd_student3d:network_def#embed_dim=64") == (
+        "brats_hdkd_student3d",
+        "network_def#embed_dim",
+        64,
+    )
+    with pytest.raises(argparse.ArgumentTypeError, match=r"brats_student_resnet.*is not a bundle of the pipeline"):
+        pipeline.parse_bundle_override("brats_student_resnet:epochs=3")
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        pipeline.parse_bundle_override("epochs")
+
+
+def test_overrides_layer_over_profiles_and_reach_the_students_teacher(tmp_path: Path) -> None:
+    teacher, student = "brats_teacher_vggvit3d", "brats_student_effnet3d"
+    settings = PipelineSettings(
+        out_dir=tmp_path,
+        epochs=3,
+        overrides={"epochs": 4, "network_def#dropout_rate": 0.2},
+        bundle_overrides={teacher: {"network_def#vit_layers": 6}, student: {"epochs": 5}},
+    )
+    shared = {"dataset_dir": "/data", "fold": 1, "epochs": settings.epochs}
+    models = {m.bundle: m for m in pipeline.MODELS}
+    for_teacher = pipeline._overrides(models[teacher], settings, shared)
+    for_student = pipeline._overrides(models[student], settings, shared)
+    assert for_teacher["epochs"] == 4 and for_student["epochs"] == 5  # shorthand < --override < BUNDLE:
+    assert for_teacher["network_def#vit_layers"] == 6 and "network_def#vit_layers" not in for_student
+    # the student builds the teacher that was trained: its network_def# overrides become teacher_def#
+    assert for_student["teacher_def#vit_layers"] == 6 and for_student["teacher_def#dropout_rate"] == 0.2
+    assert for_student["teacher_ckpt"] == str(tmp_path / teacher / "models" / "model.pt")
+    assert for_student["ckpt_dir"] == str(tmp_path / student / "models") and for_student["fold"] == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"profiles": ["quick", "fast"]},
+            r"Unknown profile 'fast'; the bundles have the profiles \['cpu', 'gpu', 'quick'\]",
+        ),
+        ({"overrides": {"ckpt_dir": "/tmp/x"}}, "ckpt_dir is set by the pipeline itself; use --out"),
+        (
+            {"bundle_overrides": {"brats_teacher_vggvit3d": {"fold": 2}}},
+            "fold is set by the pipeline itself; use --fold",
+        ),
+        (
+            {"bundle_overrides": {"brats_student_resnet": {"epochs": 1}}},
+            r"unknown bundle\(s\) \['brats_student_resnet'\]",
+        ),
+    ],
+)
+def test_bad_profiles_and_overrides_fail_before_any_work(tmp_path: Path, change: dict, message: str) -> None:
+    settings = replace(PipelineSettings(out_dir=tmp_path, dataset_dir=tmp_path / "brats"), **change)
+    with pytest.raises(ValueError, match=message):
+        run_pipeline(settings)
+    assert not (tmp_path / "brats").exists()  # nothing was generated or trained
+
+
+def test_profile_values_reach_inference_and_the_report(tmp_path: Path) -> None:
+    from medkd3d.workflows.bundle import find_bundle_root, read_profiles
+
+    root = Path(find_bundle_root("brats_teacher_vggvit3d"))
+    profiles = pipeline._bundle_profiles({"brats_teacher_vggvit3d": root}, ["quick"])
+    assert profiles == {"brats_teacher_vggvit3d": ["quick"]}
+    assert read_profiles(root, ["quick"])["network_def#vit_layers"] == 4
+    assert pipeline._train_value(root, ["quick"], {}, "spatial_size") == [32, 32, 32]
+    assert pipeline._train_value(root, ["quick"], {"epochs": 9}, "epochs") == 9
+    assert pipeline._same_or_each({"a": 2, "b": 2}) == 2 and pipeline._same_or_each({"a": 2, "b": 3}) == "a: 2, b: 3"
 
 
 def test_subject_input_of_2p5d_student_counts_its_stacks(bundle_kit) -> None:
     root = bundle_kit.bundles_dir / "brats_student_effnet25d"
     shape, stacks = pipeline._subject_input(root, {"spatial_size": [40, 36, 32], "num_slices": 5}, slice_stacks=True)
-    assert shape == [20, 40, 36] and stacks == 8  # 4 modalities x 5 slices over the axial plane, 8 stacks/subject
+    # the MIL student takes a subject's 8 stacks (4 modalities x 5 slices over the axial plane) as one input
+    assert shape == [8, 20, 40, 36] and stacks == 1
+    single = {"num_stacks": 4, "inferer": {"_target_": "medkd3d.workflows.SliceStackInferer"}}
+    assert pipeline._subject_input(root, single, slice_stacks=True) == ([12, 128, 128], 4)  # stacks as a batch
     volume = bundle_kit.bundles_dir / "brats_student_effnet3d"
     assert pipeline._subject_input(volume, {"spatial_size": [40, 36, 32]}, slice_stacks=False) == ([4, 40, 36, 32], 1)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
@@ -13,6 +15,7 @@ from monai.engines import SupervisedEvaluator
 from monai.transforms import Activationsd
 from torch import nn
 
+from medkd3d.engines import classification_metrics
 from medkd3d.workflows import (
     AtomicCheckpointSaver,
     ClassProbabilityWriter,
@@ -21,6 +24,8 @@ from medkd3d.workflows import (
     ensure_dataset,
     find_bundle_root,
 )
+from medkd3d.workflows.bundle import BUNDLE_NAMES
+from medkd3d.workflows.report import ModelResult, bundle_evaluation_split, read_predictions, write_report
 
 
 def _linear(weight: float) -> nn.Module:
@@ -138,3 +143,82 @@ def test_find_bundle_root_from_repo_bundle_and_elsewhere(tmp_path: Path, monkeyp
     assert find_bundle_root("brats_teacher_vggvit3d") == expected
     with pytest.raises(FileNotFoundError, match="--bundle_root"):
         find_bundle_root("no_such_bundle")
+
+
+def _in_memory_datalist(n_per_class: int = 10) -> dict:
+    records = [{"subject": f"{name}_{i:02d}", "label": label} for label, name in enumerate(("LGG", "HGG"))
+               for i in range(n_per_class)]  # fmt: skip
+    return {"training": records, "class_names": ["LGG", "HGG"]}
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_bundle_configs_select_on_val_and_report_on_held_out_test(bundle: str, bundle_kit) -> None:
+    from monai.bundle import ConfigParser
+
+    datalist = _in_memory_datalist()
+    split, side = bundle_evaluation_split(bundle_kit.bundles_dir / bundle, {"data": datalist})
+    assert side == "test" and len(split["test"]) == 4  # default test_fraction 0.2 of each class
+    subjects = {s: {r["subject"] for r in split[s]} for s in ("train", "val", "test")}
+    assert not subjects["test"] & (subjects["train"] | subjects["val"])
+
+    configs = bundle_kit.config_files(bundle, "train.json", "evaluate.json")
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser.update({"bundle_root": str(bundle_kit.bundles_dir / bundle), "data": datalist})
+    assert parser["test_fraction"] == 0.2 and parser["split"]["test_fraction"] == "@test_fraction"
+    # model selection (the validation evaluator of train.json) sees the validation side, evaluate.json the test side
+    assert "@split['val']" in json.dumps(parser.get("validate#dataset"))
+    assert {r["subject"] for r in parser.get_parsed_content("dataset#data")} == subjects["test"]
+
+    parser.update({"test_fraction": 0.0})
+    with pytest.raises(Exception) as error:
+        parser.get_parsed_content("dataset#data", lazy=False)
+    assert "--test_fraction 0.2" in _chain(error.value)
+
+
+def _chain(error: BaseException | None) -> str:
+    """Every message of an exception chain (MONAI wraps instantiation errors)."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return " | ".join(messages)
+
+
+def _result(name: str, role: str, p_hgg: list[float], labels: list[int], teacher: str | None = None) -> ModelResult:
+    probabilities = np.stack([1 - np.asarray(p_hgg), np.asarray(p_hgg)], axis=1)
+    return ModelResult(
+        bundle=name, role=role, teacher=teacher, network="Net", input_per_subject="1 x [4, 8, 8, 8]",
+        metrics=classification_metrics(probabilities, np.asarray(labels), ["LGG", "HGG"]), parameters=100 if teacher
+        else 1000, gflops=0.1, latency_ms=1.0, probabilities=probabilities.tolist(), labels=list(labels),
+    )  # fmt: skip
+
+
+def test_report_states_split_chance_baseline_retention_and_flags(tmp_path: Path) -> None:
+    labels = [0] * 6 + [1] * 4
+    teacher = _result("teacher", "teacher", [0.1, 0.2, 0.3, 0.2, 0.1, 0.6, 0.7, 0.8, 0.9, 0.55], labels)
+    constant = _result("student", "student", [0.4] * 10, labels, teacher="teacher")  # predicts LGG for everyone
+    baseline = _result("trivial baseline", "baseline", [0.3, 0.4, 0.2, 0.6, 0.1, 0.2, 0.7, 0.8, 0.4, 0.9], labels)
+    markdown, table = write_report([teacher, constant], tmp_path, {"epochs": 2}, baseline=baseline)
+    text = markdown.read_text()
+    assert "- evaluation split: test, n = 10 subjects (6 LGG, 4 HGG)" in text
+    assert "- chance level: AUC 0.500, balanced accuracy 0.500, accuracy 0.600" in text
+    assert "| trivial baseline | baseline | Net |" in text and "| 10 |" in text
+    assert "- student: predicts one class (LGG) for all 10 test subjects; AUC 95% CI includes 0.5; n < 20" in text
+    assert "- teacher: n < 20 test subjects: numbers are noisy" in text  # separates: its CI excludes 0.5
+
+    with table.open(newline="") as stream:
+        rows = {row["bundle"]: row for row in csv.DictReader(stream)}
+    assert list(rows) == ["trivial baseline", "teacher", "student"]
+    student = rows["student"]
+    assert float(student["balanced_accuracy_margin_retention"]) == 0.0  # not 1: the constant student keeps nothing
+    assert float(student["auc_ratio"]) == pytest.approx(0.5 / float(rows["teacher"]["auc"]))
+    assert float(rows["teacher"]["auc_ci_low"]) > 0.5 and student["n"] == "10"
+    assert f"| student | teacher | 0.100 | 1.000 | 1.000 | {0.5 / float(rows['teacher']['auc']):.3f} | 0.000 |" in text
+
+
+def test_report_reads_the_probability_writers_csv(tmp_path: Path) -> None:
+    path = tmp_path / "evaluation_predictions.csv"
+    path.write_text("subject,prob_LGG,prob_HGG,predicted,label\na,0.8,0.2,LGG,LGG\nb,0.3,0.7,HGG,HGG\nc,0.5,0.5,LGG,\n")
+    probabilities, labels, subjects = read_predictions(path)
+    assert probabilities == [[0.8, 0.2], [0.3, 0.7]] and labels == [0, 1] and subjects == ["a", "b"]  # c: no label

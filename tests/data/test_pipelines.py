@@ -96,7 +96,8 @@ def test_random_transforms_come_after_the_whole_deterministic_prefix() -> None:
 
     for transform, load_seg in (
         (volume_transforms(SIZE, train=True), False),
-        (slice_stack_transforms(SIZE, train=True), True),  # tumour sampling loads the segmentation
+        (slice_stack_transforms(SIZE, train=True), False),  # the default training stacks need no segmentation
+        (slice_stack_transforms(SIZE, train=True, sampling="tumour"), True),  # tumour sampling loads it
     ):
         first_random = next(i for i, t in enumerate(transform.transforms) if isinstance(t, Randomizable))
         prefix = preprocess_transforms(SIZE, load_seg=load_seg)
@@ -155,7 +156,8 @@ def test_multi_slice_and_2d_pipelines(records: list[dict]) -> None:
     multi.set_random_state(0)
     out = multi(records[5])
     assert out["image"].shape == (4, 12, 32, 32) and out["slice_index"].shape == (4,)
-    assert torch.all(out["slice_index"][1:] >= out["slice_index"][:-1]) and "seg" not in out
+    assert torch.all(out["slice_index"][1:] >= out["slice_index"][:-1])
+    assert isinstance(out["seg"], str)  # the default training stacks never read the segmentation
     assert out["volume"].shape == (4, *SIZE)
     two_d = slice_transforms(SIZE, axis=0, num_stacks=2)(records[5])
     assert two_d["image"].shape == (2, 4, 32, 32)
@@ -163,6 +165,30 @@ def test_multi_slice_and_2d_pipelines(records: list[dict]) -> None:
     assert two_d_train["image"].shape == (4, 32, 32) and isinstance(two_d_train["seg"], str)  # seg never loaded
     with pytest.raises(ValueError, match="one slice"):
         slice_transforms(SIZE, num_slices=3)
+
+
+def test_mil_training_and_evaluation_stacks_lie_in_the_brain_without_a_segmentation(records: list[dict]) -> None:
+    """The multi-stack student's default pipelines: S random stacks in training, the S bin midpoints in evaluation,
+    both over the brain's extent, neither reading a segmentation."""
+    record = {k: v for k, v in records[6].items() if k != "seg"}  # no segmentation at all
+    volume = volume_transforms(SIZE)(record)["image"]
+    brain = torch.nonzero(volume.ne(0).any(0).any(0).any(0)).flatten()
+    first, last = int(brain[0]), int(brain[-1])
+    evaluation = slice_stack_transforms(SIZE, num_slices=3, num_stacks=4)(record)
+    fixed = (evaluation["slice_index"] * 32 - 0.5).round()
+    assert evaluation["image"].shape == (4, 12, 32, 32)
+    assert ((fixed >= first) & (fixed <= last)).all()
+    training = slice_stack_transforms(SIZE, num_slices=3, num_stacks=4, train=True, keep_volume=True)
+    training.set_random_state(0)
+    for _ in range(3):
+        out = training(record)
+        centres = (out["slice_index"] * 32 - 0.5).round()
+        assert out["image"].shape == (4, 12, 32, 32) and "seg" not in out
+        # the small affine may move the brain by a slice or two; the stacks stay within the brain's bins
+        assert ((centres >= first - 2) & (centres <= last + 2)).all()
+        assert ((centres - fixed).abs() <= (last - first + 1) / 4 + 2).all()
+        brain_voxels = out["volume"].ne(0).any(0)[..., centres.long()]  # [X, Y, S] of the augmented volume
+        assert (brain_voxels.flatten(0, 1).sum(0) > 0).all()  # every stack's centre slice shows brain
 
 
 def test_pipelines_batch_with_the_monai_dataloader(records: list[dict]) -> None:

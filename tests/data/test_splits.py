@@ -139,18 +139,25 @@ def test_split_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     parser = argparse.ArgumentParser(prog="medkd3d")
     register(parser.add_subparsers())
     out = tmp_path / "splits.json"
-    args = parser.parse_args(["split", str(datalist_path), "--folds", "4", "--seed", "2", "--out", str(out)])
+    command = ["split", str(datalist_path), "--folds", "4", "--seed", "2", "--out", str(out)]
+    args = parser.parse_args([*command, "--test-fraction", "0"])
     assert args.func(args) == 0
     written = json.loads(out.read_text())
-    assert written["folds"] == stratified_kfold(records, 4, seed=2)
+    assert written["folds"] == stratified_kfold(records, 4, seed=2) and written["test"] == []
     assert written["class_names"] == ["LGG", "HGG"] and written["seed"] == 2
     assert "fold 3: 9 train / 3 val" in capsys.readouterr().out
+    # by default a fifth of each class is held out for test first, as the bundles do
+    args = parser.parse_args(command)
+    assert args.func(args) == 0
+    assert json.loads(out.read_text()) == {**make_splits(records, 4, test_fraction=0.2, seed=2), **{
+        k: written[k] for k in ("datalist", "class_names")}}  # fmt: skip
+    assert "wrote" in capsys.readouterr().out and len(json.loads(out.read_text())["test"]) == 3
     missing = parser.parse_args(["split", str(tmp_path / "missing.json"), "--out", str(out)])
     assert missing.func(missing) == 1
     assert "missing.json not found" in capsys.readouterr().err
     too_many = parser.parse_args(["split", str(datalist_path), "--folds", "13", "--out", str(out)])
     assert too_many.func(too_many) == 1
-    assert "cannot make 13 folds from 12 subjects" in capsys.readouterr().err
+    assert "cannot make 13 folds from 9 subjects" in capsys.readouterr().err  # 3 of 12 held out for test
     with pytest.raises(SystemExit):
         parser.parse_args(["split", str(datalist_path), "--folds", "3", "--val-fraction", "0.2", "--out", "x"])
     with pytest.raises(SystemExit):

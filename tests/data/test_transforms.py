@@ -11,8 +11,10 @@ from medkd3d.data.transforms import (
     DropNoned,
     RandSliceStackd,
     SliceStackd,
+    evenly_spaced,
     extract_slice_stacks,
     foreground_area,
+    stratified_random,
     valid_centre_range,
 )
 
@@ -145,6 +147,49 @@ def test_rand_slice_stackd_multi_stack_is_sorted_and_stratified() -> None:
     few = RandSliceStackd("image", num_slices=1, num_stacks=4, sampling="tumour").set_random_state(0)
     centres = (few(tumour_record())["slice_index"] * 19).round().tolist()
     assert centres == sorted(centres) and set(centres) <= {11, 12}
+
+
+@pytest.mark.parametrize(("first", "last", "count"), [(5, 14, 5), (3, 40, 8), (0, 6, 8), (7, 7, 3)])
+def test_stratified_random_draws_one_slice_per_bin_around_the_evaluation_midpoints(
+    first: int, last: int, count: int
+) -> None:
+    """Training centres are jittered evaluation centres: bin i of the extent holds draw i and midpoint i."""
+    rng = np.random.RandomState(0)
+    draws = np.array([stratified_random(first, last, count, rng) for _ in range(2000)])  # [N, count]
+    midpoints = np.array(evenly_spaced(first, last, count))
+    width = (last - first + 1) / count
+    lower = np.floor(first + np.arange(count) * width)
+    upper = np.ceil(first + (np.arange(count) + 1) * width) - 1
+    assert draws.min() >= first and draws.max() <= last
+    assert (draws >= lower).all() and (draws <= upper).all()
+    assert (np.diff(draws, axis=1) >= 0).all()  # anatomical order, as the evaluation stacks
+    assert ((midpoints >= lower) & (midpoints <= upper)).all()
+    if width >= 1:  # a draw's expected position (slice centre + 0.5 on the extent) is its bin's midpoint
+        expected = first + (np.arange(count) + 0.5) * width
+        np.testing.assert_allclose(draws.mean(0) + 0.5, expected, atol=0.1 * width + 0.05)
+    if width >= 2:
+        assert all(len(set(draws[:, i])) > 1 for i in range(count))  # jittered, not fixed
+
+
+def test_training_and_evaluation_stacks_share_the_brain_bins_without_a_segmentation() -> None:
+    """The MIL student's training stacks (random) and evaluation stacks (fixed) come from the same S bins of
+    the brain extent, need no segmentation, and always lie inside the brain."""
+    volume = coded_volume(shape=(6, 7, 40), brain=(9, 32))  # 24 brain slices -> 4 bins of 6
+    train = RandSliceStackd("image", num_slices=3, num_stacks=4, sampling="random_foreground").set_random_state(0)
+    evaluate = SliceStackd("image", num_slices=3, num_stacks=4, sampling="foreground")
+    fixed = (evaluate({"image": volume})["slice_index"] * 40 - 0.5).round()
+    assert fixed.tolist() == [12, 18, 24, 30]
+    seen = []
+    for _ in range(200):
+        out = train({"image": volume, "subject": "no-seg"})  # no "seg" key at all
+        centres = (out["slice_index"] * 40 - 0.5).round()
+        assert out["image"].shape == (4, 12, 6, 7) and (out["image"][:, 1::3] != 0).all()  # centre slices: brain
+        assert ((centres - fixed).abs() <= 3).all()  # inside the evaluation stack's bin of 6 slices
+        seen.append(centres)
+    seen = torch.stack(seen)
+    assert seen.min() == 9 and seen.max() == 32  # the whole brain extent is reachable, nothing outside it
+    # on average a random stack sits at its bin's midpoint (slice c covers [c, c + 1)): the evaluation stack
+    torch.testing.assert_close(seen.mean(0) + 0.5, fixed, atol=0.4, rtol=0)
 
 
 def test_rand_slice_stackd_is_deterministic_under_a_seed() -> None:

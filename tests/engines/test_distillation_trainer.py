@@ -290,3 +290,36 @@ def test_hdkd_recipe_with_zoo_models(items):
     assert set(terms) == {"loss", "loss_ce", "loss_kd", "loss_feat_1", "loss_feat_2", "loss_feat_3"}
     assert terms["loss"] == pytest.approx(sum(v for k, v in terms.items() if k != "loss"), rel=1e-5)
     assert _hook_count(student) == 0
+
+
+def test_label_free_items_are_distilled_and_counted(tiny_net, items):
+    """Unlabelled items (label -1) train through the KD term; CE and num_labelled cover the labelled ones."""
+    teacher, student = tiny_net(width=6), tiny_net(width=4)
+    batch = items(4)
+    for i in (1, 2):
+        batch[i]["label"] = torch.tensor(-1)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.0)  # lr 0: the recorded pred is the loss's input
+    trainer = DistillationTrainer(
+        "cpu", 1, _loader(batch), student, teacher, optimizer, KDLoss(0.5, 2.0), decollate=False
+    )
+    outputs = []
+    trainer.add_event_handler(IterationEvents.LOSS_COMPLETED, lambda e: outputs.append(dict(e.state.output)))
+    trainer.run()
+    (out,) = outputs
+    labels = torch.stack([b["label"] for b in batch])
+    keep = labels >= 0
+    expected_ce = 0.5 * nn.functional.cross_entropy(out["pred"][keep], labels[keep])
+    torch.testing.assert_close(out["loss_ce"], expected_ce.detach())
+    assert int(out["num_labelled"]) == 2 and "num_labelled" not in loss_terms(out)  # a count, not a loss
+    assert torch.equal(out["label"], labels)
+
+    # a batch with no labelled item: CE is 0, the student still gets a gradient from the KD term
+    for b in batch:
+        b["label"] = torch.tensor(-1)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    before = copy.deepcopy(student.state_dict())
+    trainer = DistillationTrainer("cpu", 1, _loader(batch), student, teacher, optimizer, KDLoss(0.5, 2.0))
+    trainer.run()
+    terms = loss_terms(trainer.state.output)
+    assert terms["loss_ce"] == 0.0 and terms["loss_kd"] > 0 and int(trainer.state.output[0]["num_labelled"]) == 0
+    assert not torch.equal(student.state_dict()["head.weight"], before["head.weight"])

@@ -22,7 +22,7 @@ TINY = {
     "brats_student_effnet3d": ["spatial_size=[32,32,32]", "network_def#width_multiplier=0.25"],
     "brats_student_effnet25d": [
         "spatial_size=[32,32,32]",
-        "num_eval_stacks=4",
+        "num_stacks=4",
         "network_def#backbone=mobilenetv3_small_050",
     ],
     "brats_teacher_vggvit3d": [

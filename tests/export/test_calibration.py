@@ -13,7 +13,7 @@ from medkd3d.export.tensorrt import make_entropy_calibrator, summarize_layer_pre
 
 @pytest.fixture(scope="module")
 def slice_deployment(exported) -> DeploymentConfig:
-    """The 2.5D student's exported configuration: 8 slice stacks per subject."""
+    """The 2.5D student's exported configuration: one [8, 4K, H, W] input (8 slice stacks) per subject."""
     return DeploymentConfig.for_artefact(exported["brats_student_effnet25d"]["onnx"].path)
 
 
@@ -21,28 +21,31 @@ def test_calibration_batches_read_the_datalist(slice_deployment, synthetic_brats
     from medkd3d.data import discover_brats, write_datalist
 
     datalist = write_datalist(discover_brats(synthetic_brats_root), tmp_path / "calibration.json")
-    records = load_records(datalist)[:2]
-    sub = tmp_path / "two.json"
+    records = load_records(datalist)[:3]
+    sub = tmp_path / "three.json"
     write_datalist({**discover_brats(synthetic_brats_root), "training": records}, sub)
 
-    batches = list(CalibrationBatches.from_datalist(sub, slice_deployment, batch_size=3))
+    batches = list(CalibrationBatches.from_datalist(sub, slice_deployment, batch_size=2))
 
-    # 2 subjects x 8 stacks = 16 network inputs -> 5 full batches of 3, the last input dropped
-    assert len(batches) == 5
-    assert all(b.shape == (3, *slice_deployment.input_shape) and b.dtype == np.float32 for b in batches)
+    # 3 subjects, one network input each (the MIL student takes a subject's 8 stacks whole) -> 1 full batch of 2,
+    # the last input dropped
+    assert len(batches) == 1
+    assert slice_deployment.input_shape[0] == 8
+    assert all(b.shape == (2, *slice_deployment.input_shape) and b.dtype == np.float32 for b in batches)
     preprocessing, inferer = slice_deployment.build_preprocessing(), slice_deployment.build_inferer()
     expected = np.concatenate([network_inputs(r, preprocessing, inferer, 2) for r in records])
-    np.testing.assert_array_equal(np.concatenate(batches), expected[:15])
+    assert expected.shape == (3, *slice_deployment.input_shape)
+    np.testing.assert_array_equal(np.concatenate(batches), expected[:2])
 
-    limited = CalibrationBatches.from_datalist(sub, slice_deployment, batch_size=4, max_batches=2)
+    limited = CalibrationBatches.from_datalist(sub, slice_deployment, batch_size=1, max_batches=2)
     assert len(list(limited)) == 2
 
 
 def test_calibration_needs_enough_inputs(slice_deployment, synthetic_brats_root):
     records = load_records(synthetic_brats_root)[:1]
     d = slice_deployment
-    too_big = CalibrationBatches(records, d.build_preprocessing(), d.build_inferer(), 2, batch_size=9)
-    with pytest.raises(ValueError, match="fewer than one batch of 9"):
+    too_big = CalibrationBatches(records, d.build_preprocessing(), d.build_inferer(), 2, batch_size=2)
+    with pytest.raises(ValueError, match="fewer than one batch of 2"):
         list(too_big)
     with pytest.raises(ValueError, match="at least one subject"):
         CalibrationBatches([], d.build_preprocessing(), d.build_inferer(), 2)

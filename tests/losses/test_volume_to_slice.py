@@ -110,3 +110,75 @@ def test_volume_logits_supervise_each_slice_prediction() -> None:
     repeated, _ = kd(per_slice.reshape(12, 2), teacher.repeat_interleave(4, 0), target.repeat_interleave(4, 0))
     assert set(components) == {"kd", "ce"}
     assert torch.allclose(total, repeated)
+
+
+def test_volume_logits_supervise_the_mil_students_subject_logits() -> None:
+    """A multiple-instance student pools its S stacks itself: the KD term compares the teacher's volume logits with
+    the subject logits the student outputs (the prediction that is evaluated), once per subject."""
+    from medkd3d.networks import create_model
+
+    torch.manual_seed(0)
+    student = create_model("efficientnet25d_multi", backbone="test_efficientnet", attention_dim=8).train()
+    stacks = torch.randn(2, 3, 12, 32, 32, requires_grad=True)  # [B, S, 4K, H, W]
+    teacher, target = torch.randn(2, 2), torch.tensor([0, 1])
+    subject_logits = student(stacks)
+    assert subject_logits.shape == (2, 2)
+    v2s = VolumeToSliceKDLoss(alpha=0.5, temperature=4.0)
+    total, components = v2s(subject_logits, teacher, target)
+    expected, expected_components = KDLoss(alpha=0.5, temperature=4.0)(subject_logits, teacher, target)
+    torch.testing.assert_close(total, expected)
+    torch.testing.assert_close(components["kd"], expected_components["kd"])
+    total.backward()
+    assert (stacks.grad.abs().sum(dim=(2, 3, 4)) > 0).all()  # every stack of every subject is distilled
+    with pytest.raises(ValueError, match=r"\[batch, num_classes\]"):
+        v2s(torch.randn(6, 2), teacher, target)  # B * S flattened stack logits are not subject logits
+
+
+def test_feature_loss_reads_a_multi_slice_encoders_flattened_stacks() -> None:
+    """A forward hook inside the MIL student's shared encoder sees [B * S, C, H, W]: matched stack by stack as the
+    [B, S, C, H, W] maps of forward_features; any other batch is refused instead of broadcast."""
+    loss = VolumeToSliceFeatureLoss(4, 8, window=1)
+    teacher = torch.randn(2, 8, 4, 4, 6)
+    index = torch.tensor([[0.1, 0.5, 0.9], [0.3, 0.4, 0.6]])
+    per_slice = torch.randn(2, 3, 4, 4, 4)
+    stacked, _ = loss([per_slice], [teacher], slice_index=index)
+    flattened, _ = loss([per_slice.flatten(0, 1)], [teacher], slice_index=index)
+    torch.testing.assert_close(flattened, stacked)
+    with pytest.raises(ValueError, match="batch of 2"):
+        loss([torch.randn(4, 4, 4, 4)], [teacher], slice_index=index)
+
+
+def test_feature_and_logit_kd_train_a_mil_student_through_the_trainer() -> None:
+    """Volume-to-slice KD of the 2.5D bundle's MIL student in DistillationTrainer: subject logits against volume
+    logits, and its per-stack forward_features against the teacher's depth-pooled stage maps at each stack's
+    slice_index [B, S]."""
+    from medkd3d.engines import DistillationTrainer
+    from medkd3d.networks import create_model
+
+    torch.manual_seed(0)
+    student = create_model("efficientnet25d_multi", backbone="test_efficientnet", attention_dim=8)
+    teacher = create_model("vgg11_3d", width_multiplier=0.0625, head_hidden_dim=16)
+    # student stage 2 (32 channels, stride 8) learns the teacher's stage 2 (16 channels, stride 8)
+    feature_loss = VolumeToSliceFeatureLoss(32, 16, student_indices=[2], teacher_indices=[2])
+    kd_loss = VolumeToSliceKDLoss(alpha=0.5, temperature=4.0)
+    batch = {
+        "image": torch.randn(2, 3, 12, 32, 32),  # [B, S, 4K, H, W]
+        "volume": torch.randn(2, 4, 32, 32, 32),
+        "slice_index": torch.tensor([[0.2, 0.5, 0.8], [0.1, 0.5, 0.9]]),
+        "label": torch.tensor([0, 1]),
+    }
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    optimizer = torch.optim.SGD([*student.parameters(), *feature_loss.parameters()], lr=0.1)
+    trainer = DistillationTrainer(
+        device="cpu", max_epochs=1, train_data_loader=[batch], network=student, optimizer=optimizer,
+        kd_loss=kd_loss, teacher=teacher, teacher_image_key="volume", feature_loss=feature_loss,
+        student_feature_taps="forward_features", teacher_feature_taps="forward_features",
+        feature_loss_batch_keys=("slice_index",), decollate=False,
+    )  # fmt: skip
+    trainer.run()
+    output = trainer.state.output
+    assert output["pred"].shape == (2, 2)  # the subject logits were supervised, not per-stack ones
+    for term in ("loss_kd", "loss_ce", "loss_v2s_feat"):
+        assert torch.isfinite(output[term]) and output[term] > 0
+    encoder_stem = "encoder.backbone.conv_stem.weight"
+    assert not torch.equal(before[encoder_stem], student.get_parameter(encoder_stem).detach())

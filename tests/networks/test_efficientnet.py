@@ -9,7 +9,12 @@ from monai.networks.nets import EfficientNetBN, EfficientNetBNFeatures
 
 from medkd3d.networks import create_model
 from medkd3d.networks.efficientnet3d import EfficientNet3D
-from medkd3d.networks.efficientnet25d import EfficientNet25D, GatedAttentionPooling
+from medkd3d.networks.efficientnet25d import (
+    EfficientNet25D,
+    GatedAttentionPooling,
+    MeanPooling,
+    MultiSliceEfficientNet25D,
+)
 
 
 def _assert_features_match_info(model: torch.nn.Module, features: list[torch.Tensor], size: int, dim: int = 1) -> None:
@@ -133,3 +138,81 @@ def test_multi_slice_model_is_permutation_invariant_and_exposes_attention() -> N
     traced = torch.jit.trace_module(model, {"forward_attention": x}, check_trace=False)
     for ours, theirs in zip(traced.forward_attention(x), (logits, weights)):
         torch.testing.assert_close(ours, theirs)
+
+
+def _mil_model(pooling: str) -> MultiSliceEfficientNet25D:
+    torch.manual_seed(0)
+    return create_model("efficientnet25d_multi", backbone="test_efficientnet", attention_dim=8, pooling=pooling)
+
+
+@pytest.mark.parametrize("pooling", ["attention", "mean"])
+def test_mil_student_pools_its_stacks_into_subject_logits_and_every_stack_gets_gradient(pooling: str) -> None:
+    """Subject-level MIL: [B, S, 4K, H, W] -> [B, num_classes]; the subject loss reaches every stack and every
+    parameter, and a subject's prediction pools only its own stacks."""
+    model = _mil_model(pooling).train()
+    x = torch.randn(3, 5, 12, 32, 32, requires_grad=True)
+    logits, weights = model.forward_attention(x)
+    assert logits.shape == (3, 2) and weights.shape == (3, 5)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(3))
+    assert (weights > 0).all()
+    if pooling == "mean":
+        torch.testing.assert_close(weights, torch.full((3, 5), 0.2))
+    features = model.forward_features(x)
+    assert [f.shape[:2] for f in features] == [(3, 5)] * len(features)  # per-stack maps for feature KD
+    _assert_features_match_info(model, features, size=32, dim=2)
+
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1])).backward()
+    assert (x.grad.abs().sum(dim=(2, 3, 4)) > 0).all(), "a stack got no gradient from its subject's loss"
+    # the softmax over stacks cancels a bias shared by all attention scores: its gradient is 0 up to rounding
+    shared_bias = "pooling.score.bias"
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    if pooling == "attention":
+        assert grads.pop(shared_bias).abs().max() < 1e-6
+    missing = [n for n, g in grads.items() if g is None or g.abs().sum() == 0]
+    assert missing == []
+
+    # pooling stays within a subject: with batch-norm statistics fixed (eval), subject 0's logits depend on its
+    # own S stacks only
+    model.eval()
+    x.grad = None
+    model(x)[0].sum().backward()
+    per_stack = x.grad.abs().sum(dim=(2, 3, 4))  # [B, S]
+    assert (per_stack[0] > 0).all() and (per_stack[1:] == 0).all()
+
+
+def test_mean_pooling_is_the_plain_average_and_bad_inputs_are_refused() -> None:
+    embeddings = torch.randn(2, 4, 6)
+    pooled, weights = MeanPooling()(embeddings)
+    torch.testing.assert_close(pooled, embeddings.mean(dim=1))
+    torch.testing.assert_close(weights, torch.full((2, 4), 0.25))
+    with pytest.raises(ValueError, match="pooling"):
+        create_model("efficientnet25d_multi", backbone="test_efficientnet", pooling="max")
+    model = _mil_model("mean").eval()
+    with pytest.raises(ValueError, match=r"\[B, S, 12, H, W\].*SimpleInferer"):
+        model(torch.randn(2, 12, 32, 32))  # one stack per item, as SliceStackInferer would send it
+
+
+@pytest.mark.filterwarnings("ignore:.*legacy TorchScript-based ONNX export")
+@pytest.mark.filterwarnings("ignore:The feature will be removed")
+@pytest.mark.filterwarnings("ignore:.*jit.*deprecated")
+def test_mean_pooled_mil_student_traces_and_exports_to_onnx_opset_17(tmp_path) -> None:
+    """The contract test exports the registry default (attention); the mean-pooled variant must export too."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = _mil_model("mean").eval()
+    x = torch.randn(2, 4, 12, 32, 32)
+    fresh = torch.randn(3, 4, 12, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x, check_trace=False)
+        torch.testing.assert_close(traced(fresh), model(fresh), rtol=1e-4, atol=1e-5)
+    path = tmp_path / "mil_mean.onnx"
+    torch.onnx.export(
+        model, (x,), str(path), input_names=["image"], output_names=["logits"], opset_version=17,
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+    )  # fmt: skip
+    assert {o.domain: o.version for o in onnx.load(str(path)).opset_import}.get("", 0) == 17
+    (onnx_logits,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"image": fresh.numpy()}
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(onnx_logits), model(fresh), rtol=1e-3, atol=1e-4)

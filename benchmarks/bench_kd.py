@@ -1,0 +1,335 @@
+"""KD gain, measured: a distillation study on synthetic BraTS through the bundles, with test-set statistics.
+
+One command runs a study with :func:`medkd3d.ablation.run_study` - every teacher and student is its bundle's
+``train.json`` run with overrides and evaluated by its ``evaluate.json`` on the held-out test subjects:
+
+- each teacher bundle once per fold, on all the fold's labelled training subjects;
+- each student bundle without KD (``kd_mode=none``) and with each KD mode its bundle has, for >= 3 seeds x folds,
+  in three regimes: ``all`` labelled training subjects; data-limited, ``N`` labelled subjects per class
+  (``train_per_class``); and unlabelled, the same ``N`` per class plus every other training subject without its
+  grade, which only the KD term (the teacher's soft targets) uses (``unlabelled_train``).
+
+It writes ``<results-dir>/kd_synthetic.md`` and ``.csv``: test-set balanced accuracy and AUC per cell with 95%
+bootstrap CIs over the (seed, fold) runs, the teachers and the trivial baseline on the same test subjects,
+retention against each run's own teacher (AUC ratio and balanced-accuracy margin over chance), the paired KD gain
+(same student, regime, seed and fold with and without KD) with its CI, runs that predict one class, the wall time
+and the machine.
+
+Run (the full study is sized for a GPU; it resumes from ``--out`` when interrupted)::
+
+    python benchmarks/bench_kd.py                      # full study -> benchmarks/results/kd_synthetic.md
+    python benchmarks/bench_kd.py --quick              # tiny smoke version, a few minutes on 2 CPU cores
+
+``--quick`` writes ``kd_synthetic_quick.md``/``.csv`` (tiny networks, 2 epochs: it shows the benchmark runs, not
+how well distillation works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medkd3d.ablation import StudyConfig, run_study
+from medkd3d.ablation.grid import KD_MODES, parse_size, size_sort_key
+from medkd3d.ablation.runner import STUDENTS
+from medkd3d.ablation.stats import bootstrap_ci, kd_gains
+from medkd3d.engines.honesty import auc_ratio, margin_retention
+from medkd3d.utils import atomic_path
+
+#: The full study's synthetic dataset: 70 + 70 subjects, so a test fraction of 0.3 holds out 42 test subjects.
+FULL_SYNTHETIC: dict[str, Any] = {"layout": "brats2019", "n_hgg": 70, "n_lgg": 70, "shape": (96, 96, 72), "seed": 0}
+#: The smoke version's dataset.
+QUICK_SYNTHETIC: dict[str, Any] = {"layout": "brats2019", "n_hgg": 10, "n_lgg": 10, "shape": (48, 48, 40), "seed": 0}
+
+METRICS = ("balanced_accuracy", "auc")
+_LABELS = {"balanced_accuracy": "balanced accuracy", "auc": "AUC"}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke version (tiny networks, 2 epochs)")
+    parser.add_argument("--out", type=Path, help="study folder (default: runs/bench_kd, --quick: runs/bench_kd_quick)")
+    parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results", help="where to write")
+    parser.add_argument("--dataset-dir", type=Path, help="dataset (default: OUT/data, synthesised when missing)")
+    parser.add_argument("--students", nargs="+", choices=STUDENTS, help="student bundles (default: all)")
+    parser.add_argument("--labelled-per-class", type=int, help="N of the data-limited regimes (default 8, quick 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 (quick: 0)")
+    parser.add_argument("--folds", type=int, help="default: 3 (quick: 2)")
+    parser.add_argument("--test-fraction", type=float, help="default: 0.3 (quick: 0.2)")
+    parser.add_argument("--epochs", type=int, help="student epochs (default: the bundles', quick: 2)")
+    parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: --epochs, quick: 3)")
+    parser.add_argument("--spatial-size", type=int, help="volume edge (default: 64, quick: 32)")
+    parser.add_argument("--profile", action="append", dest="profiles", help="bundle config overlay (repeatable)")
+    parser.add_argument("--device", help="training device (default: the bundles' choice; quick: cpu)")
+    parser.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's; quick: 1)")
+    return parser.parse_args(argv)
+
+
+def study_config(args: argparse.Namespace) -> StudyConfig:
+    """The study of ``args``: the full benchmark or, with ``--quick``, its tiny smoke version."""
+    quick = args.quick
+    out = args.out or Path("runs/bench_kd_quick" if quick else "runs/bench_kd")
+    n = args.labelled_per_class or (2 if quick else 8)
+    settings: dict[str, Any] = {
+        "students": tuple(args.students or STUDENTS),
+        "kd_modes": KD_MODES,
+        "sizes": (n, f"{n}+unlabelled") if quick else (n, f"{n}+unlabelled", "all"),
+        "seeds": tuple(args.seeds or ((0,) if quick else (0, 1, 2))),
+        "folds": args.folds or (2 if quick else 3),
+        "test_fraction": args.test_fraction or (0.2 if quick else 0.3),
+        "epochs": args.epochs or (2 if quick else None),
+        "teacher_epochs": args.teacher_epochs or (3 if quick else None),
+        "spatial_size": args.spatial_size or (32 if quick else 64),
+        "tiny": quick,
+        "profiles": tuple(args.profiles or ()),
+        "batch_size": 2 if quick else None,
+        "device": args.device or ("cpu" if quick else None),
+        "threads": args.threads or (1 if quick else None),
+        "latency_repeats": 3 if quick else 10,
+        "synthetic": QUICK_SYNTHETIC if quick else FULL_SYNTHETIC,
+    }
+    return StudyConfig(args.dataset_dir or out / "data" / "synthetic_brats2019", out, **settings)
+
+
+# ----------------------------------------------------------------------------------------------------- statistics
+
+
+def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap CI of the finite values (NaN without any; NaN CI with one)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return math.nan, math.nan, math.nan
+    low, high = bootstrap_ci(finite)
+    return float(np.mean(finite)), low, high
+
+
+def _fmt(mean: float, low: float, high: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.3f}" if math.isnan(low) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def retention_of_runs(rows: Sequence[Mapping[str, Any]], teachers: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Each student run with ``auc_ratio`` and ``margin_retention`` against its own teacher bundle on its fold."""
+    by_teacher = {(t["model"], t["fold"]): t for t in teachers}
+    paired = []
+    for row in rows:
+        teacher = by_teacher.get((row["teacher"], row["fold"]))
+        if teacher is not None:
+            paired.append(
+                {
+                    **row,
+                    "auc_ratio": auc_ratio(row.get("auc"), teacher.get("auc")),
+                    "margin_retention": margin_retention(
+                        row.get("balanced_accuracy"), teacher.get("balanced_accuracy")
+                    ),
+                }
+            )
+    return paired
+
+
+def cell_rows(
+    rows: Sequence[Mapping[str, Any]], teachers: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """One CSV row per model cell: teachers, the trivial baseline, then every (student, regime, KD mode)."""
+    table: list[dict[str, Any]] = []
+    for teacher in dict.fromkeys(t["model"] for t in teachers):
+        members = [t for t in teachers if t["model"] == teacher]
+        table.append(_cell("teacher", teacher, "-", "all", members))
+    if baseline:
+        table.append(_cell("baseline", "intensity percentiles + logistic regression", "-", "all", baseline))
+    retained = retention_of_runs(rows, teachers)
+    gains = {
+        metric: {(g.student, g.kd, g.size): g for g in kd_gains(rows, metric)} for metric in METRICS
+    }  # paired with the no-KD run of the same student, regime, seed and fold
+    cells = dict.fromkeys((r["student"], r["size"], r["kd"]) for r in rows)
+    for student, size, kd in sorted(
+        cells,
+        key=lambda c: (STUDENTS.index(c[0]) if c[0] in STUDENTS else 99, size_sort_key(c[1]), KD_MODES.index(c[2])),
+    ):
+        members = [r for r in rows if (r["student"], r["size"], r["kd"]) == (student, size, kd)]
+        row = _cell("student", student, kd, size, members)
+        mine = [r for r in retained if (r["student"], r["size"], r["kd"]) == (student, size, kd)]
+        for key in ("auc_ratio", "margin_retention"):
+            mean, low, high = _mean_ci([r[key] for r in mine])
+            row.update({key: mean, f"{key}_ci_low": low, f"{key}_ci_high": high})
+        for metric in METRICS:
+            gain = gains[metric].get((student, kd, size))
+            row.update(
+                {
+                    f"kd_gain_{metric}": gain.gain if gain else math.nan,
+                    f"kd_gain_{metric}_ci_low": gain.ci_low if gain else math.nan,
+                    f"kd_gain_{metric}_ci_high": gain.ci_high if gain else math.nan,
+                    f"kd_gain_{metric}_pairs": gain.num_pairs if gain else 0,
+                }
+            )
+        table.append(row)
+    return table
+
+
+def _cell(kind: str, model: str, kd: str, size: Any, members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"kind": kind, "model": model, "kd": kd, "regime": _regime(size), "size": size}
+    for metric in METRICS:
+        mean, low, high = _mean_ci([m.get(metric) for m in members])
+        row.update({metric: mean, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+    row["runs"] = len(members)
+    row["test_subjects"] = members[0].get("test_subjects") if members else None
+    row["one_class_runs"] = sum(m.get("predicted_classes") == 1 for m in members)
+    row["train_time_s"] = float(
+        np.mean([m["train_time_s"] for m in members if m.get("train_time_s") is not None] or [math.nan])
+    )
+    row["parameters"] = members[0].get("parameters") if members else None
+    return row
+
+
+def _regime(size: Any) -> str:
+    size = parse_size(size)
+    if size == "all":
+        return "all labelled"
+    return f"{size.split('+')[0]} labelled/class + unlabelled" if isinstance(size, str) else f"{size} labelled/class"
+
+
+# ------------------------------------------------------------------------------------------------------- writing
+
+
+def write_csv(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    columns = list(dict.fromkeys(key for row in table for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    return path
+
+
+def format_markdown(
+    table: Sequence[Mapping[str, Any]], config: StudyConfig, wall_s: float, machine: str, command: str
+) -> str:
+    students = [r for r in table if r["kind"] == "student"]
+    n_test = next((r["test_subjects"] for r in table if r.get("test_subjects")), "n/a")
+    lines = [
+        "# KD gain on synthetic BraTS" + (" (smoke version: numbers mean nothing)" if config.tiny else ""),
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine}  ",
+        f"Wall time: {wall_s / 60:.1f} min (study folder `{config.out_dir}`; a resumed run counts only its own time)",
+        "",
+        f"Every model is its bundle's `train.json` run with overrides (medkd3d.ablation) and evaluated by its "
+        f"`evaluate.json` on the same **{n_test} held-out test subjects** (test fraction {config.test_fraction}); the "
+        f"checkpoint is selected on the fold's validation subjects. Seeds {list(config.seeds)} x {config.folds} folds; "
+        f"spatial size {config.spatial_size}; epochs {config.epochs or 'bundle default'} (teachers "
+        f"{config.teacher_epochs or config.epochs or 'bundle default'}). Chance: balanced accuracy 0.5, AUC 0.5. "
+        "Intervals are 95% percentile bootstraps over the (seed, fold) runs; folds share subjects, so they describe "
+        "this study's runs and are optimistic for new data.",
+        "",
+        *(
+            [
+                f"**Only {n_test} test subjects** (fewer than 40): every interval here is wide; do not quote these numbers.",
+                "",
+            ]
+            if isinstance(n_test, int) and n_test < 40
+            else []
+        ),
+        "## Teachers and trivial baseline",
+        "",
+        "| model | runs | balanced accuracy [95% CI] | AUC [95% CI] | one-class runs |",
+        "|---|---|---|---|---|",
+    ]
+    for row in table:
+        if row["kind"] != "student":
+            lines.append(
+                f"| {row['kind']}: {row['model']} | {row['runs']} | "
+                f"{_fmt(row['balanced_accuracy'], row['balanced_accuracy_ci_low'], row['balanced_accuracy_ci_high'])} | "
+                f"{_fmt(row['auc'], row['auc_ci_low'], row['auc_ci_high'])} | {row['one_class_runs']} |"
+            )
+    lines += [
+        "",
+        "## Students",
+        "",
+        "Retention against each run's own teacher on its fold: AUC ratio = student AUC / teacher AUC; margin = "
+        "(student - 0.5) / (teacher - 0.5) of the balanced accuracy (0 for a constant classifier). KD gain = mean "
+        "paired difference to the no-KD run of the same student, regime, seed and fold.",
+        "",
+        "| student | regime | KD | runs | balanced accuracy | AUC | AUC ratio | margin retention | KD gain bal. acc. "
+        "| KD gain AUC | one-class runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in students:
+        gain = {
+            m: "-"
+            if row["kd"] == "none"
+            else _fmt(row[f"kd_gain_{m}"], row[f"kd_gain_{m}_ci_low"], row[f"kd_gain_{m}_ci_high"])
+            for m in METRICS
+        }
+        lines.append(
+            f"| {row['model']} | {row['regime']} | {row['kd']} | {row['runs']} | "
+            f"{_fmt(row['balanced_accuracy'], row['balanced_accuracy_ci_low'], row['balanced_accuracy_ci_high'])} | "
+            f"{_fmt(row['auc'], row['auc_ci_low'], row['auc_ci_high'])} | "
+            f"{_fmt(row['auc_ratio'], row['auc_ratio_ci_low'], row['auc_ratio_ci_high'])} | "
+            f"{_fmt(row['margin_retention'], row['margin_retention_ci_low'], row['margin_retention_ci_high'])} | "
+            f"{gain['balanced_accuracy']} | {gain['auc']} | {row['one_class_runs']} |"
+        )
+    lines += ["", "## Verdict per student (KD gain with its 95% CI above 0)", ""]
+    lines += _verdicts(students)
+    return "\n".join(lines) + "\n"
+
+
+def _verdicts(students: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per student: the KD cells whose paired gain CI lies above 0, in words."""
+    lines = []
+    for student in dict.fromkeys(r["model"] for r in students):
+        positive = [
+            f"{r['kd']} in '{r['regime']}' ({r['kd_gain_auc']:+.3f} AUC)"
+            for r in students
+            if r["model"] == student and r["kd"] != "none" and r["kd_gain_auc_ci_low"] > 0
+        ]
+        lines.append(
+            f"- {student}: " + ("KD gain > 0 with the CI above 0 for " + "; ".join(positive) if positive
+                                else "no KD cell has an AUC gain whose 95% CI lies above 0.")
+        )  # fmt: skip
+    return lines
+
+
+def machine_info() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {gpu}), Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = study_config(args)
+    start = time.perf_counter()
+    outcome = run_study(config, progress=True)
+    wall = time.perf_counter() - start
+    rows = outcome.rows
+    table = cell_rows(rows, outcome.teacher_rows, outcome.baseline_rows)
+    name = "kd_synthetic_quick" if args.quick else "kd_synthetic"
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(table, args.results_dir / f"{name}.csv")
+    command = "python benchmarks/bench_kd.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = format_markdown(table, config, wall, machine_info(), command.strip())
+    with atomic_path(args.results_dir / f"{name}.md") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    print(f"wrote {args.results_dir / f'{name}.md'} and .csv ({len(rows)} student runs, {wall / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
