@@ -23,36 +23,63 @@ _LAYOUT_HELP = (
 
 def _add_label_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--labels", metavar="CSV", default=None,
+        "--labels",
+        metavar="CSV",
+        default=None,
         help="CSV with one row per subject holding its label (default: name_mapping.csv for BraTS 2020, the HGG/LGG "
         "folders for BraTS 2019, the only *.csv in ROOT for BraTS 2021 and generic folders)",
     )
     parser.add_argument(
-        "--label-column", metavar="COL", default=None,
+        "--label-column",
+        metavar="COL",
+        default=None,
         help="column of --labels holding the label (default: 'Grade', or the only column besides the subject id); "
-        "grades map to LGG=0, HGG=1, integer codes (e.g. MGMT_value) keep their value",
+        "grades map to LGG=0, HGG=1, integer codes (e.g. MGMT_value) keep their value; a value outside a known set "
+        "(Grade: LGG/HGG, MGMT_value: 0/1) is an error unless --class-names declares the classes",
     )
     parser.add_argument(
-        "--subject-column", metavar="COL", default=None,
+        "--class-names",
+        metavar="A,B,...",
+        default=None,
+        type=lambda text: [n.strip() for n in text.split(",")],
+        help="declare the classes, in label order (e.g. LGG,HGG,XGG); every label must be one of them",
+    )
+    parser.add_argument(
+        "--subject-column",
+        metavar="COL",
+        default=None,
         help="column of --labels holding the subject id, matched to folder names exactly, case-insensitively or by "
         "trailing number (default: the first of BraTS_2020_subject_ID, BraTS21ID, BraTS_2019_subject_ID, subject, "
         "subject_id, ID)",
     )
     parser.add_argument(
-        "--layout", choices=DISCOVERY_LAYOUTS, default="auto",
+        "--layout",
+        choices=DISCOVERY_LAYOUTS,
+        default="auto",
         help=f"dataset layout (default: detect it). {_LAYOUT_HELP}",
     )
 
 
 def _discovery_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"labels_csv": args.labels, "label_column": args.label_column, "subject_column": args.subject_column,
-            "layout": args.layout}
+    return {
+        "labels_csv": args.labels,
+        "label_column": args.label_column,
+        "subject_column": args.subject_column,
+        "layout": args.layout,
+        "class_names": args.class_names,
+    }
 
 
 def _synth(args: argparse.Namespace) -> int:
     root = generate_synthetic_brats(
-        args.out, layout=args.layout, n_hgg=args.n_hgg, n_lgg=args.n_lgg, shape=tuple(args.shape), seed=args.seed,
-        anatomy=args.anatomy, num_workers=args.workers,
+        args.out,
+        layout=args.layout,
+        n_hgg=args.n_hgg,
+        n_lgg=args.n_lgg,
+        shape=tuple(args.shape),
+        seed=args.seed,
+        anatomy=args.anatomy,
+        num_workers=args.workers,
     )
     print(f"wrote {args.n_hgg} HGG + {args.n_lgg} LGG synthetic subjects ({args.layout}) to {root}")
     return 0
@@ -65,7 +92,9 @@ def _datalist(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     path = write_datalist(datalist, args.out)
-    counts = {name: sum(r["label"] == i for r in datalist["training"]) for i, name in enumerate(datalist["class_names"])}
+    counts = {
+        name: sum(r["label"] == i for r in datalist["training"]) for i, name in enumerate(datalist["class_names"])
+    }
     unlabeled = sum(r["label"] is None for r in datalist["training"])
     if unlabeled:
         counts["unlabeled"] = unlabeled
@@ -77,8 +106,11 @@ def _datalist(args: argparse.Namespace) -> int:
 def _check_data(args: argparse.Namespace) -> int:
     try:
         problems = check_data(
-            args.data, require_labels=not args.allow_unlabeled, affine_atol=args.affine_atol,
-            num_workers=args.workers, progress=args.progress,
+            args.data,
+            require_labels=not args.allow_unlabeled,
+            affine_atol=args.affine_atol,
+            num_workers=args.workers,
+            progress=args.progress,
             **_discovery_kwargs(args),
         )
     except (FileNotFoundError, ValueError) as error:
@@ -100,31 +132,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers: the sub-parser collection of the ``medkd3d`` parser.
     """
     synth = subparsers.add_parser(
-        "synth", help="write a synthetic BraTS dataset (brain MRI with gliomas, HGG and LGG)",
+        "synth",
+        help="write a synthetic BraTS dataset (brain MRI with gliomas, HGG and LGG)",
         description="Write a synthetic BraTS dataset in the exact folder and file naming of a BraTS release: "
         "T1, T1ce, T2 and FLAIR int16 NIfTI volumes (1 mm) built on the MNI152 anatomy, with HGG and LGG tumour "
         "phenotypes that overlap, scanner bias fields and noise, and BraTS segmentations (labels 1, 2, 4). "
         "The same seed gives byte-identical files.",
     )
     synth.add_argument("--out", required=True, metavar="DIR", help="dataset root to write (created if needed)")
-    synth.add_argument("--layout", choices=SYNTHETIC_LAYOUTS, default="brats2019",
-                       help="naming to follow (default: %(default)s). " + _LAYOUT_HELP.split("; generic")[0])
+    synth.add_argument(
+        "--layout",
+        choices=SYNTHETIC_LAYOUTS,
+        default="brats2019",
+        help="naming to follow (default: %(default)s). " + _LAYOUT_HELP.split("; generic")[0],
+    )
     synth.add_argument("--n-hgg", type=int, default=10, metavar="N", help="high-grade subjects (default: %(default)s)")
     synth.add_argument("--n-lgg", type=int, default=10, metavar="M", help="low-grade subjects (default: %(default)s)")
-    synth.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155), metavar=("X", "Y", "Z"),
-                       help="volume shape in voxels; the 240x240x155 mm BraTS field is scaled onto it "
-                       "(default: 240 240 155)")
+    synth.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(240, 240, 155),
+        metavar=("X", "Y", "Z"),
+        help="volume shape in voxels; the 240x240x155 mm BraTS field is scaled onto it (default: 240 240 155)",
+    )
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    synth.add_argument("--anatomy", choices=("auto", "mni152", "procedural"), default="auto",
-                       help="brain anatomy: nilearn's MNI152 template, or a procedural brain (default: MNI152 if "
-                       "nilearn is installed)")
-    synth.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="subjects synthesised in parallel threads; the output does not depend on it "
-                       "(default: %(default)s)")
+    synth.add_argument(
+        "--anatomy",
+        choices=("auto", "mni152", "procedural"),
+        default="auto",
+        help="brain anatomy: nilearn's MNI152 template, or a procedural brain (default: MNI152 if "
+        "nilearn is installed)",
+    )
+    synth.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="subjects synthesised in parallel threads; the output does not depend on it (default: %(default)s)",
+    )
     synth.set_defaults(func=_synth)
 
     datalist = subparsers.add_parser(
-        "datalist", help="find the subjects of a BraTS folder and write a MONAI datalist JSON",
+        "datalist",
+        help="find the subjects of a BraTS folder and write a MONAI datalist JSON",
         description="Detect the layout of ROOT, find the T1, T1ce, T2, FLAIR (and seg) files of every subject "
         "(.nii or .nii.gz, any capitalisation, t1ce/t1gd/t1c spellings, the modality read from the end of the file "
         "name) and write a MONAI-style datalist with paths relative to the JSON file. Fails, listing every "
@@ -136,7 +187,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     datalist.set_defaults(func=_datalist)
 
     check = subparsers.add_parser(
-        "check-data", help="read every file of a dataset once and report all problems",
+        "check-data",
+        help="read every file of a dataset once and report all problems",
         description="Validate a dataset root or a datalist JSON in one pass and print one line per problem "
         "(subject, file, problem, fix): missing modality, unreadable/truncated file, non-3D image, NaN/Inf voxels, "
         "all-zero volume, modalities with different shapes or affines, duplicate subject ids, missing labels, "
@@ -144,13 +196,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "found as by `medkd3d datalist` (--labels, --label-column, --subject-column, --layout).",
     )
     check.add_argument("data", metavar="ROOT|DATALIST", help="dataset root folder or datalist JSON file")
-    check.add_argument("--allow-unlabeled", action="store_true",
-                       help="do not report subjects without a label (unlabeled inference data)")
-    check.add_argument("--affine-atol", type=float, default=1e-3, metavar="TOL",
-                       help="tolerated difference between the affines of a subject's files (default: %(default)s)")
-    check.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="threads reading files (default: min(4, CPU count))")
-    check.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help="show a progress bar (default: with more than 20 subjects)")
+    check.add_argument(
+        "--allow-unlabeled",
+        action="store_true",
+        help="do not report subjects without a label (unlabeled inference data)",
+    )
+    check.add_argument(
+        "--affine-atol",
+        type=float,
+        default=1e-3,
+        metavar="TOL",
+        help="tolerated difference between the affines of a subject's files (default: %(default)s)",
+    )
+    check.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="threads reading files (default: min(4, CPU count))"
+    )
+    check.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: with more than 20 subjects)",
+    )
     _add_label_options(check)
     check.set_defaults(func=_check_data)

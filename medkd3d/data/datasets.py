@@ -20,30 +20,79 @@ the GPU after the cached prefix (``ToDeviced``).
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
 from monai.utils import convert_to_tensor
 
-__all__ = ["CACHE_MODES", "build_dataset", "estimate_cache_bytes"]
+__all__ = ["CACHE_MODES", "build_dataset", "cache_safe_globals", "estimate_cache_bytes"]
+
+logger = logging.getLogger(__name__)
 
 #: ``"none"``: plain ``Dataset``; ``"memory"``: ``CacheDataset``; ``"disk"``: ``PersistentDataset``.
 CACHE_MODES = ("none", "memory", "disk")
 
 
-class _ConsistentPersistentDataset(PersistentDataset):
-    """``PersistentDataset`` whose freshly computed items have the tensor types of the cached ones.
+@functools.cache
+def cache_safe_globals() -> tuple[Any, ...]:
+    """Allow exactly the types a cached item holds besides tensors in torch's ``weights_only`` unpickler.
 
-    MONAI converts an item to ``MetaTensor``s when it writes the cache file but returns the freshly computed item
-    unconverted, so a plain-tensor label comes back as a ``MetaTensor`` from the second epoch on. A batch mixing
-    both kinds (a subject cached by an earlier run or epoch next to a new one) is refused by ``list_data_collate``.
+    A cached item is a dict of ``MetaTensor``s (MONAI registers ``MetaTensor``/``MetaObj`` itself) whose metadata
+    and ``applied_operations`` hold numeric numpy arrays (affines, original sizes) and MONAI's ``TraceKeys`` /
+    ``SpaceKeys`` enums. These are data types, not callables: with them allowed, ``torch.load(weights_only=True)``
+    reads a cache file without ever importing or calling anything else, so a planted pickle cannot run code.
+    Object arrays stay refused (their dtype class is not allowed). Registered once per process (also in
+    ``DataLoader`` workers, which call it on their first cache read).
+
+    Returns:
+        The registered globals.
+    """
+    from monai.utils import SpaceKeys, TraceKeys
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    numeric = [type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"]
+    allowed = (multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *numeric, TraceKeys, SpaceKeys)
+    torch.serialization.add_safe_globals(list(allowed))
+    return allowed
+
+
+class _SafePersistentDataset(PersistentDataset):
+    """``PersistentDataset`` that reads its files with ``weights_only=True`` and gives consistent tensor types.
+
+    Safety: a cache file is loaded by torch's restricted unpickler with only the data types of
+    :func:`cache_safe_globals` allowed, so a file planted in the cache folder cannot run code; a file that does not
+    load that way (planted, corrupt, or written by another version) is reported, removed and recomputed.
+
+    Consistency: MONAI converts an item to ``MetaTensor``s when it writes the cache file but returns the freshly
+    computed item unconverted, so a plain-tensor label comes back as a ``MetaTensor`` from the second epoch on. A
+    batch mixing both kinds (a subject cached by an earlier run or epoch next to a new one) is refused by
+    ``list_data_collate``; every item is therefore converted the same way.
     """
 
     def _cachecheck(self, item_transformed: Any) -> Any:
+        cache_safe_globals()
+        if self.cache_dir is not None:
+            path = self.cache_dir / f"{self.hash_func(item_transformed).decode('utf-8')}{self.transform_hash}.pt"
+            if path.is_file():
+                try:
+                    item = torch.load(path, weights_only=True)
+                    return convert_to_tensor(item, convert_numeric=False, track_meta=self.track_meta)
+                except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError) as error:
+                    # never retried with weights_only=False: an unreadable file is recomputed, not trusted
+                    logger.warning(
+                        "Cache file %s is not a preprocessed item that loads safely (weights_only=True: %s); it is "
+                        "removed and the item recomputed. If you did not put it there, check who can write to %s.",
+                        path, str(error).splitlines()[-1] if str(error) else type(error).__name__, self.cache_dir,
+                    )  # fmt: skip
+                    path.unlink(missing_ok=True)
         item = super()._cachecheck(item_transformed)
         return convert_to_tensor(item, convert_numeric=False, track_meta=self.track_meta)
 
@@ -75,8 +124,9 @@ def build_dataset(
         cache: ``"none"`` (``Dataset``: everything runs every epoch), ``"memory"`` (``CacheDataset``: the
             deterministic prefix is computed up front and kept in RAM) or ``"disk"`` (``PersistentDataset``:
             computed on first access and stored as ``.pt`` files in ``cache_dir``).
-        cache_dir: folder of the disk cache (required for ``"disk"``; only point it at a folder you trust,
-            as its files are unpickled). Cache file names hash both the record and the settings of the
+        cache_dir: folder of the disk cache (required for ``"disk"``). Its files are read with
+            ``torch.load(weights_only=True)`` (see :func:`cache_safe_globals`), so a planted file cannot run code;
+            one that does not load safely is removed and recomputed, with a warning. Cache file names hash both the record and the settings of the
             deterministic transforms (taken when the dataset is built), so a changed ``spatial_size`` or reader
             never reuses stale files, and the folder can be shared between runs.
         num_workers: threads that fill the in-memory cache; ``None`` uses one per CPU.
@@ -93,17 +143,17 @@ def build_dataset(
     if cache == "none":
         return Dataset(records, transform)
     if cache == "memory":
-        return CacheDataset(
-            records, transform, cache_rate=cache_rate, num_workers=num_workers, progress=progress
-        )
+        return CacheDataset(records, transform, cache_rate=cache_rate, num_workers=num_workers, progress=progress)
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("cache='disk' needs a cache_dir to store the preprocessed items in")
-        # weights_only=False: the cached items are MetaTensors with NIfTI metadata, which torch's restricted
-        # unpickler rejects (MONAI would then treat every file as corrupt and recompute it each epoch). The
-        # files are written by this process into the user's own cache_dir.
-        return _ConsistentPersistentDataset(
-            records, transform, cache_dir=cache_dir, hash_transform=pickle_hashing, track_meta=True,
-            weights_only=False,
+        # weights_only=True: the MetaTensors' metadata types are allowed by cache_safe_globals, nothing else
+        return _SafePersistentDataset(
+            records,
+            transform,
+            cache_dir=cache_dir,
+            hash_transform=pickle_hashing,
+            track_meta=True,
+            weights_only=True,
         )
     raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")

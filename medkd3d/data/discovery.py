@@ -25,17 +25,19 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medkd3d.utils import atomic_write_text
 from medkd3d.data._problems import DataProblem, DataValidationError
+from medkd3d.utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DISCOVERY_LAYOUTS",
     "GRADE_CLASS_NAMES",
+    "KNOWN_LABEL_SETS",
     "MODALITIES",
     "detect_layout",
     "discover_brats",
@@ -52,7 +54,12 @@ GRADE_CLASS_NAMES: tuple[str, ...] = ("LGG", "HGG")
 DISCOVERY_LAYOUTS: tuple[str, ...] = ("auto", "brats2019", "brats2020", "brats2021", "generic")
 #: Subject-id columns recognised in a labels CSV, in order of preference (compared case-insensitively).
 SUBJECT_COLUMNS: tuple[str, ...] = (
-    "BraTS_2020_subject_ID", "BraTS21ID", "BraTS_2019_subject_ID", "subject", "subject_id", "ID",
+    "BraTS_2020_subject_ID",
+    "BraTS21ID",
+    "BraTS_2019_subject_ID",
+    "subject",
+    "subject_id",
+    "ID",
 )
 
 # Last name token(s) -> modality. Two-token spellings (``t2_flair``, ``t1_ce``) are tried before one token, so
@@ -65,6 +72,25 @@ _MODALITY_TOKENS: dict[str, str] = {
     **dict.fromkeys(("seg", "segm", "segmentation", "label", "labels", "gt"), "seg"),
 }
 _MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "none", "null", "unknown"})
+#: Label columns (compared case-insensitively) whose values are a known set, in label order. A value outside the
+#: set is an error - a typo such as ``XGG`` would otherwise become a class of its own and renumber the others -
+#: unless the classes are declared explicitly (``class_names``). A column of another name whose values include a
+#: grade is held to the grades too.
+KNOWN_LABEL_SETS: dict[str, tuple[str, ...]] = {
+    "grade": GRADE_CLASS_NAMES,
+    "mgmt_value": ("0", "1"),
+    "mgmt": ("0", "1"),
+}
+
+
+@dataclass
+class _LabelTable:
+    """The labels of a CSV: ``values`` and 1-based ``lines`` by the CSV's subject id, from ``column`` of ``path``."""
+
+    path: Path
+    column: str
+    values: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
 
 
 def _is_name_mapping(path: Path) -> bool:
@@ -152,16 +178,24 @@ def _find_modalities(folder: Path, subject: str) -> tuple[dict[str, Path], list[
         paths = found.get(modality, [])
         if len(paths) > 1:
             names = ", ".join(p.name for p in paths)
-            problems.append(DataProblem(
-                subject, where, f"{len(paths)} files match modality {modality}: {names}",
-                "keep exactly one file per modality in the subject folder (remove or rename the others)",
-            ))
+            problems.append(
+                DataProblem(
+                    subject,
+                    where,
+                    f"{len(paths)} files match modality {modality}: {names}",
+                    "keep exactly one file per modality in the subject folder (remove or rename the others)",
+                )
+            )
         elif not paths and modality != "seg":
             present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-            problems.append(DataProblem(
-                subject, where, f"missing modality {modality} (folder holds: {present})",
-                f"add <subject>_{modality}.nii.gz to the folder, or remove the subject",
-            ))
+            problems.append(
+                DataProblem(
+                    subject,
+                    where,
+                    f"missing modality {modality} (folder holds: {present})",
+                    f"add <subject>_{modality}.nii.gz to the folder, or remove the subject",
+                )
+            )
     return {m: paths[0] for m, paths in found.items() if len(paths) == 1}, problems
 
 
@@ -198,55 +232,114 @@ def _class_names(values: Sequence[str]) -> list[str]:
     return distinct
 
 
-def _canonical_label(value: str, class_names: Sequence[str]) -> str:
-    if class_names == list(GRADE_CLASS_NAMES):
-        return value.upper()
-    return str(int(value)) if value.isdigit() else value
-
-
 def _read_labels(
     path: Path, label_column: str | None, subject_column: str | None
-) -> tuple[dict[str, str], list[DataProblem]]:
-    """``subject id -> label value`` from a CSV (empty / NA values are left out), and conflicting duplicates."""
+) -> tuple[_LabelTable, list[DataProblem]]:
+    """The labels of a CSV (empty / NA values are left out) with their line numbers, and conflicting duplicates."""
     fields, rows = _read_csv(path)
     subject_col = _pick_column(fields, subject_column, SUBJECT_COLUMNS, "subject", path)
     others = [f for f in fields if f != subject_col]
-    label_col = _pick_column(fields, label_column, ("Grade", *others) if len(others) == 1 else ("Grade",), "label", path)
-    labels: dict[str, str] = {}
+    label_col = _pick_column(
+        fields, label_column, ("Grade", *others) if len(others) == 1 else ("Grade",), "label", path
+    )
+    table = _LabelTable(path, label_col)
     problems = []
-    for row in rows:
+    for index, row in enumerate(rows):
         subject, value = row.get(subject_col, ""), row.get(label_col, "")
         if not subject or value.lower() in _MISSING_VALUES:
             continue
-        if labels.get(subject, value) != value:
-            problems.append(DataProblem(
-                subject, path.name, f"conflicting labels {labels[subject]!r} and {value!r} in column {label_col}",
-                "keep one row per subject in the labels CSV",
-            ))
-        labels[subject] = value
-    logger.info("read %d labels from %s (subject column %s, label column %s)", len(labels), path, subject_col,
-                label_col)
-    return labels, problems
+        if table.values.get(subject, value) != value:
+            problems.append(
+                DataProblem(
+                    subject,
+                    path.name,
+                    f"conflicting labels {table.values[subject]!r} and {value!r} in column {label_col}",
+                    "keep one row per subject in the labels CSV",
+                )
+            )
+        table.values[subject] = value
+        table.lines[subject] = index + 2  # line 1 is the header
+    logger.info(
+        "read %d labels from %s (subject column %s, label column %s)", len(table.values), path, subject_col, label_col
+    )
+    return table, problems
 
 
 def _label_finder(labels: Mapping[str, str]) -> Callable[[str], str | None]:
-    """Look up a subject's label by exact id, then case-insensitively, then by its zero-padded trailing number.
+    """Find a subject's id in the labels CSV: exactly, then case-insensitively, then by its zero-padded trailing number.
 
     The last rule matches the RSNA-MICCAI ``BraTS21ID`` column (``12`` or ``00012``) to ``BraTS2021_00012``; it
     needs at least three trailing digits, so the ``_1`` of ``BraTS19_TCIA01_131_1`` never matches id ``1``.
     """
-    lowered = {k.lower(): v for k, v in labels.items()}
-    numeric = {int(k): v for k, v in labels.items() if k.isdigit()}
+    lowered = {k.lower(): k for k in labels}
+    numeric = {int(k): k for k in labels if k.isdigit()}
 
     def find(subject: str) -> str | None:
         if subject in labels:
-            return labels[subject]
+            return subject
         if subject.lower() in lowered:
             return lowered[subject.lower()]
         number = re.search(r"(?<!\d)(\d{3,})$", subject)
         return numeric.get(int(number.group(1))) if number else None
 
     return find
+
+
+def _match_class(value: str, class_names: Sequence[str]) -> int | None:
+    """Index of ``value`` in ``class_names``: exact, case-insensitive, or the same integer (``"01"`` is ``"1"``)."""
+    for match in (
+        lambda name: name == value,
+        lambda name: name.lower() == value.lower(),
+        lambda name: name.isdigit() and value.isdigit() and int(name) == int(value),
+    ):
+        found = [i for i, name in enumerate(class_names) if match(str(name))]
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def _allowed_classes(values: Sequence[str], column: str | None, declared: Sequence[str] | None) -> list[str] | None:
+    """The enforced class list: the declared one, else the known set of the label column, else ``None``."""
+    if declared is not None:
+        return [str(name) for name in declared]
+    known = KNOWN_LABEL_SETS.get(column.lower()) if column else None
+    if known is None and any(v.upper() in GRADE_CLASS_NAMES for v in values):
+        known = GRADE_CLASS_NAMES  # grades in a column of another name: a non-grade among them is a typo
+    return list(known) if known is not None else None
+
+
+def _assign_labels(
+    records: list[dict[str, Any]], table: _LabelTable | None, declared: Sequence[str] | None
+) -> tuple[list[dict[str, Any]], list[str], list[DataProblem]]:
+    """Turn each record's ``value`` into ``label``/``class_name``; a value outside an enforced class list is a problem.
+
+    Returns:
+        The records that got a valid label or none, the class names, and one problem per rejected record.
+    """
+    values = [r["value"] for r in records if r["value"] is not None]
+    class_names = _allowed_classes(values, table.column if table else None, declared)
+    if class_names is None:
+        class_names = _class_names(values)
+    kept, problems = [], []
+    for record in records:
+        value, key = record.pop("value"), record.pop("csv_id")
+        label = _match_class(value, class_names) if value is not None else None
+        if value is not None and label is None:
+            where = f" (line {table.lines[key]}, column {table.column!r})" if table is not None and key else ""
+            problems.append(
+                DataProblem(
+                    record["subject"],
+                    str(table.path) if table is not None else None,
+                    f"label {value!r}{where} is not one of the allowed values {class_names}",
+                    f"correct the value, or, if {value!r} is a real class, declare the classes explicitly "
+                    "(class_names=[...], e.g. --class-names for the data commands)",
+                )
+            )
+            continue
+        record["label"] = label
+        record["class_name"] = class_names[label] if label is not None else None
+        kept.append(record)
+    return kept, class_names, problems
 
 
 def _default_labels_csv(root: Path, layout: str) -> Path | None:
@@ -270,6 +363,7 @@ def _discover(
     label_column: str | None = None,
     subject_column: str | None = None,
     layout: str = "auto",
+    class_names: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], list[DataProblem]]:
     """:func:`discover_brats` that returns the problems instead of raising; subjects with problems are left out."""
     root = Path(root).resolve()
@@ -284,16 +378,16 @@ def _discover(
     if labels_csv is None:
         labels_csv = _default_labels_csv(root, layout)
     problems: list[DataProblem] = []
-    labels: dict[str, str] | None = None
+    table: _LabelTable | None = None
     if labels_csv is not None:
         if not Path(labels_csv).is_file():
             raise FileNotFoundError(f"labels CSV {labels_csv} not found; pass an existing file (--labels)")
         if layout == "brats2020" and _is_name_mapping(Path(labels_csv)):
             label_column = label_column or "Grade"
             subject_column = subject_column or "BraTS_2020_subject_ID"
-        labels, problems = _read_labels(Path(labels_csv), label_column, subject_column)
+        table, problems = _read_labels(Path(labels_csv), label_column, subject_column)
 
-    find_label = _label_finder(labels) if labels is not None else None
+    find_label = _label_finder(table.values) if table is not None else None
     records = []
     for folder in _subject_folders(root):
         subject = folder.name
@@ -301,27 +395,34 @@ def _discover(
         problems += subject_problems
         if subject_problems:
             continue
+        csv_id = None
         if find_label is not None:
-            value = find_label(subject)
+            csv_id = find_label(subject)
+            value = table.values[csv_id] if csv_id is not None else None
         else:  # BraTS 2018/2019: the grade is the name of a folder above the subject's
             parents = [part.upper() for part in folder.relative_to(root).parts[:-1]]
             value = next((part for part in parents if part in GRADE_CLASS_NAMES), None)
-        records.append({
-            "subject": subject,
-            "image": [str(files[m]) for m in MODALITIES],
-            "seg": str(files["seg"]) if "seg" in files else None,
-            "value": value,
-        })
+        records.append(
+            {
+                "subject": subject,
+                "image": [str(files[m]) for m in MODALITIES],
+                "seg": str(files["seg"]) if "seg" in files else None,
+                "value": value,
+                "csv_id": csv_id,
+            }
+        )
     if not records and not problems:
-        problems.append(DataProblem("<dataset>", str(root), "no subject folders with NIfTI files found",
-                                    "point to the folder that holds the subject folders (or HGG/LGG)"))
+        problems.append(
+            DataProblem(
+                "<dataset>",
+                str(root),
+                "no subject folders with NIfTI files found",
+                "point to the folder that holds the subject folders (or HGG/LGG)",
+            )
+        )
 
-    class_names = _class_names([r["value"] for r in records if r["value"] is not None])
-    for record in records:
-        value = record.pop("value")
-        label = class_names.index(_canonical_label(value, class_names)) if value is not None else None
-        record["label"] = label
-        record["class_name"] = class_names[label] if label is not None else None
+    records, class_names, label_problems = _assign_labels(records, table, class_names)
+    problems += label_problems
     unlabeled = sum(r["label"] is None for r in records)
     if unlabeled:
         logger.warning("%d of %d subjects have no label", unlabeled, len(records))
@@ -342,13 +443,17 @@ def discover_brats(
     label_column: str | None = None,
     subject_column: str | None = None,
     layout: str = "auto",
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Find every subject of a BraTS-style dataset and build a datalist (absolute paths).
 
     Labels come from, in this order: ``labels_csv`` if given; ``name_mapping.csv`` (column ``Grade``) for BraTS
     2020; the ``HGG``/``LGG`` folder for BraTS 2018/2019; the only CSV in the root for BraTS 2021 and generic
     folders. Grades map to ``class_names = ["LGG", "HGG"]``; integer codes (e.g. ``MGMT_value``) to ``"0".."max"``
-    with the code as the label; other values to their sorted distinct strings.
+    with the code as the label; other values to their sorted distinct strings. Known label sets are enforced
+    (:data:`KNOWN_LABEL_SETS`: the grades of a ``Grade`` column - or of any column holding a grade - and MGMT
+    0/1): a value outside them (a typo such as ``XGG``) is an error naming the subject, the CSV, its line and the
+    allowed values, unless ``class_names`` declares the classes.
 
     Args:
         root: dataset root (the folder holding ``HGG``/``LGG`` or the subject folders).
@@ -358,16 +463,20 @@ def discover_brats(
             Ids match folder names exactly, case-insensitively, or by a trailing number of at least three digits
             (``12`` = ``BraTS2021_00012``).
         layout: one of :data:`DISCOVERY_LAYOUTS`; ``"auto"`` uses :func:`detect_layout`.
+        class_names: the classes, declared explicitly, in label order (values match exactly, case-insensitively
+            or as the same integer); every label must be one of them. ``None``: inferred from the values, with
+            the known sets enforced.
 
     Returns:
         The datalist dict; subjects without a label have ``label`` and ``class_name`` ``None``.
 
     Raises:
         FileNotFoundError: if ``root`` is not a folder.
-        DataValidationError: listing every subject with a missing or ambiguous modality (and conflicting labels).
+        DataValidationError: listing every subject with a missing or ambiguous modality, conflicting labels, or
+            a label outside the known or declared classes.
         ValueError: for an unknown layout or a labels CSV without the needed columns.
     """
-    datalist, problems = _discover(root, labels_csv, label_column, subject_column, layout)
+    datalist, problems = _discover(root, labels_csv, label_column, subject_column, layout, class_names)
     if problems:
         raise DataValidationError(problems, context=f"dataset {datalist['root']}")
     return datalist
@@ -439,7 +548,9 @@ def load_datalist(path: str | os.PathLike) -> dict[str, Any]:
     try:
         datalist = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"datalist {path} is not valid JSON ({error}); regenerate it with `medkd3d datalist`") from None
+        raise ValueError(
+            f"datalist {path} is not valid JSON ({error}); regenerate it with `medkd3d datalist`"
+        ) from None
     if not isinstance(datalist, dict) or not isinstance(datalist.get("training"), list):
         raise ValueError(f"datalist {path} has no 'training' list of records; regenerate it with `medkd3d datalist`")
     return _map_paths(datalist, lambda p: str((path.parent / p).resolve()))

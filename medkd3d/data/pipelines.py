@@ -119,7 +119,11 @@ def preprocess_transforms(
     if load_seg:
         transforms.append(
             LoadImaged(
-                seg_key, reader=reader, dtype=np.uint8, image_only=True, ensure_channel_first=True,
+                seg_key,
+                reader=reader,
+                dtype=np.uint8,
+                image_only=True,
+                ensure_channel_first=True,
                 allow_missing_keys=True,
             )
         )
@@ -127,8 +131,13 @@ def preprocess_transforms(
         # Cropping commutes with the axis flips/permutations of the reorientation; cropping first means the
         # full-size volume is traversed only to find the brain.
         CropForegroundd(
-            keys, source_key=image_key, select_fn=brain_mask, allow_smaller=True,
-            start_coord_key=None, end_coord_key=None, allow_missing_keys=True,
+            keys,
+            source_key=image_key,
+            select_fn=brain_mask,
+            allow_smaller=True,
+            start_coord_key=None,
+            end_coord_key=None,
+            allow_missing_keys=True,
         ),
         Orientationd(keys, axcodes="RAS", labels=None, allow_missing_keys=True),
         EnsureTyped(image_key, dtype=torch.float32),
@@ -136,7 +145,10 @@ def preprocess_transforms(
     if pixdim is not None:
         transforms.append(
             Spacingd(
-                keys, pixdim=pixdim, mode=["bilinear", "nearest"][: len(keys)], dtype=np.float32,
+                keys,
+                pixdim=pixdim,
+                mode=["bilinear", "nearest"][: len(keys)],
+                dtype=np.float32,
                 allow_missing_keys=True,
             )
         )
@@ -175,8 +187,13 @@ def spatial_augmentations(keys: Sequence[str], modes: Sequence[str] = ("bilinear
     return [
         *(RandFlipd(keys, prob=0.5, spatial_axis=axis, allow_missing_keys=True) for axis in range(3)),
         RandAffined(
-            keys, prob=0.5, rotate_range=(np.deg2rad(10.0),) * 3, scale_range=(0.1,) * 3, mode=modes,
-            padding_mode="zeros", allow_missing_keys=True,
+            keys,
+            prob=0.5,
+            rotate_range=(np.deg2rad(10.0),) * 3,
+            scale_range=(0.1,) * 3,
+            mode=modes,
+            padding_mode="zeros",
+            allow_missing_keys=True,
         ),
     ]
 
@@ -286,9 +303,7 @@ def slice_stack_transforms(
     load_seg = sampling == "tumour"
     volume_key = "volume" if keep_volume else None
     if sampling in RANDOM_SAMPLINGS:
-        select = RandSliceStackd(
-            "image", num_slices, axis, num_stacks, sampling, seg_key="seg", volume_key=volume_key
-        )
+        select = RandSliceStackd("image", num_slices, axis, num_stacks, sampling, seg_key="seg", volume_key=volume_key)
     else:
         select = SliceStackd("image", num_slices, axis, num_stacks, sampling, volume_key=volume_key)
     transforms = preprocess_transforms(spatial_size, reader, pixdim, resize, load_seg)

@@ -115,7 +115,9 @@ def stratified_kfold(records: Sequence[Record], num_folds: int = 5, seed: int = 
         if len(members) < num_folds:
             logger.warning(
                 "label %r has %d subjects for %d folds: some folds validate on none of them",
-                labels[members[0]], len(members), num_folds,
+                labels[members[0]],
+                len(members),
+                num_folds,
             )
         for subject in rng.permutation(members):
             parts[position % num_folds].append(str(subject))
@@ -161,9 +163,7 @@ def train_val_test_split(
     return {side: sorted(subjects) for side, subjects in split.items()}
 
 
-def per_class_subset(
-    records: Sequence[Record], num_per_class: int | str = "all", seed: int = 0
-) -> list[str]:
+def per_class_subset(records: Sequence[Record], num_per_class: int | str = "all", seed: int = 0) -> list[str]:
     """Choose ``num_per_class`` subjects of every class, for data-size studies.
 
     Subsets are nested: with the same seed, the subset of ``N`` is contained in the subset of any ``M > N``,
@@ -331,12 +331,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scheme.add_argument("--folds", type=int, default=None, help="k-fold cross-validation with K folds (default 5)")
     scheme.add_argument("--val-fraction", type=float, default=None, help="single train/val split instead of k-fold")
     parser.add_argument(
-        "--test-fraction", type=float, default=0.2,
+        "--test-fraction",
+        type=float,
+        default=0.2,
         help="fraction of each class held out for test before the folds, the same for every fold (default 0.2, as "
         "the bundles' test_fraction; 0 holds out none, and the bundles' evaluate.json then refuses to report)",
     )
     parser.add_argument(
-        "--train-per-class", type=_per_class, default=None, metavar="N|all",
+        "--train-per-class",
+        type=_per_class,
+        default=None,
+        metavar="N|all",
         help="keep N training subjects per class (data-size studies; nested across N for one seed)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -350,8 +355,12 @@ def _run_split(args: argparse.Namespace) -> int:
     try:
         datalist = load_datalist(args.datalist)
         splits = make_splits(
-            datalist["training"], num_folds=args.folds, val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction, train_per_class=args.train_per_class, seed=args.seed,
+            datalist["training"],
+            num_folds=args.folds,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            train_per_class=args.train_per_class,
+            seed=args.seed,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

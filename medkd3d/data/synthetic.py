@@ -36,8 +36,8 @@ import nibabel as nib
 import numpy as np
 
 from medkd3d.data._io import save_nifti
-from medkd3d.utils import atomic_write_text
 from medkd3d.data.discovery import GRADE_CLASS_NAMES, MODALITIES
+from medkd3d.utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,9 @@ def _procedural_maps(shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
     x, y, z = _brats_mm_grid(shape)
     z = z - 5.0
     # normalised radius of the brain ellipsoid (70 x 88 x 66 mm semi-axes, like an adult brain), folded surface
-    radius = np.sqrt((x / 70.0) ** 2 + (y / 88.0) ** 2 + (z / 66.0) ** 2) * (1.0 + 0.035 * _smooth_noise(rng, shape, 14))
+    radius = np.sqrt((x / 70.0) ** 2 + (y / 88.0) ** 2 + (z / 66.0) ** 2) * (
+        1.0 + 0.035 * _smooth_noise(rng, shape, 14)
+    )
     brain = np.clip((1.0 - radius) / 0.02 + 0.5, 0.0, 1.0)
     depth = np.clip(1.0 - radius, 0.0, 1.0)  # 0 on the surface
     # gyri: the grey/white boundary undulates; sulci: CSF clefts where the cortex folds inwards
@@ -455,7 +457,9 @@ def synthesize_subject(
         log_bias = rng.normal(0.0, 0.1, size=len(atlas.monomials)).astype(np.float32) @ atlas.monomials
         signal *= np.exp(log_bias - log_bias.mean())
         noise = rng.standard_normal((2, signal.size), dtype=np.float32) * rng.uniform(0.01, 0.035)
-        signal = np.sqrt((signal + noise[0]) ** 2 + noise[1] ** 2) * (_MODALITY_SCALE[modality] * rng.lognormal(0.0, 0.2))
+        signal = np.sqrt((signal + noise[0]) ** 2 + noise[1] ** 2) * (
+            _MODALITY_SCALE[modality] * rng.lognormal(0.0, 0.2)
+        )
         volume = np.zeros(shape, np.int16)  # background 0, as in skull-stripped BraTS
         volume.reshape(-1)[atlas.index] = np.clip(np.rint(signal), 1, np.iinfo(np.int16).max).astype(np.int16)
         images[modality] = volume
@@ -488,8 +492,10 @@ class _PlannedSubject:
 
 
 # institutions of the BraTS 2019 ids, disjoint between the grades so that ids are unique
-_BRATS19_INSTITUTIONS = {"HGG": ("CBICA", "TCIA01", "TCIA02", "TCIA08", "TMC", "2013"),
-                         "LGG": ("TCIA09", "TCIA10", "TCIA12", "TCIA13")}
+_BRATS19_INSTITUTIONS = {
+    "HGG": ("CBICA", "TCIA01", "TCIA02", "TCIA08", "TMC", "2013"),
+    "LGG": ("TCIA09", "TCIA10", "TCIA12", "TCIA13"),
+}
 
 
 def _brats2019_id(grade: str, index: int) -> str:
@@ -525,8 +531,14 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _write_label_files(root: Path, layout: str, planned: Sequence[_PlannedSubject]) -> None:
     if layout == "brats2020":
         # the columns of the real name_mapping.csv; the 2019 id is the subject's id in a synthetic 2019 dataset
-        header = ("Grade", "BraTS_2017_subject_ID", "BraTS_2018_subject_ID", "TCGA_TCIA_subject_ID",
-                  "BraTS_2019_subject_ID", "BraTS_2020_subject_ID")
+        header = (
+            "Grade",
+            "BraTS_2017_subject_ID",
+            "BraTS_2018_subject_ID",
+            "TCGA_TCIA_subject_ID",
+            "BraTS_2019_subject_ID",
+            "BraTS_2020_subject_ID",
+        )
         rows = [(p.grade, "NA", "NA", "NA", _brats2019_id(p.grade, p.index), p.subject_id) for p in planned]
         atomic_write_text(root / "name_mapping.csv", _csv_text(header, rows))
     elif layout == "brats2021":

@@ -114,8 +114,10 @@ def extract_slice_stacks(volume: torch.Tensor, centres: Sequence[int], num_slice
     index = (torch.as_tensor(list(centres), dtype=torch.long)[:, None] + offsets).flatten()  # [S*K]
     slab = volume.index_select(axis + 1, index.to(volume.device)).movedim(axis + 1, 1)  # [C, S*K, H, W]
     height, width = slab.shape[-2:]
-    return slab.reshape(channels, len(centres), num_slices, height, width).transpose(0, 1).reshape(
-        len(centres), channels * num_slices, height, width
+    return (
+        slab.reshape(channels, len(centres), num_slices, height, width)
+        .transpose(0, 1)
+        .reshape(len(centres), channels * num_slices, height, width)
     )
 
 
@@ -287,9 +289,7 @@ class SliceStackd(_SliceStackBase):
         slice_index_key: str = "slice_index",
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(
-            keys, num_slices, axis, num_stacks, sampling, volume_key, slice_index_key, allow_missing_keys
-        )
+        super().__init__(keys, num_slices, axis, num_stacks, sampling, volume_key, slice_index_key, allow_missing_keys)
         if sampling == "largest_area" and (num_stacks or 1) > 1:
             raise ValueError("sampling='largest_area' selects one slice; use 'foreground' for several stacks")
 
@@ -350,9 +350,7 @@ class RandSliceStackd(Randomizable, _SliceStackBase):
         slice_index_key: str = "slice_index",
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(
-            keys, num_slices, axis, num_stacks, sampling, volume_key, slice_index_key, allow_missing_keys
-        )
+        super().__init__(keys, num_slices, axis, num_stacks, sampling, volume_key, slice_index_key, allow_missing_keys)
         self.seg_key = seg_key
 
     def randomize(self, candidates: np.ndarray) -> list[int]:

@@ -14,7 +14,7 @@ import numbers
 import os
 import zlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,7 +40,9 @@ class _Geometry(NamedTuple):
     affine: np.ndarray
 
 
-def _inspect_file(subject: str, name: str, path: str, expect_signal: bool) -> tuple[_Geometry | None, list[DataProblem]]:
+def _inspect_file(
+    subject: str, name: str, path: str, expect_signal: bool
+) -> tuple[_Geometry | None, list[DataProblem]]:
     """Read one NIfTI file completely; its grid if it is a readable 3D volume, and its problems."""
 
     def problem(text: str, hint: str) -> tuple[None, list[DataProblem]]:
@@ -74,9 +76,15 @@ def _check_subject(record: Mapping[str, Any], affine_atol: float) -> list[DataPr
     subject = str(record.get("subject") or "<no subject id>")
     images = record.get("image")
     if not isinstance(images, list) or len(images) != len(MODALITIES):
-        return [DataProblem(subject, None, f"'image' must list the {len(MODALITIES)} modalities "
-                            f"{', '.join(MODALITIES)} in this order, got {images!r}",
-                            "regenerate the datalist with `medkd3d datalist`")]
+        return [
+            DataProblem(
+                subject,
+                None,
+                f"'image' must list the {len(MODALITIES)} modalities "
+                f"{', '.join(MODALITIES)} in this order, got {images!r}",
+                "regenerate the datalist with `medkd3d datalist`",
+            )
+        ]
     files = list(zip(MODALITIES, images))
     if record.get("seg"):
         files.append(("seg", record["seg"]))
@@ -84,8 +92,14 @@ def _check_subject(record: Mapping[str, Any], affine_atol: float) -> list[DataPr
     reference: tuple[str, _Geometry] | None = None
     for name, path in files:
         if not path:
-            problems.append(DataProblem(subject, None, f"missing modality {name}",
-                                        f"add the {name} file of the subject, or remove the subject"))
+            problems.append(
+                DataProblem(
+                    subject,
+                    None,
+                    f"missing modality {name}",
+                    f"add the {name} file of the subject, or remove the subject",
+                )
+            )
             continue
         geometry, file_problems = _inspect_file(subject, name, str(path), expect_signal=name != "seg")
         problems += file_problems
@@ -96,13 +110,24 @@ def _check_subject(record: Mapping[str, Any], affine_atol: float) -> list[DataPr
             continue
         ref_name, ref = reference
         if geometry.shape != ref.shape:
-            problems.append(DataProblem(subject, str(path), f"{name}: shape {geometry.shape} differs from "
-                                        f"{ref_name}'s {ref.shape}", _FIX_GRID))
+            problems.append(
+                DataProblem(
+                    subject,
+                    str(path),
+                    f"{name}: shape {geometry.shape} differs from {ref_name}'s {ref.shape}",
+                    _FIX_GRID,
+                )
+            )
         elif not np.allclose(geometry.affine, ref.affine, rtol=0.0, atol=affine_atol):
             difference = float(np.abs(geometry.affine - ref.affine).max())
-            problems.append(DataProblem(
-                subject, str(path), f"{name}: affine differs from {ref_name}'s by up to {difference:.4g} "
-                f"(tolerance {affine_atol:g})", _FIX_GRID))
+            problems.append(
+                DataProblem(
+                    subject,
+                    str(path),
+                    f"{name}: affine differs from {ref_name}'s by up to {difference:.4g} (tolerance {affine_atol:g})",
+                    _FIX_GRID,
+                )
+            )
     return problems
 
 
@@ -112,28 +137,52 @@ def _check_labels(datalist: Mapping[str, Any], require_labels: bool) -> list[Dat
     class_names = list(datalist.get("class_names") or [])
     problems = []
     if not records:
-        problems.append(DataProblem("<dataset>", None, "the datalist has no subjects",
-                                    "check the dataset root, or regenerate the datalist"))
+        problems.append(
+            DataProblem(
+                "<dataset>", None, "the datalist has no subjects", "check the dataset root, or regenerate the datalist"
+            )
+        )
     counts = Counter(str(r.get("subject")) for r in records)
     for subject, count in counts.items():
         if count > 1:
-            problems.append(DataProblem(subject, None, f"subject id appears {count} times",
-                                        "make subject ids unique (a patient on both sides of a split leaks)"))
+            problems.append(
+                DataProblem(
+                    subject,
+                    None,
+                    f"subject id appears {count} times",
+                    "make subject ids unique (a patient on both sides of a split leaks)",
+                )
+            )
     for record in records:
         subject, label = str(record.get("subject")), record.get("label")
         if label is None:
             if require_labels:
-                problems.append(DataProblem(
-                    subject, None, "subject has no label",
-                    "add the subject to the labels CSV (--labels, --label-column), or allow unlabeled data",
-                ))
+                problems.append(
+                    DataProblem(
+                        subject,
+                        None,
+                        "subject has no label",
+                        "add the subject to the labels CSV (--labels, --label-column), or allow unlabeled data",
+                    )
+                )
         elif isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < len(class_names):
-            problems.append(DataProblem(subject, None, f"label {label!r} is outside the class list {class_names}",
-                                        f"use an integer index in 0..{len(class_names) - 1} into class_names"))
+            problems.append(
+                DataProblem(
+                    subject,
+                    None,
+                    f"label {label!r} is outside the class list {class_names}",
+                    f"use an integer index in 0..{len(class_names) - 1} into class_names",
+                )
+            )
         elif record.get("class_name") not in (None, class_names[label]):
-            problems.append(DataProblem(subject, None, f"class_name {record['class_name']!r} disagrees with "
-                                        f"label {label} ({class_names[label]!r})",
-                                        "fix class_name or label in the datalist"))
+            problems.append(
+                DataProblem(
+                    subject,
+                    None,
+                    f"class_name {record['class_name']!r} disagrees with label {label} ({class_names[label]!r})",
+                    "fix class_name or label in the datalist",
+                )
+            )
     return problems
 
 
@@ -148,6 +197,7 @@ def _check(
     label_column: str | None = None,
     subject_column: str | None = None,
     layout: str = "auto",
+    class_names: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], list[DataProblem]]:
     """The datalist behind ``data`` and all its problems (see :func:`check_data`)."""
     from tqdm.auto import tqdm
@@ -155,7 +205,7 @@ def _check(
     if isinstance(data, Mapping):
         datalist, problems = dict(data), []
     elif Path(data).is_dir():
-        datalist, problems = _discover(data, labels_csv, label_column, subject_column, layout)
+        datalist, problems = _discover(data, labels_csv, label_column, subject_column, layout, class_names)
     else:
         datalist, problems = load_datalist(data), []
     problems += _check_labels(datalist, require_labels)
@@ -181,6 +231,7 @@ def check_data(
     label_column: str | None = None,
     subject_column: str | None = None,
     layout: str = "auto",
+    class_names: Sequence[str] | None = None,
 ) -> list[DataProblem]:
     """Find every problem of a dataset in one pass.
 
@@ -195,6 +246,8 @@ def check_data(
         label_column: for a dataset root: label column of ``labels_csv``.
         subject_column: for a dataset root: subject-id column of ``labels_csv``.
         layout: for a dataset root: its layout, ``"auto"`` to detect it.
+        class_names: for a dataset root: the classes declared explicitly (see
+            :func:`~medkd3d.data.discover_brats`); ``None`` enforces the known label sets.
 
     Returns:
         The problems: discovery and dataset-level ones first, then per subject in datalist order; empty if valid.
@@ -204,8 +257,16 @@ def check_data(
         ValueError: if a datalist file is not a datalist, or a labels CSV lacks the needed columns.
     """
     return _check(
-        data, require_labels=require_labels, affine_atol=affine_atol, num_workers=num_workers, progress=progress,
-        labels_csv=labels_csv, label_column=label_column, subject_column=subject_column, layout=layout,
+        data,
+        require_labels=require_labels,
+        affine_atol=affine_atol,
+        num_workers=num_workers,
+        progress=progress,
+        labels_csv=labels_csv,
+        label_column=label_column,
+        subject_column=subject_column,
+        layout=layout,
+        class_names=class_names,
     )[1]
 
 

@@ -9,7 +9,8 @@ interface over them with the bundles' own preprocessing, and deployment benchmar
   :func:`build_engine` (TensorRT FP32/FP16/INT8), :class:`CalibrationBatches`;
 - parity: :func:`check_parity`, :class:`ParityTolerance`, :class:`ParityReport`, :class:`ParityError`;
 - runtimes: :func:`load_runtime` (TensorRT > ONNX Runtime > TorchScript), :func:`load_predictor`
-  (``medkd3d infer``), :class:`DeploymentConfig` (the bundle configs exported with a model);
+  (``medkd3d infer``), :class:`DeploymentConfig` (the bundle configs exported with a model; its preprocessing
+  is declarative data checked against an allow-list, never evaluated: :mod:`medkd3d.export.declarative`);
 - benchmarks: :mod:`medkd3d.export.bench` (``medkd3d bench``).
 """
 
@@ -32,6 +33,7 @@ _EXPORTS: dict[str, str] = {
         "bundle",
     ),
     **dict.fromkeys(["CONFIG_FILES", "DeploymentConfig"], "deployment"),
+    **dict.fromkeys(["UnsafeArtefactError", "validate_document"], "declarative"),
     **dict.fromkeys(
         [
             "ARTEFACT_NAMES",

@@ -23,11 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from medkd3d.export.declarative import DOCUMENT_FORMAT, declare_component, validate_document
 from medkd3d.export.deployment import DeploymentConfig
 
 __all__ = [
     "BundleModel",
     "bundle_parser",
+    "inference_document",
     "load_bundle",
     "load_bundle_network",
     "load_checkpoint",
@@ -45,7 +47,8 @@ class BundleModel:
     Args:
         root: bundle directory.
         network: the eval-mode CPU network with trained weights, prepared for export.
-        deployment: metadata and inference config (its ``export_info`` is completed by the exporter).
+        deployment: metadata and the declarative inference document (:func:`inference_document`; its
+            ``export_info`` is completed by the exporter).
         parser: the bundle's parsed inference config (to resolve e.g. ``dataset_dir``).
         checkpoint: the loaded checkpoint, ``None`` for random weights.
     """
@@ -120,6 +123,43 @@ def bundle_parser(
     return parser
 
 
+def inference_document(parser: Any, source: str) -> dict[str, Any]:
+    """The declarative inference document a bundle's export carries (see :mod:`medkd3d.export.declarative`).
+
+    The trusted bundle config is resolved here, once, into allow-listed transforms with plain values, so that
+    whoever runs the exported model never evaluates a config.
+
+    Args:
+        parser: the bundle's parser (overrides applied).
+        source: the config file, for error messages.
+
+    Returns:
+        ``{"format", "class_names", "preprocessing", "inferer", "network_def"}``.
+
+    Raises:
+        ValueError: if the bundle's preprocessing or inferer cannot be expressed as allow-listed plain data.
+    """
+    if "preprocessing" not in parser:
+        raise ValueError(f"{source} defines no 'preprocessing'; an exported model needs it.")
+    inferer = declare_component(parser, "inferer", "inferer")[0] if "inferer" in parser else {
+        "transform": "SimpleInferer", "args": {}
+    }  # fmt: skip
+    document: dict[str, Any] = {
+        "format": DOCUMENT_FORMAT,
+        "class_names": [str(n) for n in parser.get_parsed_content("class_names")] if "class_names" in parser else [],
+        "preprocessing": declare_component(parser, "preprocessing", "transform"),
+        "inferer": inferer,
+    }
+    network_def = parser.get("network_def")
+    if isinstance(network_def, Mapping) and isinstance(network_def.get("name"), str):
+        document["network_def"] = {"name": network_def["name"]}
+    if not document["class_names"]:
+        channels = parser.get("_meta_", {}).get("network_data_format", {}).get("outputs", {}).get("pred", {})
+        channel_def = channels.get("channel_def") or {}
+        document["class_names"] = [str(channel_def[k]) for k in sorted(channel_def, key=int)]
+    return validate_document(document, source)
+
+
 def load_checkpoint(network: nn.Module, path: str | os.PathLike, key: str = "model") -> nn.Module:
     """Load bundle weights strictly, as the bundles' ``CheckpointLoader`` and ``ckpt_export`` do.
 
@@ -189,11 +229,11 @@ def load_bundle(
     overrides = dict(overrides or {})
     parser = bundle_parser(root, overrides, config)
 
-    # The deployed config keeps references, but not this machine's bundle location.
-    inference = copy.deepcopy(parser.get())
-    metadata = inference.pop("_meta_", {})
-    inference.pop("bundle_root", None)
-    deployment = DeploymentConfig(metadata=metadata, inference=inference, source=str(configs / config))
+    deployment = DeploymentConfig(
+        metadata=copy.deepcopy(parser.get("_meta_", {})),
+        inference=inference_document(parser, str(configs / config)),
+        source=str(configs / config),
+    )
 
     if net_id is None:
         network = prepare_for_export(

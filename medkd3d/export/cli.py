@@ -110,7 +110,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "infer",
         help="class probabilities of NIfTI subjects with an exported model (the bundle's preprocessing)",
         description="Run an exported model on a dataset folder or datalist with the preprocessing and inferer "
-        "of the bundle it came from; writes the bundle's predictions CSV (subject, prob_<class>..., predicted, label).",
+        "of the bundle it came from; writes the bundle's predictions CSV (subject, prob_<class>..., predicted, label). "
+        "Trust model: an exported model is data. Its inference.json (embedded in the .onnx/.ts or beside an "
+        ".engine) lists allow-listed MONAI/medkd3d transforms with plain JSON arguments; infer validates it and "
+        "never evaluates or imports anything from it, refusing any '$' expression, '@' reference, '%' macro, "
+        "'_target_' key or unknown transform/argument. A MONAI config is never parsed. The network itself still "
+        "runs in ONNX Runtime, TorchScript or TensorRT: only load TorchScript files and TensorRT engines from "
+        "sources you trust (a TorchScript module is a program, an engine can carry plugins).",
     )
     infer.add_argument("--model", required=True, help="model.onnx, model.engine, model.ts or an export directory")
     infer.add_argument("--input", required=True, help="dataset folder (BraTS layout) or datalist JSON")

@@ -5,8 +5,10 @@ An export writes three JSON documents, both next to the artefacts (``metadata.js
 as MONAI's ``ckpt_export`` does; ONNX ``metadata_props``):
 
 - ``metadata.json``: the bundle's metadata (``network_data_format``, class names, versions, references);
-- ``inference.json``: the bundle's inference config with the export's overrides merged in; the runtimes rebuild
-  its ``preprocessing`` and ``inferer`` with :class:`monai.bundle.ConfigParser`;
+- ``inference.json``: the bundle's inference ``preprocessing`` and ``inferer`` (overrides applied) and class
+  names, resolved at export time into *declarative data* (:mod:`medkd3d.export.declarative`): allow-listed
+  transform names with plain JSON arguments. Reading an artefact validates it and never evaluates anything; a
+  MONAI expression (``$``), reference (``@``), macro (``%``), ``_target_`` or unknown transform is refused;
 - ``export.json``: what the export itself fixed: input and output names, the input shape without the batch
   dimension, the network inputs per subject (the slice stacks of a 2.5D bundle), the bundle, checkpoint and
   overrides it came from.
@@ -16,7 +18,6 @@ A TensorRT engine cannot hold metadata, so it is deployed with the three files b
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medkd3d.export.declarative import build_inferer, build_preprocessing, validate_document
 from medkd3d.utils import atomic_write_text
 
 __all__ = [
@@ -50,7 +52,7 @@ class DeploymentConfig:
 
     Args:
         metadata: the bundle's ``metadata.json`` content.
-        inference: the bundle's inference config (references intact, overrides merged).
+        inference: the declarative inference document (see :mod:`medkd3d.export.declarative`).
         export_info: ``input_name``, ``output_name``, ``input_shape`` (no batch dimension), ``bundle``,
             ``checkpoint``, ``overrides``...
         source: where the documents were read from, for error messages.
@@ -96,40 +98,22 @@ class DeploymentConfig:
             "network_data_format.outputs.pred.channel_def names the classes; add 'class_names' to the bundle config."
         )
 
-    def parser(self, bundle_root: str | os.PathLike = ".") -> Any:
-        """A :class:`monai.bundle.ConfigParser` of the inference config and metadata.
-
-        Args:
-            bundle_root: value of ``bundle_root``; deployed models have no bundle, and the preprocessing and
-                inferer do not use it, so it only keeps unrelated ids resolvable.
-        """
-        from monai.bundle import ConfigParser
-
-        parser = ConfigParser(copy.deepcopy(self.inference))
-        parser["_meta_"] = copy.deepcopy(self.metadata)
-        parser["bundle_root"] = str(bundle_root)
-        return parser
-
-    def _parse(self, config_id: str) -> Any:
-        parser = self.parser()
-        if config_id not in parser:
-            raise KeyError(
-                f"{self.source}: the inference config has no {config_id!r}; the model was exported from a bundle "
-                f"whose inference.json lacks it - add it there and re-export."
-            )
-        return parser.get_parsed_content(config_id)
-
     def build_preprocessing(self) -> Callable[[Mapping[str, Any]], Mapping[str, Any]]:
-        """The bundle's inference ``preprocessing`` transform (a datalist record -> ``{"image": ...}``)."""
-        return self._parse("preprocessing")
+        """The exported preprocessing transform (a datalist record -> ``{"image": ...}``), built from plain data.
+
+        Raises:
+            UnsafeArtefactError: if the document is not plain, allow-listed data (nothing is run then).
+        """
+        document = validate_document(self.inference, self.source)
+        return build_preprocessing(document["preprocessing"])
 
     def build_inferer(self) -> Callable[..., Any]:
-        """The bundle's inference ``inferer`` (``SimpleInferer`` when the config has none)."""
-        if "inferer" not in self.inference:
-            from monai.inferers import SimpleInferer
+        """The exported inferer (e.g. ``SimpleInferer``), built from plain data.
 
-            return SimpleInferer()
-        return self._parse("inferer")
+        Raises:
+            UnsafeArtefactError: if the document is not plain, allow-listed data (nothing is run then).
+        """
+        return build_inferer(validate_document(self.inference, self.source)["inferer"])
 
     def to_json_files(self) -> dict[str, str]:
         """The three documents as ``{file name: JSON text}``."""
@@ -142,6 +126,7 @@ class DeploymentConfig:
 
         Raises:
             ValueError: naming ``source`` and the missing or unreadable document.
+            UnsafeArtefactError: (a ``ValueError``) if ``inference.json`` is not plain, allow-listed data.
         """
         missing = [name for name in CONFIG_FILES if not files.get(name)]
         if missing:
@@ -156,6 +141,8 @@ class DeploymentConfig:
                 documents.append(json.loads(text.decode() if isinstance(text, bytes) else text))
             except json.JSONDecodeError as error:
                 raise ValueError(f"{source}: {name} is not valid JSON ({error}); re-export the model.") from None
+        # Refuse a document that is not plain, allow-listed data as soon as the artefact is read.
+        validate_document(documents[1], source)
         return cls(*documents, source=source)
 
     def write(self, directory: str | os.PathLike) -> list[Path]:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medkd3d.export.deployment import DeploymentConfig
+from medkd3d.export.deployment import CONFIG_FILES, DeploymentConfig
 
 __all__ = [
     "BACKENDS",
@@ -327,6 +327,7 @@ class Predictor:
     """
 
     def __init__(self, runtime: Runtime, deployment: DeploymentConfig) -> None:
+        # preprocessing and inferer are rebuilt from the validated declarative document, never evaluated
         self.runtime = runtime
         self.deployment = deployment
         self.class_names = deployment.class_names
@@ -367,7 +368,14 @@ def load_predictor(path: str | os.PathLike, backend: str = "auto", device: str =
 
     Raises:
         ValueError: if the exported configuration is neither beside the artefact nor embedded in it.
+        UnsafeArtefactError: (a ``ValueError``) if it is not plain, allow-listed data; nothing from it is run.
     """
+    # Validate the exported configuration before any model file is deserialised: a refused artefact loads nothing.
+    given = Path(path)
+    if given.is_file():
+        DeploymentConfig.for_artefact(given)
+    elif all((given / name).is_file() for name in CONFIG_FILES):
+        DeploymentConfig.read_directory(given)
     runtime = load_runtime(path, backend=backend, device=device, **kwargs)
     logger.info("Loaded %s with %s.", runtime.path, runtime.description)
     return Predictor(runtime, DeploymentConfig.for_artefact(runtime.path))

@@ -10,7 +10,11 @@ configuration and ``tiny_input_shape``). ``--input-shape C X Y Z`` describes a v
 - a model with more spatial axes than the shape keeps its default shape.
 
 The ``input`` column shows what each model actually received. Below the table, each default teacher/student
-pair that was profiled gets a compression line: fewer parameters (%), GFLOPs ratio and latency ratio.
+pair that was profiled gets a compression line per subject: fewer (or more) parameters in %, and the GFLOPs and
+latency ratios of reading one subject. Every paired model reads a whole subject in one input (the 3D models a
+volume, the multi-slice 2.5D student ``efficientnet25d_multi`` all ``S`` slice stacks ``[S, 4K, H, W]`` of it);
+a pair whose inputs are not the same subject (a single slice stack, another volume size) is reported as not
+compared.
 """
 
 from __future__ import annotations
@@ -24,14 +28,22 @@ from typing import Any
 
 from medkd3d.utils import non_negative_int, positive_int
 
-__all__ = ["COMPRESSION_PAIRS", "compression_summary", "derive_input_shape", "profile_registered_model", "register"]
+__all__ = [
+    "COMPRESSION_PAIRS",
+    "compression_summary",
+    "derive_input_shape",
+    "profile_registered_model",
+    "register",
+    "subject_extent",
+]
 
 logger = logging.getLogger(__name__)
 
-#: ``(teacher, student)`` pairs the bundles distill; the multi-slice 2.5D student reads a whole subject.
+#: ``(teacher, student)`` pairs the bundles distill, compared per subject: the 2.5D bundle's student is the
+#: multi-slice ``efficientnet25d_multi``, which reads a whole subject; the single-stack ``efficientnet25d`` reads
+#: one slice stack, a fraction of a subject, so it has no line.
 COMPRESSION_PAIRS: tuple[tuple[str, str], ...] = (
     ("vggvit3d", "efficientnet3d_b0"),
-    ("vggvit3d", "efficientnet25d"),
     ("vggvit3d", "efficientnet25d_multi"),
     ("hdkd_teacher3d", "hdkd_student3d"),
 )
@@ -87,8 +99,8 @@ def profile_registered_model(
         device: device to run on.
 
     Returns:
-        ``{"name", "role", "input_shape", "params", "gflops", "median_ms", "p90_ms"}`` (latencies ``None`` when
-        not measured).
+        ``{"name", "role", "input_shape", "spatial_rank", "params", "gflops", "median_ms", "p90_ms"}`` (latencies
+        ``None`` when not measured; ``spatial_rank`` as :func:`~medkd3d.networks.profile.spatial_rank`).
     """
     from medkd3d.networks.profile import count_gflops, count_parameters, measure_latency, spatial_rank
     from medkd3d.networks.registry import get_model_entry
@@ -110,6 +122,7 @@ def profile_registered_model(
         "name": name,
         "role": entry.role,
         "input_shape": shape,
+        "spatial_rank": rank,
         "params": count_parameters(model),
         "gflops": count_gflops(model, shape, device=device),
         "median_ms": None,
@@ -130,27 +143,66 @@ def _format_row(row: dict[str, Any]) -> str:
     )
 
 
+def subject_extent(row: dict[str, Any]) -> tuple[int, ...] | None:
+    """The spatial size of the subject one input of a profiled model covers, or ``None`` for part of a subject.
+
+    A volume model's input is a whole subject (``(X, Y, Z)``); a multi-slice 2.5D model's input ``[S, C, H, W]``
+    holds all slice stacks of one subject, whose slice plane is ``(H, W)``; a single slice stack ``[C, H, W]`` is
+    only part of a subject.
+
+    Args:
+        row: a row of :func:`profile_registered_model` (``input_shape`` and ``spatial_rank`` are read).
+    """
+    shape, rank = tuple(row["input_shape"]), row["spatial_rank"]
+    if rank == 3 or len(shape) - rank >= 2:
+        return shape[-rank:]
+    return None
+
+
+def _fewer_or_more(teacher: float, student: float, what: str) -> str:
+    """``"2.0x fewer GFLOPs"``, or ``"2.0x more GFLOPs"`` when the student needs more."""
+    return f"{teacher / student:.1f}x fewer {what}" if student <= teacher else f"{student / teacher:.1f}x more {what}"
+
+
 def compression_summary(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per :data:`COMPRESSION_PAIRS` entry whose teacher and student are both in ``rows``.
+    """One line per :data:`COMPRESSION_PAIRS` entry whose teacher and student are both in ``rows``, per subject.
+
+    Both models must read the same subject in one input (:func:`subject_extent`): the teacher's volume, and for
+    a 2.5D student all its slice stacks over that volume's slice plane (the first two axes, as
+    :func:`derive_input_shape` slices a volume). Otherwise the line says why the pair is not compared.
 
     Args:
         rows: profiled rows (see :func:`profile_registered_model`) by model name.
 
     Returns:
-        Lines such as ``efficientnet3d_b0 vs vggvit3d: 97.1% fewer parameters, 242.2x fewer GFLOPs, 14.8x faster``;
-        the latency part is left out when a latency was not measured.
+        Lines such as ``efficientnet3d_b0 vs vggvit3d: 97.1% fewer parameters, 242.2x fewer GFLOPs, 14.8x faster``
+        (``more`` and ``slower`` where the student is bigger or slower); the latency part is left out when a
+        latency was not measured.
     """
     lines = []
     for teacher_name, student_name in COMPRESSION_PAIRS:
         teacher, student = rows.get(teacher_name), rows.get(student_name)
         if teacher is None or student is None:
             continue
-        line = (
-            f"{student_name} vs {teacher_name}: {100 * (1 - student['params'] / teacher['params']):.1f}% fewer "
-            f"parameters, {teacher['gflops'] / student['gflops']:.1f}x fewer GFLOPs"
-        )
+        teacher_subject, student_subject = subject_extent(teacher), subject_extent(student)
+        if (
+            teacher_subject is None
+            or student_subject is None
+            or student_subject != teacher_subject[: len(student_subject)]
+        ):
+            lines.append(
+                f"{student_name} vs {teacher_name}: not compared, their inputs "
+                f"{'x'.join(map(str, student['input_shape']))} and {'x'.join(map(str, teacher['input_shape']))} "
+                "are not one and the same subject"
+            )
+            continue
+        reduction = 100 * (1 - student["params"] / teacher["params"])
+        parameters = f"{reduction:.1f}% fewer" if reduction >= 0 else f"{-reduction:.1f}% more"
+        line = f"{student_name} vs {teacher_name}: {parameters} parameters, "
+        line += _fewer_or_more(teacher["gflops"], student["gflops"], "GFLOPs")
         if teacher["median_ms"] is not None and student["median_ms"] is not None:
-            line += f", {teacher['median_ms'] / student['median_ms']:.1f}x faster"
+            speedup = teacher["median_ms"] / student["median_ms"]
+            line += f", {speedup:.1f}x faster" if speedup >= 1 else f", {1 / speedup:.1f}x slower"
         lines.append(line)
     return lines
 
@@ -191,7 +243,7 @@ def _run_models(args: argparse.Namespace) -> int:
     print(f"\nGFLOPs: convolutions and matmuls of one eval forward (batch 1); latency: {latency_note}.")
     compression = compression_summary(rows)
     if compression:
-        print("\nCompression (student vs teacher, at the inputs above):")
+        print("\nCompression per subject (student vs teacher, each reading one whole subject):")
         print("\n".join(f"  {line}" for line in compression))
     return 1 if failed else 0
 

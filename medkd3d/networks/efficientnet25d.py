@@ -11,7 +11,6 @@ no pretrained weights are loaded (the package runs offline, and ImageNet weights
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import timm
@@ -136,10 +135,13 @@ class EfficientNet25D(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stage features ``[B, C_i, H / r_i, W / r_i]``, one per ``feature_info`` entry."""
-        final, intermediates = self.backbone.forward_intermediates(x)
-        return [*intermediates, final] if self.has_head_feature else intermediates
+        out = self.backbone.forward_intermediates(x)
+        # timm annotates a Union (a list with intermediates_only=True); narrowing it lets TorchScript script this.
+        assert isinstance(out, tuple)
+        final, intermediates = out
+        return intermediates + [final] if self.has_head_feature else intermediates  # noqa: RUF005 (TorchScript: no *)
 
-    def forward_head(self, features: Sequence[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+    def forward_head(self, features: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
         """Logits ``[B, num_classes]`` (or the pooled embedding with ``pre_logits``) from the last feature."""
         return self.backbone.forward_head(features[-1], pre_logits=pre_logits)
 
@@ -258,7 +260,7 @@ class MultiSliceEfficientNet25D(nn.Module):
         if x.ndim != 5 or x.shape[2] != self.in_channels:
             raise ValueError(
                 f"MultiSliceEfficientNet25D expects [B, S, {self.in_channels}, H, W] (S slice stacks of one subject), "
-                f"got shape {tuple(x.shape)}; build the input with slice_stack_transforms(num_stacks=S) and run the "
+                f"got shape {list(x.shape)}; build the input with slice_stack_transforms(num_stacks=S) and run the "
                 "network with SimpleInferer (it pools the stacks itself; SliceStackInferer is for single-stack nets)."
             )
 
@@ -273,13 +275,13 @@ class MultiSliceEfficientNet25D(nn.Module):
         features = self.encoder.forward_features(x.flatten(0, 1))
         return [f.unflatten(0, (-1, num_stacks)) for f in features]
 
-    def _pool(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pool(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         last = features[-1]
         embeddings = self.encoder.forward_head([last.flatten(0, 1)], pre_logits=True)
         pooled, weights = self.pooling(embeddings.unflatten(0, (-1, last.shape[1])))
         return self.classifier(self.dropout(pooled)), weights
 
-    def forward_head(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Subject-level logits ``[B, num_classes]`` from the last per-stack feature."""
         return self._pool(features)[0]
 

@@ -160,7 +160,7 @@ class HDKDTeacher(_MBCSABackbone):
         self.dropout = nn.Dropout(dropout_rate)
         self.classifier = nn.Linear(self.feature_info[-1]["num_chs"], num_classes)
 
-    def forward_head(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Logits ``[B, num_classes]`` from the globally average-pooled last stage feature."""
         pooled = features[-1].flatten(2).mean(dim=-1)
         return self.classifier(self.dropout(pooled))
@@ -343,7 +343,7 @@ class HDKDStudent(_MBCSABackbone):
         """``(cls_logits, dist_logits)``, each ``[B, num_classes]``, for distillation training."""
         return self.dflt(self.forward_features(x)[-1])
 
-    def forward_head(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Mean of the class-token and distillation-token logits, computed by DFLT on the last stage feature."""
         cls_logits, dist_logits = self.dflt(features[-1])
         return (cls_logits + dist_logits) / 2

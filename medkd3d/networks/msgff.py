@@ -28,7 +28,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medkd3d.networks.vit3d import TransformerBlock
@@ -37,7 +36,7 @@ __all__ = ["FUSION_MODES", "MSGFF", "FourierPositionEmbedding", "MultiScaleGeome
 
 FUSION_MODES = ("concat", "sum", "attention", "gated")
 
-_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 
 
 class FourierPositionEmbedding(nn.Module):
@@ -124,6 +123,7 @@ class MultiScaleGeometricFeatureFusion(nn.Module):
                 "channels and the spatial size of every scale to fuse (at least one)."
             )
         self.feature_sizes = [tuple(int(n) for n in size) for size in feature_sizes]
+        self._size_lists = [list(size) for size in self.feature_sizes]  # as the shapes TorchScript compares them to
         spatial_dims = len(self.feature_sizes[0])
         if any(len(size) != spatial_dims for size in self.feature_sizes):
             raise ValueError(f"MSGFF: feature_sizes={self.feature_sizes} mix different numbers of dimensions.")
@@ -144,7 +144,11 @@ class MultiScaleGeometricFeatureFusion(nn.Module):
             torch.arange(num_scales).repeat_interleave(torch.tensor(self.token_counts)),
             persistent=False,
         )
-        self._pool = _AVG_POOL[spatial_dims]
+        # Parameter-free pooling modules rather than a stored function, so TorchScript can script encode().
+        self.pools = nn.ModuleList(
+            _AVG_POOL[spatial_dims](kernel, stride=kernel) if any(k > 1 for k in kernel) else nn.Identity()
+            for kernel in self.pool_kernels
+        )
 
         self.projections = nn.ModuleList(nn.Linear(channels, dim) for channels in in_channels)
         self.position_embedding = FourierPositionEmbedding(spatial_dims, dim, num_frequencies)
@@ -161,15 +165,18 @@ class MultiScaleGeometricFeatureFusion(nn.Module):
         elif fusion == "gated":
             self.gate = nn.Sequential(nn.Linear(num_scales * dim, dim), nn.GELU(), nn.Linear(dim, num_scales))
 
-    def _check_sizes(self, features: Sequence[Tensor]) -> None:
-        sizes = [tuple(f.shape[2:]) for f in features]
-        if len(features) != len(self.feature_sizes) or sizes != self.feature_sizes:
+    def _check_sizes(self, features: list[Tensor]) -> None:
+        sizes = [list(f.shape[2:]) for f in features]
+        matches = len(sizes) == len(self._size_lists)
+        for size, expected in zip(sizes, self._size_lists):  # per scale: TorchScript compares List[int] only
+            matches = matches and size == expected
+        if not matches:
             raise ValueError(
                 f"MSGFF: got maps of spatial sizes {sizes} but the block was built for {self.feature_sizes}; "
                 "build it with the feature_sizes of the maps you pass."
             )
 
-    def encode(self, features: Sequence[Tensor]) -> Tensor:
+    def encode(self, features: list[Tensor]) -> Tensor:
         """Per-scale descriptors ``[B, S, dim]``: tokens with geometry, cross-scale attention, per-scale mean.
 
         Raises:
@@ -178,10 +185,8 @@ class MultiScaleGeometricFeatureFusion(nn.Module):
         if not torch.jit.is_tracing():
             self._check_sizes(features)
         tokens = []
-        for projection, feature, kernel in zip(self.projections, features, self.pool_kernels):
-            if any(k > 1 for k in kernel):
-                feature = self._pool(feature, kernel_size=kernel, stride=kernel)
-            tokens.append(projection(feature.flatten(2).transpose(1, 2)))
+        for index, (projection, pool) in enumerate(zip(self.projections, self.pools)):
+            tokens.append(projection(pool(features[index]).flatten(2).transpose(1, 2)))
         x = torch.cat(tokens, dim=1)
         x = x + self.position_embedding(self.token_coords) + self.scale_embedding[self.token_scales]
         for block in self.blocks:
@@ -195,14 +200,17 @@ class MultiScaleGeometricFeatureFusion(nn.Module):
             return descriptors.flatten(1), None
         if self.fusion == "sum":
             return descriptors.sum(dim=1), None
-        if self.fusion == "attention":
+        # hasattr, not the mode name, picks the scorer: TorchScript then compiles only the module that exists.
+        if hasattr(self, "scale_key"):
             logits = self.scale_key(descriptors) @ self.scale_query / math.sqrt(self.dim)
-        else:
+        elif hasattr(self, "gate"):
             logits = self.gate(descriptors.flatten(1))
+        else:  # unreachable: __init__ builds one of the two for "attention" and "gated"
+            raise RuntimeError(f"MSGFF: fusion={self.fusion} has no scale scorer.")
         gates = logits.softmax(dim=-1)
         return (gates.unsqueeze(-1) * descriptors).sum(dim=1), gates
 
-    def forward(self, features: Sequence[Tensor], return_gates: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
+    def forward(self, features: list[Tensor], return_gates: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
         """Fuses the maps of all scales.
 
         Args:
@@ -213,10 +221,13 @@ class MultiScaleGeometricFeatureFusion(nn.Module):
             The fused features ``[B, out_channels]``, or ``(fused, gates)`` with ``return_gates=True``.
         """
         fused, gates = self.fuse(self.encode(features))
-        # Kept for analysis only; skipped while tracing/exporting, where module state must not change.
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        # Kept for analysis only; skipped while tracing/exporting, where module state must not change, and in
+        # scripted modules (TorchScript types the attribute by its initial None).
+        if not torch.jit.is_scripting() and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.last_gates = None if gates is None else gates.detach()
-        return (fused, gates) if return_gates else fused
+        if return_gates:  # statements, not a conditional expression, which TorchScript cannot type as a Union
+            return fused, gates
+        return fused
 
 
 MSGFF = MultiScaleGeometricFeatureFusion

@@ -14,8 +14,6 @@ standalone ``vgg*_3d`` models default to ``width_multiplier=0.25`` (stage widths
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Pool
 from torch import Tensor, nn
@@ -46,7 +44,10 @@ class VGG3D(nn.Module):
         num_classes: number of output logits; ``0`` drops the classifier so that ``forward`` returns the pooled
             features (timm convention, used by the hybrid teacher).
         width_multiplier: factor applied to every stage width (see the module docstring for the default).
-        batch_norm: add batch normalisation after every convolution (convolutions then have no bias).
+        norm: normalisation after every convolution, a MONAI norm name or ``(name, kwargs)`` (``"batch"``,
+            ``("group", {"num_groups": 8})``, ``"instance"``); ``None`` for none. Convolutions followed by a
+            normalisation have no bias. Group normalisation has no running statistics, so it behaves the same in
+            training and evaluation at any batch size (batch norm at batch 2 does not).
         head_hidden_dim: width of the hidden layer of the classifier MLP; ``None`` for a single linear layer.
         dropout: dropout of the classifier MLP.
         spatial_dims: 3 for volumes; 2 gives the ordinary 2D VGG.
@@ -66,7 +67,7 @@ class VGG3D(nn.Module):
         in_channels: int = 4,
         num_classes: int = 2,
         width_multiplier: float = 0.25,
-        batch_norm: bool = True,
+        norm: str | tuple | None = "batch",
         head_hidden_dim: int | None = 512,
         dropout: float = 0.5,
         spatial_dims: int = 3,
@@ -92,8 +93,8 @@ class VGG3D(nn.Module):
                         out_channels,
                         kernel_size=3,
                         act=("relu", {"inplace": True}),
-                        norm="batch" if batch_norm else None,
-                        bias=not batch_norm,
+                        norm=norm,
+                        bias=norm is None,
                     )
                 )
                 channels = out_channels
@@ -124,7 +125,7 @@ class VGG3D(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) and module.weight is not None:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
@@ -139,7 +140,7 @@ class VGG3D(nn.Module):
             features.append(x)
         return features
 
-    def forward_head(self, features: Sequence[Tensor], pre_logits: bool = False) -> Tensor:
+    def forward_head(self, features: list[Tensor], pre_logits: bool = False) -> Tensor:
         """Logits from the stage features (only the last stage is used).
 
         Args:

@@ -45,6 +45,7 @@ class VGGViT3D(nn.Module):
         img_size: input spatial size (the ViT's position embedding is built for it).
         vgg_depth: VGG configuration (11, 13, 16, 19; the seed uses 19).
         width_multiplier: VGG width multiplier (see :mod:`medkd3d.networks.vgg3d`).
+        vgg_norm: normalisation of the VGG convolutions (see :class:`~medkd3d.networks.vgg3d.VGG3D`).
         patch_size: ViT patch edge; must divide ``img_size``.
         vit_hidden_size: ViT token width.
         vit_layers: ViT blocks.
@@ -72,6 +73,7 @@ class VGGViT3D(nn.Module):
         img_size: Sequence[int] | int = 128,
         vgg_depth: int = 19,
         width_multiplier: float = 1.0,
+        vgg_norm: str | tuple | None = "batch",
         patch_size: int = 16,
         vit_hidden_size: int = 768,
         vit_layers: int = 12,
@@ -94,6 +96,7 @@ class VGGViT3D(nn.Module):
             in_channels=in_channels,
             num_classes=0,
             width_multiplier=width_multiplier,
+            norm=vgg_norm,
             spatial_dims=spatial_dims,
         )
         self.vit = ViT3D(
@@ -148,15 +151,17 @@ class VGGViT3D(nn.Module):
         """VGG stages (5), ViT patch-token map, ViT class token - see the module docstring and ``feature_info``."""
         return self.vgg.forward_features(x) + self.vit.forward_features(x)
 
-    def forward_head(self, features: Sequence[Tensor]) -> Tensor:
+    def forward_head(self, features: list[Tensor]) -> Tensor:
         """Logits from :meth:`forward_features`' output: MSGFF (or pooling), concatenation, classifier."""
         vgg_features = features[: self._num_vgg_features]
-        vit_token_map, vit_class_token = features[self._num_vgg_features :]
+        # Indexed, not unpacked: TorchScript cannot unpack a list of unknown length.
+        vit_token_map, vit_class_token = features[self._num_vgg_features], features[self._num_vgg_features + 1]
         context = self.vit.forward_head([vit_class_token], pre_logits=True)
         if self.msgff is None:
             local = self.vgg.forward_head(vgg_features, pre_logits=True)
         else:
             local = self.msgff([vgg_features[s] for s in self.msgff_stages] + [vit_token_map])
+            assert isinstance(local, Tensor)  # without return_gates MSGFF returns a tensor; narrows it for TorchScript
         return self.head(torch.cat((local, context), dim=1))
 
     def forward(self, x: Tensor) -> Tensor:

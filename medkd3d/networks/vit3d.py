@@ -176,8 +176,9 @@ class ViT3D(nn.Module):
         )
 
     def _token_map(self, tokens: Tensor) -> Tensor:
-        # Drop the class token and fold the patch tokens back onto their grid; -1 keeps the batch axis dynamic.
-        return tokens[:, 1:].transpose(1, 2).reshape(-1, self.num_features, *self.grid_size)
+        # Drop the class token and fold the patch tokens back onto their grid; -1 keeps the batch axis dynamic, and
+        # a list (not *unpacking) lets TorchScript script it.
+        return tokens[:, 1:].transpose(1, 2).reshape([-1, self.num_features] + list(self.grid_size))  # noqa: RUF005
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """Patch-token maps of the ``out_indices`` blocks, then the class token (see the class docstring).
@@ -185,10 +186,11 @@ class ViT3D(nn.Module):
         Raises:
             ValueError: if the spatial size of ``x`` is not ``img_size``.
         """
-        # Shapes are fixed while tracing (and the check would only add tracer warnings there).
-        if not torch.jit.is_tracing() and tuple(x.shape[2:]) != self.img_size:
+        # Shapes are fixed while tracing (and the check would only add tracer warnings there). Lists, not tuples,
+        # so TorchScript can script the check.
+        if not torch.jit.is_tracing() and list(x.shape[2:]) != list(self.img_size):
             raise ValueError(
-                f"ViT3D: input of spatial size {tuple(x.shape[2:])} does not match img_size={self.img_size} "
+                f"ViT3D: input of spatial size {list(x.shape[2:])} does not match img_size={self.img_size} "
                 "the position embedding was built for; resize the input or build the model with that img_size."
             )
         tokens = self.patch_embedding(x)
@@ -198,10 +200,10 @@ class ViT3D(nn.Module):
             tokens = block(tokens)
             if index in self.out_indices:
                 features.append(self._token_map(tokens))
-        features.append(tokens[:, 0].reshape(-1, self.num_features, *(1,) * len(self.img_size)))
+        features.append(tokens[:, 0].reshape([-1, self.num_features] + [1] * len(self.img_size)))
         return features
 
-    def forward_head(self, features: Sequence[Tensor], pre_logits: bool = False) -> Tensor:
+    def forward_head(self, features: list[Tensor], pre_logits: bool = False) -> Tensor:
         """Logits from the features; only the trailing class token is used.
 
         Args:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 __all__ = [
@@ -38,13 +40,71 @@ BUNDLE_NAMES: tuple[str, ...] = (
 )
 
 
+def _is_bundle(folder: Path) -> bool:
+    return (folder / "configs" / "metadata.json").is_file()
+
+
+def _bundle_of(path: str | os.PathLike) -> Path | None:
+    """The bundle a config file or config folder belongs to (``<bundle>/configs[/profiles]/...``), if any."""
+    folder = Path(path).resolve()
+    if not folder.is_dir():  # a config file: look from its folder
+        folder = folder.parent
+    for candidate in (folder, *folder.parents[:2]):
+        if _is_bundle(candidate):
+            return candidate
+    return None
+
+
+def _called_from_config(frame: FrameType | None) -> bool:
+    """Whether ``frame`` (the caller of :func:`find_bundle_root`) is MONAI evaluating a config: a ``_target_``
+    instantiated by ``monai.utils.module.instantiate`` or a ``$`` expression evaluated by ``monai.bundle``."""
+    if frame is None:
+        return False
+    if frame.f_globals.get("__name__", "").startswith("monai."):
+        return True
+    parent = frame.f_back
+    in_expression = frame.f_code.co_filename == "<string>" and parent is not None
+    return in_expression and parent.f_globals.get("__name__", "").startswith("monai.bundle")
+
+
+def _running_config_files(frame: FrameType | None) -> list[str] | None:
+    """The config (and metadata) files of the MONAI bundle workflow or command on the stack, nearest first.
+
+    ``ConfigWorkflow`` (``python -m monai.bundle run``, :func:`run_bundle_config`) keeps its config folder in
+    ``config_root_path`` and its ``meta_file``; the other ``monai.bundle`` commands (``ckpt_export``,
+    ``verify_net_in_out``, ``onnx_export``, ``trt_export``) hold their parsed ``config_file_`` argument. ``None``
+    when no such frame is found (a plain ``ConfigParser``).
+    """
+    from monai.bundle import ConfigWorkflow
+    from monai.utils import ensure_tuple
+
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("monai.bundle"):
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, ConfigWorkflow):  # isinstance: MONAI's config objects answer any getattr
+                return [str(owner.config_root_path), *(str(m) for m in ensure_tuple(owner.meta_file or ()))]
+            files = frame.f_locals.get("config_file_")
+            if files:
+                return [str(f) for f in ensure_tuple(files)]
+        frame = frame.f_back
+    return None
+
+
 def find_bundle_root(name: str) -> str:
     """Directory of the bundle ``name``, so configs work whichever directory they are run from.
 
     MONAI bundles conventionally use ``"bundle_root": "."`` and are run from inside the bundle. Ours are also
-    run from the repository root (``--config_file bundles/<name>/configs/train.json``), so the root is looked
-    up in this order: the working directory when it is the bundle itself, ``./bundles/<name>``, then the
-    ``bundles/`` folder next to the installed medkd3d sources. ``--bundle_root DIR`` always overrides this.
+    run from the repository root (``--config_file bundles/<name>/configs/train.json``) and from anywhere else, so
+    the root is found as follows. ``--bundle_root DIR`` always overrides this.
+
+    - **From a bundle config** (the ``bundle_root`` of every ``configs/*.json``): a bundle resolves only itself,
+      the bundle folder holding the config files MONAI is running (``python -m monai.bundle run`` / ``ckpt_export``
+      / ... ``--config_file <bundle>/configs/train.json``), so a copied bundle reads and writes its own
+      ``models/`` and ``eval/`` wherever the command is started. When MONAI's command is not on the stack (a plain
+      ``ConfigParser`` without a ``bundle_root`` override) the working directory must be the bundle or hold it in
+      ``bundles/<name>``. The bundles installed with medkd3d are never used for a config.
+    - **From Python** (the pipeline, the ablation runner, examples): the working directory when it is the bundle,
+      ``./bundles/<name>``, then the ``bundles/`` folder next to the installed medkd3d sources.
 
     Args:
         name: bundle directory name, e.g. ``"brats_teacher_vggvit3d"``.
@@ -53,12 +113,33 @@ def find_bundle_root(name: str) -> str:
         The bundle directory as an absolute path string (a string, as MONAI configs concatenate paths).
 
     Raises:
-        FileNotFoundError: if the bundle is in none of these places.
+        FileNotFoundError: if the config being run is not inside a bundle, its bundle is not ``name`` (a config
+            naming another bundle), or the bundle is in none of the places searched.
     """
+    caller = sys._getframe(1)
     cwd = Path.cwd()
-    candidates = [cwd, cwd / "bundles" / name, Path(__file__).resolve().parents[2] / "bundles" / name]
+    if _called_from_config(caller):
+        files = _running_config_files(caller)
+        if files is not None:
+            bundles = [b for b in (_bundle_of(f) for f in files) if b is not None]
+            if not bundles:
+                raise FileNotFoundError(
+                    f"Cannot tell the bundle_root of bundle {name!r}: the config files {files} are not inside a "
+                    f"bundle (<bundle>/configs/*.json next to configs/metadata.json). Run the bundle's own configs, "
+                    f"or pass --bundle_root /path/to/{name}."
+                )
+            if bundles[0].name != name:
+                raise FileNotFoundError(
+                    f"The config run from {bundles[0]} sets bundle_root to the bundle {name!r}, but a bundle resolves "
+                    f"only itself: rename the folder to {name}, fix the config's bundle_root name, or pass "
+                    f"--bundle_root {bundles[0]}."
+                )
+            return str(bundles[0])
+        candidates = [cwd, cwd / "bundles" / name]
+    else:
+        candidates = [cwd, cwd / "bundles" / name, Path(__file__).resolve().parents[2] / "bundles" / name]
     for candidate in candidates:
-        if candidate.name == name and (candidate / "configs" / "metadata.json").is_file():
+        if candidate.name == name and _is_bundle(candidate):
             return str(candidate.resolve())
     raise FileNotFoundError(
         f"Cannot find the bundle {name!r} (looked in {', '.join(str(c) for c in candidates)}). "

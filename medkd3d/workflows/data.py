@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "SYNTHETIC_DEFAULT",
+    "drop_last_batch",
     "ensure_dataset",
     "inference_records",
     "prepare_dataset",
@@ -197,6 +198,44 @@ def split_dataset(
         len(sides["test"]),
     )
     return sides
+
+
+def drop_last_batch(num_items: int, batch_size: int) -> bool:
+    """The training ``DataLoader``'s ``drop_last``, refusing a batch size the training set cannot fill.
+
+    A shuffled epoch of ``num_items`` in batches of ``batch_size`` ends with ``num_items % batch_size`` items.
+    Dropping that batch always (``drop_last=True``) silently trains on a truncated epoch (15 subjects in batches
+    of 8 use 8 per epoch), and on nothing at all when ``batch_size > num_items``: no step runs, no model is
+    written. So the last batch is kept, and dropped only when it would hold a single item (BatchNorm cannot
+    normalise over one sample in training), which leaves out at most one subject per epoch, a different one each
+    epoch. The bundles' ``train.json`` set ``train#dataloader#drop_last`` with it.
+
+    Args:
+        num_items: items of the training dataset.
+        batch_size: the training batch size.
+
+    Returns:
+        Whether the ``DataLoader`` drops its last batch.
+
+    Raises:
+        ValueError: with the numbers and the fix, if ``batch_size`` is below 1 or above ``num_items``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if num_items < batch_size:
+        raise ValueError(
+            f"The training set has {num_items} subject(s), fewer than batch_size {batch_size}: no full training "
+            f"batch could be formed, so nothing would train. Lower the batch size to at most {max(num_items, 1)} "
+            f"(e.g. --batch_size {max(min(num_items, batch_size // 2), 1)}), or give the fold more training "
+            "subjects (more data, fewer folds, a smaller test_fraction or a larger train_per_class)."
+        )
+    drop = batch_size > 1 and num_items % batch_size == 1
+    if drop:
+        logger.info(
+            "Training: %d subjects in batches of %d; the one left over is skipped each epoch (a batch of one "
+            "cannot train BatchNorm), a different one every epoch.", num_items, batch_size,
+        )  # fmt: skip
+    return drop
 
 
 def split_side(split: Mapping[str, Sequence[dict[str, Any]]], side: str = "test") -> list[dict[str, Any]]:

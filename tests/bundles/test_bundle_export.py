@@ -129,4 +129,5 @@ def test_tensorrt_inference_config_runs_on_cpu(
     for subject, row in expected.items():
         assert actual[subject]["predicted"] == row["predicted"]
         for column in ("prob_LGG", "prob_HGG"):
-            assert float(actual[subject][column]) == pytest.approx(float(row[column]), abs=1e-6)
+            # the compiled path may reorder float reductions (group norm): agreement to 1e-5, not bit-exact
+            assert float(actual[subject][column]) == pytest.approx(float(row[column]), abs=1e-5)

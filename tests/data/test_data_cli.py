@@ -15,8 +15,12 @@ TINY = ["--shape", "48", "48", "40"]
 
 def test_synth_datalist_check_data_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "brats20"
-    assert main(["synth", "--out", str(root), "--layout", "brats2020", "--n-hgg", "2", "--n-lgg", "1", *TINY,
-                 "--seed", "5"]) == 0
+    assert (
+        main(
+            ["synth", "--out", str(root), "--layout", "brats2020", "--n-hgg", "2", "--n-lgg", "1", *TINY, "--seed", "5"]
+        )
+        == 0
+    )
     assert (root / "name_mapping.csv").is_file()
     assert "2 HGG + 1 LGG" in capsys.readouterr().out
 
@@ -39,15 +43,16 @@ def test_brats2021_with_explicit_labels(tmp_path: Path, capsys: pytest.CaptureFi
     datalist = tmp_path / "datalist.json"
     argv = ["datalist", str(root), "--out", str(datalist), "--labels", str(labels), "--label-column", "MGMT_value"]
     assert main(argv) == 0
-    assert "2 subjects (0: 1, unlabeled: 1)" in capsys.readouterr().out
+    assert "2 subjects (0: 1, 1: 0, unlabeled: 1)" in capsys.readouterr().out  # MGMT is 0/1, even if 1 is absent
     # one subject has no MGMT status: an error for training, fine for inference
     assert main(["check-data", str(datalist)]) == 1
     assert "BraTS2021_00001: subject has no label" in capsys.readouterr().out
     assert main(["check-data", str(datalist), "--allow-unlabeled"]) == 0
 
 
-def test_check_data_fails_on_a_corrupt_file(synthetic_brats_root: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_data_fails_on_a_corrupt_file(
+    synthetic_brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = Path(shutil.copytree(synthetic_brats_root, tmp_path / "data"))
     flair = next(root.glob("LGG/*/*_flair.nii.gz"))
     flair.write_bytes(flair.read_bytes()[:200])
@@ -57,8 +62,9 @@ def test_check_data_fails_on_a_corrupt_file(synthetic_brats_root: Path, tmp_path
     assert "1 problem(s)" in captured.err
 
 
-def test_datalist_fails_listing_subjects_with_missing_modalities(synthetic_brats_root: Path, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_datalist_fails_listing_subjects_with_missing_modalities(
+    synthetic_brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = Path(shutil.copytree(synthetic_brats_root, tmp_path / "data"))
     t1ce = next(root.glob("HGG/*/*_t1ce.nii.gz"))
     t1ce.unlink()

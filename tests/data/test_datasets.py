@@ -10,7 +10,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-from medkd3d.data.datasets import build_dataset, estimate_cache_bytes
+from medkd3d.data.datasets import build_dataset, cache_safe_globals, estimate_cache_bytes
 from medkd3d.data.discovery import discover_brats
 from medkd3d.data.pipelines import preprocess_transforms, slice_stack_transforms, volume_transforms
 
@@ -58,7 +58,8 @@ def test_disk_cache_stores_the_deterministic_prefix_keyed_by_settings(records: l
     first, second = dataset[0], dataset[0]
     assert not torch.equal(first["image"], second["image"])  # slices and intensities redrawn
     (cache_file,) = cache_dir.glob("*.pt")
-    cached = torch.load(cache_file, weights_only=False)
+    cache_safe_globals()
+    cached = torch.load(cache_file, weights_only=True)  # the cache is readable by the restricted unpickler
     # the training stacks are drawn over the brain foreground, so no segmentation is loaded or cached
     prefix = Compose(preprocess_transforms(SIZE))(records[0])
     torch.testing.assert_close(cached["image"], prefix["image"], rtol=0, atol=0)
@@ -95,3 +96,53 @@ def test_disk_cache_items_keep_their_tensor_types_between_writing_and_reading(
     assert {k: type(v) for k, v in fresh.items()} == {k: type(v) for k, v in cached.items()}
     batch = list_data_collate([cached, dataset[1]])  # dataset[1] is computed fresh
     assert batch["label"].shape == (2,)
+
+
+class _Payload:
+    """Unpickling this calls ``Path.touch`` on the marker: what a planted cache file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_planted_cache_file_is_refused_and_recomputed(
+    records: list[dict], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pickle planted under a cache item's name never runs: it is reported, removed and the item recomputed."""
+    cache_dir = tmp_path / "cache"
+    transform = volume_transforms(SIZE)
+    reference = transform(records[0])
+    build_dataset(records[:1], transform, cache="disk", cache_dir=cache_dir)[0]
+    (cache_file,) = cache_dir.glob("*.pt")
+    marker = tmp_path / "pwned"
+    torch.save({"image": _Payload(marker)}, cache_file)  # the attacker's file, under the item's own name
+
+    with caplog.at_level("WARNING", logger="medkd3d.data.datasets"):
+        item = build_dataset(records[:1], transform, cache="disk", cache_dir=cache_dir)[0]
+
+    assert not marker.exists(), "unpickling the planted cache file ran code"
+    assert str(cache_file) in caplog.text and "recomputed" in caplog.text
+    torch.testing.assert_close(item["image"], reference["image"], rtol=0, atol=0)
+    # the file was replaced by a genuine item, which the next run reads (no further warning)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medkd3d.data.datasets"):
+        again = build_dataset(records[:1], transform, cache="disk", cache_dir=cache_dir)[0]
+    assert not [r for r in caplog.records if r.name == "medkd3d.data.datasets"] and not marker.exists()
+    torch.testing.assert_close(again["image"], reference["image"], rtol=0, atol=0)
+    assert isinstance(again["image"], MetaTensor) and again["image"].affine.shape == (4, 4)
+
+
+def test_disk_cache_is_read_without_recomputing(records: list[dict], tmp_path: Path, monkeypatch) -> None:
+    """Genuine cache files load under weights_only=True (a refused file would be recomputed on every epoch)."""
+    cache_dir = tmp_path / "cache"
+
+    def transform():  # a fresh pipeline per dataset, as a new run builds
+        return slice_stack_transforms(SIZE, num_slices=3, keep_volume=True)
+
+    build_dataset(records[:1], transform(), cache="disk", cache_dir=cache_dir)[0]
+    dataset = build_dataset(records[:1], transform(), cache="disk", cache_dir=cache_dir)
+    monkeypatch.setattr(dataset, "_pre_transform", lambda item: pytest.fail("the cached item was recomputed"))
+    assert isinstance(dataset[0]["image"], MetaTensor)

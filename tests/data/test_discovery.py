@@ -52,8 +52,9 @@ def _assert_well_formed(datalist: dict, root: Path) -> None:
     ("layout", "first_subject"),
     [("brats2019", "BraTS19_CBICA_000_1"), ("brats2020", "BraTS20_Training_001"), ("brats2021", "BraTS2021_00000")],
 )
-def test_each_synthetic_layout_is_detected_and_labelled(layouts: dict[str, Path], layout: str,
-                                                        first_subject: str) -> None:
+def test_each_synthetic_layout_is_detected_and_labelled(
+    layouts: dict[str, Path], layout: str, first_subject: str
+) -> None:
     root = layouts[layout]
     assert detect_layout(root) == layout
     datalist = discover_brats(root)
@@ -81,8 +82,12 @@ def test_brats2021_labels_from_a_user_csv_with_integer_codes(layouts: dict[str, 
     datalist = discover_brats(layouts["brats2021"], labels_csv=labels, label_column="MGMT_value")
     assert datalist["class_names"] == ["0", "1"]
     by_subject = {r["subject"]: (r["label"], r["class_name"]) for r in datalist["training"]}
-    assert by_subject == {"BraTS2021_00000": (1, "1"), "BraTS2021_00001": (0, "0"), "BraTS2021_00002": (1, "1"),
-                          "BraTS2021_00003": (None, None)}  # not in the CSV: unlabeled
+    assert by_subject == {
+        "BraTS2021_00000": (1, "1"),
+        "BraTS2021_00001": (0, "0"),
+        "BraTS2021_00002": (1, "1"),
+        "BraTS2021_00003": (None, None),
+    }  # not in the CSV: unlabeled
 
 
 def test_brats2021_without_a_labels_csv_is_unlabeled(layouts: dict[str, Path], tmp_path: Path) -> None:
@@ -99,7 +104,8 @@ def test_brats2019_found_from_the_folder_above_the_release(layouts: dict[str, Pa
     assert detect_layout(tmp_path) == "brats2019"
     datalist = discover_brats(tmp_path)
     assert [(r["subject"], r["class_name"]) for r in datalist["training"]] == [
-        (r["subject"], r["class_name"]) for r in discover_brats(release)["training"]]
+        (r["subject"], r["class_name"]) for r in discover_brats(release)["training"]
+    ]
 
 
 def test_brats2020_validation_mapping_without_grade_is_unlabeled(layouts: dict[str, Path], tmp_path: Path) -> None:
@@ -172,7 +178,11 @@ def test_tolerates_nii_capitalisation_and_off_pattern_names(layouts: dict[str, P
 
     record = next(r for r in discover_brats(root)["training"] if r["subject"] == subject)
     assert [Path(p).name for p in record["image"]] == [
-        f"{subject}_t1.nii", f"{subject}_T1CE.NII.GZ", "scan_T2.nii.gz", "axial_t2_flair.nii.gz"]
+        f"{subject}_t1.nii",
+        f"{subject}_T1CE.NII.GZ",
+        "scan_T2.nii.gz",
+        "axial_t2_flair.nii.gz",
+    ]
     assert Path(record["seg"]).name == "W39_1998.09.19_Segm.nii"
     assert record["label"] == 1
 
@@ -236,3 +246,76 @@ def test_load_datalist_errors(tmp_path: Path) -> None:
     broken.write_text('{"validation": []}')
     with pytest.raises(ValueError, match="no 'training' list"):
         load_datalist(broken)
+
+
+def _grade_csv(root: Path, path: Path, typo: dict[str, str] | None = None, column: str = "Grade") -> Path:
+    """A labels CSV of a BraTS 2021 copy, with the grades of the synthetic subjects and some values replaced."""
+    grades = {r["subject"]: r["class_name"] for r in discover_brats(root)["training"]}
+    rows = [f"BraTS21ID,{column}"] + [f"{s},{(typo or {}).get(s, g)}" for s, g in sorted(grades.items())]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_unknown_grade_is_an_error_naming_subject_file_line_and_allowed_values(
+    layouts: dict[str, Path], tmp_path: Path
+) -> None:
+    """A typo (XGG) must not become a third class that renumbers HGG."""
+    root = layouts["brats2021"]
+    labels = _grade_csv(root, tmp_path / "grades.csv", typo={"BraTS2021_00002": "XGG"})
+    with pytest.raises(DataValidationError) as raised:
+        discover_brats(root, labels_csv=labels)
+    message = str(raised.value)
+    assert "BraTS2021_00002" in message and str(labels) in message
+    assert "line 4" in message  # header, then subjects 00000, 00001, 00002
+    assert "'XGG'" in message and "['LGG', 'HGG']" in message and "declare the classes" in message
+    assert len(raised.value.problems) == 1
+
+    # a column of another name holding grades is held to the grades as well
+    other = _grade_csv(root, tmp_path / "other.csv", typo={"BraTS2021_00001": "hgg!"}, column="tumour_grade")
+    with pytest.raises(DataValidationError, match="BraTS2021_00001"):
+        discover_brats(root, labels_csv=other, label_column="tumour_grade")
+
+
+def test_unknown_mgmt_code_is_an_error(layouts: dict[str, Path], tmp_path: Path) -> None:
+    labels = tmp_path / "mgmt.csv"
+    labels.write_text("BraTS21ID,MGMT_value\n0,1\n1,0\n2,2\n")
+    with pytest.raises(DataValidationError, match=r"BraTS2021_00002.*'2'.*\['0', '1'\]"):
+        discover_brats(layouts["brats2021"], labels_csv=labels, label_column="MGMT_value")
+
+
+def test_declared_classes_allow_other_labels_and_fix_the_order(layouts: dict[str, Path], tmp_path: Path) -> None:
+    root = layouts["brats2021"]
+    labels = _grade_csv(root, tmp_path / "grades.csv", typo={"BraTS2021_00002": "XGG"})
+    datalist = discover_brats(root, labels_csv=labels, class_names=["LGG", "HGG", "XGG"])
+    assert datalist["class_names"] == ["LGG", "HGG", "XGG"]
+    by_subject = {r["subject"]: (r["label"], r["class_name"]) for r in datalist["training"]}
+    assert by_subject["BraTS2021_00002"] == (2, "XGG")
+    assert {by_subject[s] for s in by_subject if s != "BraTS2021_00002"} <= {(0, "LGG"), (1, "HGG")}
+    # declared classes are enforced too
+    with pytest.raises(DataValidationError, match=r"'XGG'.*\['HGG', 'LGG'\]"):
+        discover_brats(root, labels_csv=labels, class_names=["HGG", "LGG"])
+
+
+def test_check_data_reports_the_unknown_label(layouts: dict[str, Path], tmp_path: Path) -> None:
+    from medkd3d.data import check_data
+
+    root = layouts["brats2021"]
+    labels = _grade_csv(root, tmp_path / "grades.csv", typo={"BraTS2021_00003": "XGG"})
+    problems = check_data(root, labels_csv=labels, num_workers=1)
+    assert [p.subject for p in problems] == ["BraTS2021_00003"] and "XGG" in problems[0].problem
+    assert check_data(root, labels_csv=labels, num_workers=1, class_names=["LGG", "HGG", "XGG"]) == []
+
+
+def test_data_commands_refuse_unknown_labels_unless_declared(
+    layouts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medkd3d.cli import main
+
+    root = layouts["brats2021"]
+    labels = _grade_csv(root, tmp_path / "grades.csv", typo={"BraTS2021_00000": "XGG"})
+    out = tmp_path / "datalist.json"
+    assert main(["datalist", str(root), "--labels", str(labels), "--out", str(out)]) != 0
+    assert "XGG" in capsys.readouterr().err and not out.exists()
+    declared = ["--class-names", "LGG,HGG,XGG"]
+    assert main(["datalist", str(root), "--labels", str(labels), "--out", str(out), *declared]) == 0
+    assert load_datalist(out)["class_names"] == ["LGG", "HGG", "XGG"]

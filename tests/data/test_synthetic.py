@@ -53,15 +53,20 @@ def test_brats2020_layout_writes_name_mapping(tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert {"Grade", "BraTS_2020_subject_ID", "BraTS_2019_subject_ID"} <= set(rows[0])
     assert [(r["BraTS_2020_subject_ID"], r["Grade"]) for r in rows] == [
-        ("BraTS20_Training_001", "HGG"), ("BraTS20_Training_002", "HGG"),
-        ("BraTS20_Training_003", "LGG"), ("BraTS20_Training_004", "LGG"),
+        ("BraTS20_Training_001", "HGG"),
+        ("BraTS20_Training_002", "HGG"),
+        ("BraTS20_Training_003", "LGG"),
+        ("BraTS20_Training_004", "LGG"),
     ]
 
 
 def test_brats2021_layout_writes_labels_csv(tmp_path: Path) -> None:
     root = generate_synthetic_brats(tmp_path, layout="brats2021", n_hgg=1, n_lgg=2, shape=SHAPE, seed=0)
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["BraTS2021_00000", "BraTS2021_00001",
-                                                                    "BraTS2021_00002"]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [
+        "BraTS2021_00000",
+        "BraTS2021_00001",
+        "BraTS2021_00002",
+    ]
     assert (root / "BraTS2021_00001" / "BraTS2021_00001_seg.nii.gz").is_file()
     text = (root / "train_labels.csv").read_text()
     assert text.splitlines() == ["BraTS21ID,Grade", "00000,HGG", "00001,LGG", "00002,LGG"]

@@ -97,7 +97,10 @@ def test_gradcam_of_a_3d_student_against_its_teacher(
         assert saved.shape == source.shape
         np.testing.assert_allclose(saved.affine, source.affine)
         values = saved.get_fdata()
-        assert values.min() >= 0 and 0 < values.max() <= 1
+        # networks trained for one tiny epoch may have no positive evidence for the explained class anywhere: an
+        # all-zero Grad-CAM is then the right answer (the agreement's pearson is None, below); the CAM values
+        # themselves are checked against hand computations in test_explain_cam.py
+        assert values.min() >= 0 and values.max() <= 1
         assert Path(f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
         summary = json.loads(Path(f"{stem}.json").read_text())
         assert summary["model"] == model and summary["layer"] and summary["overlay_modality"] == "flair"

@@ -67,8 +67,11 @@ def test_metadata_round_trip(name, exported, tiny_bundles, tmp_path):
     assert json.loads(onnx_props["metadata.json"]) == metadata
     inference = json.loads(onnx_props["inference.json"])
     assert inference["network_def"]["name"] == source["network_def"]["name"]
-    assert inference["preprocessing"] == source["preprocessing"]
-    assert inference["spatial_size"] == tiny_bundles[name].overrides["spatial_size"]  # overrides are kept
+    # the preprocessing travels as data: the bundle's factory with its resolved arguments, overrides applied
+    (step,) = inference["preprocessing"]
+    assert step["transform"] == source["preprocessing"]["_target_"]
+    assert step["args"]["spatial_size"] == tiny_bundles[name].overrides["spatial_size"]
+    assert "$" not in onnx_props["inference.json"] and "@" not in onnx_props["inference.json"]
 
     # TorchScript: the layout of MONAI's ckpt_export, read back with MONAI's loader
     _, ts_metadata, extra = load_net_with_metadata(

@@ -201,3 +201,21 @@ def test_cross_architecture_loss_rejects_mismatched_features() -> None:
         loss(student, [torch.randn(1, 12, 4, 4, 4)])
     with pytest.raises(ValueError, match="one entry per"):
         CrossArchitectureKDLoss([8, 16], [12])
+
+
+def test_normalized_teacher_targets_do_not_scale_with_the_teacher() -> None:
+    """``normalize_teacher=True``: the loss of a teacher map and of the same map 100x larger (plus an offset) agree;
+    without it the GL term grows with the teacher's scale."""
+    torch.manual_seed(0)
+    student = [torch.randn(2, 8, 4, 4, 4)]
+    teacher = torch.randn(2, 12, 2, 2, 2)
+    for normalize in (True, False):
+        torch.manual_seed(1)
+        loss = CrossArchitectureKDLoss(8, 12, normalize_teacher=normalize).eval()
+        with torch.no_grad():
+            _, small = loss(student, [teacher])
+            _, large = loss(student, [100.0 * teacher + 5.0])
+        if normalize:
+            torch.testing.assert_close(small["gl"], large["gl"], rtol=1e-4, atol=1e-5)
+        else:
+            assert large["gl"] > 100 * small["gl"]

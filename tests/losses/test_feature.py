@@ -96,3 +96,26 @@ def test_hdkd_objective_is_token_loss_plus_feature_loss():
     l_feat = sum(j * hand_mse(s, t) for j, (s, t) in enumerate(zip(STUDENT, TEACHER), 1))
     assert (logit_total + feature_total).item() == pytest.approx(l_cls + 10 * l_feat, rel=1e-5)
     assert not set(logit_parts) & set(feature_parts)  # merged component names do not collide
+
+
+def test_normalized_feature_loss_is_scale_free_bounded_and_matches_hand_computation():
+    """``normalize=True``: each sample's map is standardised over all its elements before the stage MSE."""
+
+    def standardised(a: np.ndarray) -> np.ndarray:
+        flat = a.reshape(a.shape[0], -1).astype(np.float64)
+        mean, var = flat.mean(1, keepdims=True), flat.var(1, keepdims=True)
+        return ((flat - mean) / np.sqrt(var + 1e-5)).reshape(a.shape)
+
+    loss = FeatureKDLoss(lambda_feat=2.0, beta=1.0, normalize=True)
+    total, components = loss(as_tensors(STUDENT), as_tensors(TEACHER))
+    for j, (s, t) in enumerate(zip(STUDENT, TEACHER), start=1):
+        expected = 2.0 * j * hand_mse(standardised(s), standardised(t))
+        assert components[f"feat_{j}"].item() == pytest.approx(expected, rel=1e-4)
+
+    # teacher activations 100x larger (a deep 3D teacher stage) leave the term unchanged: the raw MSE grows 10^4x
+    scaled = [100.0 * t + 3.0 for t in TEACHER]
+    assert loss(as_tensors(STUDENT), as_tensors(scaled))[0].item() == pytest.approx(total.item(), rel=1e-4)
+    raw = FeatureKDLoss(lambda_feat=2.0, beta=1.0)
+    assert raw(as_tensors(STUDENT), as_tensors(scaled))[0].item() > 1000 * total.item()
+    # each standardised stage MSE is at most 4 (two unit-variance maps), so the total is bounded by the weights
+    assert total.item() <= 4.0 * sum(loss.stage_weight(i) for i in range(len(SHAPES)))

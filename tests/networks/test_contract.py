@@ -110,6 +110,17 @@ def test_torchscript_trace_matches_eager(name: str) -> None:
         torch.testing.assert_close(traced(fresh), model(fresh), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:.*jit.*deprecated")
+@pytest.mark.parametrize("name", EXPORT_CHECKED_NAMES)
+def test_torchscript_script_matches_eager(name: str) -> None:
+    """``torch.jit.script`` (MONAI's ``ckpt_export`` default, the model zoo's check) compiles every model."""
+    model = prepare_for_export(build(name))
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        x = example_input(name)
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore:.*legacy TorchScript-based ONNX export")
 @pytest.mark.filterwarnings("ignore:The feature will be removed")
 @pytest.mark.filterwarnings("ignore:.*jit.*deprecated")

@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from medkd3d.networks import create_model, get_model_entry
-from medkd3d.networks.cli import compression_summary, derive_input_shape, profile_registered_model, register
+from medkd3d.networks.cli import (
+    compression_summary,
+    derive_input_shape,
+    profile_registered_model,
+    register,
+    subject_extent,
+)
 from medkd3d.networks.profile import count_gflops, count_parameters, measure_latency, spatial_rank
 
 
@@ -101,17 +107,69 @@ def test_models_command_explains_bad_requests(capsys) -> None:
         run_models("--input-shape", "4", "0", "32", "32")
 
 
+def _row(shape: tuple[int, ...], params: int, gflops: float, median_ms: float | None = None, rank: int = 3) -> dict:
+    """A profiled row by hand (``rank``: spatial axes, 3 for a volume model, 2 for a 2D / 2.5D one)."""
+    return {"input_shape": shape, "spatial_rank": rank, "params": params, "gflops": gflops, "median_ms": median_ms}
+
+
 def test_compression_summary_by_hand() -> None:
+    volume = (4, 128, 128, 128)
     rows = {
-        "vggvit3d": {"params": 200, "gflops": 50.0, "median_ms": 30.0},
-        "efficientnet3d_b0": {"params": 5, "gflops": 0.5, "median_ms": 2.0},
-        "hdkd_teacher3d": {"params": 10, "gflops": 6.0, "median_ms": None},
-        "hdkd_student3d": {"params": 8, "gflops": 2.0, "median_ms": None},
+        "vggvit3d": _row(volume, 200, 50.0, 30.0),
+        "efficientnet3d_b0": _row(volume, 5, 0.5, 2.0),
+        "efficientnet25d_multi": _row((8, 12, 128, 128), 4, 2.0, 1.5, rank=2),  # a subject's 8 stacks in one input
+        "hdkd_teacher3d": _row(volume, 10, 6.0),
+        "hdkd_student3d": _row(volume, 8, 2.0),
     }
     assert compression_summary(rows) == [
         "efficientnet3d_b0 vs vggvit3d: 97.5% fewer parameters, 100.0x fewer GFLOPs, 15.0x faster",
+        "efficientnet25d_multi vs vggvit3d: 98.0% fewer parameters, 25.0x fewer GFLOPs, 20.0x faster",
         "hdkd_student3d vs hdkd_teacher3d: 20.0% fewer parameters, 3.0x fewer GFLOPs",
     ]
+
+
+def test_compression_summary_says_more_and_slower_for_a_bigger_student() -> None:
+    volume = (4, 32, 32, 32)
+    rows = {"vggvit3d": _row(volume, 100, 1.0, 2.0), "efficientnet3d_b0": _row(volume, 300, 4.0, 5.0)}
+    assert compression_summary(rows) == [
+        "efficientnet3d_b0 vs vggvit3d: 200.0% more parameters, 4.0x more GFLOPs, 2.5x slower"
+    ]
+
+
+def test_compression_summary_compares_only_the_same_subject() -> None:
+    """A student input that is not the teacher's whole subject (another volume, another slice plane) is no
+    per-subject comparison; the single-stack 2.5D network (one stack of a subject) has no pair at all."""
+    rows = {
+        "vggvit3d": _row((4, 128, 128, 128), 200, 50.0),
+        "efficientnet3d_b0": _row((4, 64, 64, 64), 5, 0.5),
+        "efficientnet25d_multi": _row((8, 12, 96, 96), 4, 2.0, rank=2),
+        "efficientnet25d": _row((12, 128, 128), 4, 0.2, rank=2),
+    }
+    assert compression_summary(rows) == [
+        "efficientnet3d_b0 vs vggvit3d: not compared, their inputs 4x64x64x64 and 4x128x128x128 are not one and "
+        "the same subject",
+        "efficientnet25d_multi vs vggvit3d: not compared, their inputs 8x12x96x96 and 4x128x128x128 are not one "
+        "and the same subject",
+    ]
+    assert subject_extent(rows["efficientnet25d_multi"]) == (96, 96)
+    assert subject_extent(rows["efficientnet25d"]) is None
+    assert subject_extent(rows["vggvit3d"]) == (128, 128, 128)
+
+
+def test_models_command_compares_the_multi_slice_student_per_subject(capsys) -> None:
+    """The 2.5D line compares the teacher's volume with all the student's slice stacks of it, at one input each."""
+    assert run_models("--tiny", "--filter", "[ve]*", "--repeats", "0", "--input-shape", "4", "32", "32", "32") == 0
+    out = capsys.readouterr().out
+    teacher = profile_registered_model("vggvit3d", (4, 32, 32, 32), tiny=True, repeats=0)
+    student = profile_registered_model("efficientnet25d_multi", (4, 32, 32, 32), tiny=True, repeats=0)
+    assert student["input_shape"][0] == get_model_entry("efficientnet25d_multi").tiny_input_shape[0]  # S stacks
+    ratio = teacher["gflops"] / student["gflops"]
+    expected = f"{ratio:.1f}x fewer GFLOPs" if ratio >= 1 else f"{1 / ratio:.1f}x more GFLOPs"
+    assert f"efficientnet25d_multi vs vggvit3d: {100 * (1 - student['params'] / teacher['params']):.1f}% fewer " in out
+    assert expected in out
+    assert "efficientnet25d vs" not in out  # one slice stack is not a subject
+    assert "% more parameters" in out  # the tiny 3D EfficientNet is bigger than the tiny teacher
+    assert "-" not in out.split("Compression per subject")[1]  # no negative "fewer"
 
 
 def test_models_command_prints_the_compression_of_profiled_pairs(capsys) -> None:

@@ -147,3 +147,22 @@ def test_tracing_leaves_the_recorded_gates_alone() -> None:
         traced = torch.jit.trace(msgff, (make_features(seed=5),), check_trace=False)
         torch.testing.assert_close(msgff.last_gates, recorded)
         torch.testing.assert_close(traced(features), msgff(features))
+
+
+@pytest.mark.filterwarnings("ignore:.*jit.*deprecated")
+@pytest.mark.parametrize("fusion", FUSION_MODES)
+def test_every_fusion_mode_scripts_and_keeps_its_size_check(fusion: str) -> None:
+    """``torch.jit.script`` compiles each mode (only its own scorer module exists) and gives the eager result."""
+    msgff = make_msgff(fusion)
+    scripted = torch.jit.script(msgff)
+    features = make_features()
+    with torch.no_grad():
+        fused, gates = scripted(features, return_gates=True)
+        expected, expected_gates = msgff(features, return_gates=True)
+        torch.testing.assert_close(fused, expected)
+        torch.testing.assert_close(scripted(features), expected)
+    assert (gates is None) == (expected_gates is None)
+    if gates is not None:
+        torch.testing.assert_close(gates, expected_gates)
+    with pytest.raises(Exception, match="but the block was built for"):  # TorchScript re-raises as torch.jit.Error
+        scripted([f[..., :1] for f in features])

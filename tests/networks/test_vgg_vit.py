@@ -123,7 +123,7 @@ def test_vit_explains_size_problems() -> None:
     with pytest.raises(ValueError, match="patch_size=6 must divide img_size"):
         ViT3D(**{**TINY_VIT, "patch_size": 6})
     model = ViT3D(**TINY_VIT)
-    with pytest.raises(ValueError, match=r"spatial size \(24, 16, 16\) does not match img_size=\(16, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"spatial size \[24, 16, 16\] does not match img_size=\(16, 16, 16\)"):
         model(torch.randn(1, 4, 24, 16, 16))
 
 
@@ -159,3 +159,15 @@ def test_hybrid_masking_the_local_branch_changes_the_prediction() -> None:
         for index in (2, 3, 4, 5):  # the scales MSGFF fuses
             masked = [torch.zeros_like(f) if i == index else f for i, f in enumerate(features)]
             assert not torch.allclose(model.forward_head(masked), reference, atol=1e-5), index
+
+
+@pytest.mark.filterwarnings("ignore:.*jit.*deprecated")
+@pytest.mark.parametrize("msgff", [True, False])
+def test_hybrid_scripts_with_and_without_msgff(msgff: bool) -> None:
+    """Both hybrid variants compile with ``torch.jit.script`` (the model zoo's export check) and match eager."""
+    torch.manual_seed(0)
+    model = VGGViT3D(**TINY_HYBRID, msgff=msgff).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 4, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
