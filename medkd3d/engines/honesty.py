@@ -52,6 +52,8 @@ MIN_TEST_SUBJECTS = 20
 FLAG_ONE_CLASS = "predicts one class"
 FLAG_AUC_CI = "AUC 95% CI includes 0.5"
 FLAG_TEACHER_AT_CHANCE = "teacher at chance: retention undefined"
+FLAG_AUC_BELOW_CHANCE = "AUC below chance (95% CI below 0.5)"
+FLAG_BELOW_BASELINE = "AUC below the trivial baseline's"
 
 
 def _finite(value: Any) -> bool:
@@ -80,8 +82,13 @@ def margin_retention(student: float | None, teacher: float | None, chance: float
 
 
 def auc_ratio(student: float | None, teacher: float | None) -> float:
-    """``student / teacher`` AUC, NaN when either is missing/NaN or the teacher's AUC is 0."""
-    if not (_finite(student) and _finite(teacher)) or teacher == 0:
+    """``student / teacher`` AUC, NaN when either is missing/NaN or the teacher's AUC is at or below chance (0.5).
+
+    Against a teacher at or below chance the ratio rewards a student for beating a broken teacher (a first run
+    reported 1.88 for a chance-level student of a teacher at AUC 0.30), so it is undefined, like the margin
+    retention.
+    """
+    if not (_finite(student) and _finite(teacher)) or teacher <= AUC_CHANCE:
         return math.nan
     return float(student) / float(teacher)
 
@@ -168,6 +175,8 @@ def honesty_flags(
     one_class: str | int | None = None,
     auc_ci: tuple[float, float] | None = None,
     min_subjects: int = MIN_TEST_SUBJECTS,
+    auc: float | None = None,
+    baseline_auc: float | None = None,
 ) -> list[str]:
     """The warnings a report prints next to a model's test metrics, in words.
 
@@ -176,16 +185,24 @@ def honesty_flags(
         one_class: the class (name or index) the model predicts for every subject, ``None`` if it predicts several.
         auc_ci: the AUC's 95% CI, ``None``/NaN when unknown.
         min_subjects: fewer test subjects than this are flagged as noisy.
+        auc: the model's AUC, compared with ``baseline_auc``.
+        baseline_auc: the trivial baseline's AUC on the same subjects; ``None`` when there is none.
 
     Returns:
         Zero or more of: ``"predicts one class (<c>) for all <n> test subjects"``, ``"AUC 95% CI includes 0.5"``,
+        ``"AUC below chance (95% CI below 0.5)"``, ``"AUC below the trivial baseline's (<b>)"``,
         ``"n < <min> test subjects: numbers are noisy"``.
     """
     flags = []
     if one_class is not None:
         flags.append(f"{FLAG_ONE_CLASS} ({one_class}) for all {num_subjects} test subjects")
-    if auc_ci is not None and all(_finite(v) for v in auc_ci) and auc_ci[0] <= AUC_CHANCE <= auc_ci[1]:
-        flags.append(FLAG_AUC_CI)
+    if auc_ci is not None and all(_finite(v) for v in auc_ci):
+        if auc_ci[0] <= AUC_CHANCE <= auc_ci[1]:
+            flags.append(FLAG_AUC_CI)
+        elif auc_ci[1] < AUC_CHANCE:
+            flags.append(FLAG_AUC_BELOW_CHANCE)
+    if _finite(auc) and _finite(baseline_auc) and auc < baseline_auc:
+        flags.append(f"{FLAG_BELOW_BASELINE} ({baseline_auc:.3f})")
     if num_subjects < min_subjects:
         flags.append(f"n < {min_subjects} test subjects: numbers are noisy")
     return flags

@@ -190,8 +190,11 @@ def _predicted_one_class(metrics: Mapping[str, Any]) -> str | None:
     return str(names[int(used[0])])
 
 
-def add_honesty(results: Sequence[ModelResult], num_resamples: int = 2000, seed: int = 0) -> None:
-    """Fill each result's ``auc_ci`` and ``flags`` (one class, AUC CI includes 0.5, few subjects), in place.
+def add_honesty(
+    results: Sequence[ModelResult], num_resamples: int = 2000, seed: int = 0, baseline_auc: float | None = None
+) -> None:
+    """Fill each result's ``auc_ci`` and ``flags`` (one class, AUC CI includes 0.5 or lies below it, below the
+    trivial baseline's ``baseline_auc``, few subjects), in place.
 
     The metrics themselves are left as evaluated. The one-class flag is read from the confusion matrix of the
     metrics (the evaluator's own predictions), else from the per-subject probabilities; the AUC CI needs the
@@ -210,7 +213,11 @@ def add_honesty(results: Sequence[ModelResult], num_resamples: int = 2000, seed:
             one_class = None if single is None else str(names[single])
         if probabilities.ndim == 2 and probabilities.shape[1] == 2 and labels.size:
             result.auc_ci = auc_bootstrap_ci(probabilities[:, 1], labels == 1, num_resamples=num_resamples, seed=seed)
-        result.flags = honesty_flags(n, one_class, result.auc_ci)
+        auc = result.metrics.get("auc")
+        is_baseline = result.role == BASELINE_ROLE
+        result.flags = honesty_flags(
+            n, one_class, result.auc_ci, auc=auc, baseline_auc=None if is_baseline else baseline_auc
+        )
 
 
 def add_teacher_ratios(results: Sequence[ModelResult]) -> None:
@@ -358,7 +365,8 @@ def _markdown(results: Sequence[ModelResult], context: Mapping[str, Any], evalua
             "## Students relative to their teachers",
             "",
             "params_ratio and gflops_ratio: student / teacher; speedup: teacher latency / student latency; auc_ratio: "
-            "student AUC / teacher AUC; balanced_accuracy_margin_retention: (student - chance) / (teacher - chance) "
+            "student AUC / teacher AUC (n/a when the teacher's AUC is at or below 0.5); "
+            "balanced_accuracy_margin_retention: (student - chance) / (teacher - chance) "
             "of the balanced accuracy (0 for a student at chance, e.g. one that predicts one class; n/a when the "
             "teacher is at chance).",
             "",
@@ -398,7 +406,7 @@ def write_report(
         The Markdown and CSV paths.
     """
     rows = [*([baseline] if baseline is not None else []), *results]
-    add_honesty(rows)
+    add_honesty(rows, baseline_auc=baseline.metrics.get("auc") if baseline is not None else None)
     add_teacher_ratios(rows)
     out_dir = Path(out_dir)
     markdown = atomic_write_text(out_dir / "report.md", _markdown(rows, dict(context or {}), evaluate_split))

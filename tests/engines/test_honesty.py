@@ -30,14 +30,16 @@ def test_margin_retention_by_hand() -> None:
         assert math.isnan(margin_retention(0.5, teacher))
     assert math.isnan(margin_retention(None, 0.9)) and math.isnan(margin_retention(0.7, float("nan")))
     assert auc_ratio(0.8, 0.9) == pytest.approx(0.8 / 0.9) and math.isnan(auc_ratio(0.8, None))
+    # a chance-level student of a teacher below chance: the ratio would read 1.88, a "better than its teacher"
+    assert math.isnan(auc_ratio(0.56, 0.297)) and math.isnan(auc_ratio(0.7, 0.5))
 
 
 def test_constant_student_of_a_constant_teacher_is_not_retained() -> None:
     # the pipeline's old failure: both predict one class, balanced accuracy 0.5, and "retention 1.000"
     constant = {"auc": 0.5, "balanced_accuracy": 0.5}
     kept = retention(constant, constant)
-    assert kept.auc_ratio == 1.0  # the ratio alone would pass it ...
-    assert math.isnan(kept.margin_retention)  # ... the margin retention does not, and says why
+    assert math.isnan(kept.auc_ratio)  # a ratio against a teacher at chance would pass it (1.0) ...
+    assert math.isnan(kept.margin_retention)  # ... neither retention is defined, and the flag says why
     assert kept.flags == ["teacher at chance: retention undefined"]
     good_teacher = retention(constant, {"auc": 0.95, "balanced_accuracy": 0.9})
     assert good_teacher.margin_retention == 0.0 and good_teacher.flags == []
@@ -72,6 +74,11 @@ def test_a_separating_classifier_on_enough_subjects_is_not_flagged() -> None:
     assert summary.one_class is None and summary.flags == []
     assert summary.auc_ci[0] > 0.5
     assert honesty_flags(30, None, (0.4, 0.9)) == ["AUC 95% CI includes 0.5"]
+    assert honesty_flags(40, None, (0.14, 0.47)) == ["AUC below chance (95% CI below 0.5)"]
+    assert honesty_flags(40, None, (0.8, 0.95), auc=0.88, baseline_auc=0.895) == [
+        "AUC below the trivial baseline's (0.895)"
+    ]
+    assert honesty_flags(40, None, (0.9, 0.99), auc=0.95, baseline_auc=0.895) == []
     assert honesty_flags(5, "HGG", None, min_subjects=5) == ["predicts one class (HGG) for all 5 test subjects"]
 
 
