@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
+import logging
 import os
+import re
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -13,13 +17,28 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FolderInUseError",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
     "lazy_exports",
+    "lock_folder",
     "non_negative_int",
+    "pid_alive",
     "positive_int",
+    "remove_stale_temp_files",
+    "unlock_folder",
 ]
+
+logger = logging.getLogger(__name__)
+
+#: Lock file (held with ``filelock``) and holder description of a folder locked by :func:`lock_folder`.
+LOCK_NAME = ".medkd3d.lock"
+LOCK_OWNER_NAME = ".medkd3d.lock.owner"
+
+# Strong references to the held locks: filelock keeps its per-path singletons weakly, and a collected lock is
+# released, so a caller dropping the returned object must not unlock the folder.
+_HELD_LOCKS: dict[Path, Any] = {}
 
 
 def _current_umask() -> int:
@@ -44,7 +63,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temp_files(path)
+    # the writer's pid in the name lets a later writer of the same target tell a killed write from a running one
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -53,6 +74,139 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` exists on this machine (a process of another user counts as alive).
+
+    Args:
+        pid: the process id.
+
+    Returns:
+        ``False`` only when no such process exists.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: existence and permission check only
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's) or we cannot tell: never delete a file it may be writing
+    return True
+
+
+def _stale_temp_patterns(target: Path) -> list[re.Pattern[str]]:
+    """Names of the temporary files writers of ``target`` leave when killed; group ``pid`` is the writer's pid.
+
+    For a folder, the names of any target's temporary files in it.
+    """
+    if target.is_dir():
+        return [
+            re.compile(r"\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp"),
+            re.compile(r"\..+\.partial-(?P<pid>\d+)(\.[^.]+)?"),
+        ]
+    name, stem, suffix = (re.escape(part) for part in (target.name, target.stem, target.suffix))
+    return [
+        re.compile(rf"\.{name}\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp"),  # atomic_path
+        re.compile(rf"\.{stem}\.partial-(?P<pid>\d+){suffix}"),  # medkd3d.export artefacts (model.partial-1.ts)
+        re.compile(rf"\.{name}\.partial-(?P<pid>\d+)"),  # TensorRT timing caches and other whole-name partials
+    ]
+
+
+def remove_stale_temp_files(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that killed writers of ``target`` left beside it.
+
+    Only files whose name carries the pid of a process that no longer runs are removed (see
+    :func:`pid_alive`), so a concurrent writer's file in progress is never touched. Pids are those of this
+    machine: on a folder shared between machines a file of a dead writer elsewhere may survive (it is harmless).
+
+    Args:
+        target: the file a writer replaces atomically, e.g. ``models/model.pt`` or ``export/model.ts``; or a
+            folder, to clean up after the writers of every file in it.
+
+    Returns:
+        The removed files.
+    """
+    target = Path(target)
+    folder = target if target.is_dir() else target.parent
+    if not folder.is_dir():
+        return []
+    patterns = _stale_temp_patterns(target)
+    removed = []
+    for candidate in folder.iterdir():
+        match = next((m for p in patterns if (m := p.fullmatch(candidate.name))), None)
+        if match is None or pid_alive(int(match["pid"])) or not candidate.is_file():
+            continue
+        try:
+            candidate.unlink()
+        except FileNotFoundError:  # another process cleaned it up at the same time
+            continue
+        removed.append(candidate)
+        logger.info("Removed %s, left by an interrupted write of %s.", candidate, target)
+    return removed
+
+
+class FolderInUseError(RuntimeError):
+    """Raised by :func:`lock_folder` when another process holds the folder."""
+
+
+def lock_folder(folder: str | os.PathLike, purpose: str = "training") -> Any:
+    """Lock ``folder`` for this process, so that two runs never write the same checkpoints at once.
+
+    The lock is an OS file lock on ``<folder>/.medkd3d.lock`` (the ``filelock`` package): the operating system
+    drops it when the holder dies, so a killed run never leaves the folder locked. The holder's pid, host,
+    start time and purpose are written to ``<folder>/.medkd3d.lock.owner`` for the message other runs get. The
+    lock is re-entrant within one process (a pipeline's or a test's repeated runs), and is released by
+    :func:`unlock_folder` or when the process ends (dropping the returned object does not release it).
+
+    Args:
+        folder: the folder (created when missing).
+        purpose: what the holder does, for the message, e.g. ``"training brats_teacher_vggvit3d"``.
+
+    Returns:
+        The held ``filelock.FileLock``.
+
+    Raises:
+        FolderInUseError: naming the folder and, where it can be read, the holder.
+    """
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # one lock object per path and process: a second FileLock on the same file would lock against ourselves
+    lock = FileLock(folder / LOCK_NAME, is_singleton=True, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FolderInUseError(
+            f"{folder} is in use by another run ({_lock_holder(folder)}); two runs writing the same checkpoint "
+            "folder would overwrite each other's best model. Wait for that run to finish, stop it, or give this "
+            "run another folder (e.g. ckpt_dir=... / --out-dir ...)."
+        ) from None
+    _HELD_LOCKS[folder.resolve()] = lock
+    if lock.lock_counter == 1:
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        atomic_write_text(
+            folder / LOCK_OWNER_NAME, f"pid {os.getpid()} on {socket.gethostname()}, {purpose}, since {started}\n"
+        )
+    return lock
+
+
+def unlock_folder(folder: str | os.PathLike) -> None:
+    """Release this process's lock of ``folder`` taken by :func:`lock_folder` (however often it was taken)."""
+    folder = Path(folder)
+    lock = _HELD_LOCKS.pop(folder.resolve(), None)
+    if lock is not None and lock.is_locked:
+        (folder / LOCK_OWNER_NAME).unlink(missing_ok=True)
+        lock.release(force=True)
+
+
+def _lock_holder(folder: Path) -> str:
+    try:
+        return (folder / LOCK_OWNER_NAME).read_text(encoding="utf-8").strip() or "holder unknown"
+    except OSError:
+        return "holder unknown"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

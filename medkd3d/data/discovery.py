@@ -20,6 +20,7 @@ exactly once per subject.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -130,14 +131,47 @@ def match_modality(file_name: str) -> str | None:
     return _MODALITY_TOKENS.get(tokens[-1]) if tokens else None
 
 
-def _subject_folders(root: Path) -> list[Path]:
-    """Folders under ``root`` (any depth, hidden ones skipped) that directly hold NIfTI files, sorted."""
-    folders = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+def _dangling_link(path: Path) -> DataProblem:
+    """The problem of a symbolic link whose target does not exist."""
+    subject = path.parent.name if nifti_stem(path.name) is not None else path.name
+    return DataProblem(
+        subject,
+        str(path),
+        f"broken symbolic link to {os.readlink(path)} (the target does not exist)",
+        "mount or copy the target, fix the link, or remove it",
+    )
+
+
+def _subject_folders(root: Path) -> tuple[list[Path], list[DataProblem]]:
+    """Folders under ``root`` (any depth, hidden ones skipped) that directly hold NIfTI files, sorted.
+
+    Symbolic links to folders are followed - datasets are often assembled from links into a shared store - but
+    each real folder is visited once, so a link to an ancestor (a loop) or a second link to the same folder is
+    skipped with a warning instead of recursing forever or listing a subject twice. Links whose target does not
+    exist are returned as problems naming the link.
+
+    Returns:
+        The subject folders (by the path they were found under) and the broken-link problems.
+    """
+    folders, problems = [], []
+    visited = {os.path.realpath(root)}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(d for d in dirs if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(folder, name))
+            if real in visited:
+                logger.warning("skipping %s: it links to %s, which is already searched", Path(folder, name), real)
+                continue
+            visited.add(real)
+            kept.append(name)
+        dirs[:] = kept
+        for name in sorted(files):  # os.walk lists a broken link among the files
+            path = Path(folder, name)
+            if not name.startswith(".") and path.is_symlink() and not path.exists():
+                problems.append(_dangling_link(path))
         if any(nifti_stem(f) is not None for f in files):
             folders.append(Path(folder))
-    return sorted(folders, key=lambda p: p.relative_to(root).as_posix())
+    return sorted(folders, key=lambda p: p.relative_to(root).as_posix()), problems
 
 
 def detect_layout(root: str | os.PathLike) -> str:
@@ -170,7 +204,7 @@ def _find_modalities(folder: Path, subject: str) -> tuple[dict[str, Path], list[
         modality = match_modality(path.name) if path.is_file() else None
         if modality is not None:
             found.setdefault(modality, []).append(path)
-        elif nifti_stem(path.name) is not None:
+        elif nifti_stem(path.name) is not None and path.exists():  # a broken link is reported by _subject_folders
             logger.debug("%s: ignoring %s (no modality in its name)", subject, path.name)
     where = str(folder)
     problems = []
@@ -199,11 +233,70 @@ def _find_modalities(folder: Path, subject: str) -> tuple[dict[str, Path], list[
     return {m: paths[0] for m, paths in found.items() if len(paths) == 1}, problems
 
 
+#: Field delimiters a labels CSV may use: spreadsheets in many locales save ``;``, "text" exports use tabs.
+CSV_DELIMITERS: tuple[str, ...] = (",", ";", "\t", "|")
+
+
+def _decode_csv(path: Path) -> str:
+    """The text of a labels CSV: UTF-8 (with or without BOM), UTF-16 with BOM, or else Latin-1 with a warning.
+
+    Spreadsheets on Windows save "CSV" as Windows-1252/Latin-1 and "Unicode text" as UTF-16; decoding those as
+    UTF-8 fails with a bare ``'utf-8' codec can't decode``. Every byte is a Latin-1 character, so a non-UTF-8
+    file is read as Latin-1 (subject ids and grades are ASCII, which both encodings agree on) and the user is
+    told so, to re-save it as UTF-8 if accented text matters.
+
+    Raises:
+        ValueError: for a file that holds NUL bytes without a UTF-16 BOM (not a text file), naming the file.
+    """
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        if b"\x00" in data:
+            raise ValueError(
+                f"labels CSV {path} is not a text file in a known encoding ({error}); "
+                "re-save it as CSV UTF-8 (comma delimited)"
+            ) from None
+        logger.warning(
+            "labels CSV %s is not UTF-8 (byte %d); reading it as Latin-1 - re-save it as CSV UTF-8 if names look wrong",
+            path,
+            error.start,
+        )
+        return data.decode("latin-1")
+
+
+def sniff_delimiter(lines: Sequence[str]) -> str:
+    """The delimiter of :data:`CSV_DELIMITERS` that splits the first lines of a CSV into the most, equal columns.
+
+    ``csv.Sniffer`` guesses from character frequencies and is easily misled (a ``,`` decimal mark in a
+    ``;``-separated file); here a delimiter must give most sampled rows the header's number of fields (a stray
+    trailing delimiter on a few rows is tolerated).
+
+    Args:
+        lines: the first lines of the file (header first).
+
+    Returns:
+        The delimiter; ``","`` when no candidate splits the header into more than one column.
+    """
+    best, best_width = ",", 1
+    sample = [line for line in lines if line.strip()]
+    for delimiter in CSV_DELIMITERS:
+        rows = list(csv.reader(sample, delimiter=delimiter))
+        width = len(rows[0]) if rows else 0
+        if width > best_width and 2 * sum(len(row) == width for row in rows[1:]) >= len(rows) - 1:
+            best, best_width = delimiter, width
+    return best
+
+
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-        return [f.strip() for f in reader.fieldnames or []], rows
+    """The stripped header and rows of a CSV, whatever its delimiter (see :func:`sniff_delimiter`) and encoding."""
+    text = _decode_csv(path)
+    delimiter = sniff_delimiter(text.splitlines()[:50])
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)  # keeps quoted line breaks
+    rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    return [f.strip() for f in reader.fieldnames or []], rows
 
 
 def _pick_column(fields: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, path: Path) -> str:
@@ -389,7 +482,9 @@ def _discover(
 
     find_label = _label_finder(table.values) if table is not None else None
     records = []
-    for folder in _subject_folders(root):
+    folders, link_problems = _subject_folders(root)
+    problems += link_problems
+    for folder in folders:
         subject = folder.name
         files, subject_problems = _find_modalities(folder, subject)
         problems += subject_problems
@@ -553,4 +648,42 @@ def load_datalist(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(datalist, dict) or not isinstance(datalist.get("training"), list):
         raise ValueError(f"datalist {path} has no 'training' list of records; regenerate it with `medkd3d datalist`")
+    problems = _record_problems(datalist, path)
+    if problems:
+        raise DataValidationError(problems, context=f"datalist {path}")
     return _map_paths(datalist, lambda p: str((path.parent / p).resolve()))
+
+
+def _record_problems(datalist: Mapping[str, Any], path: Path) -> list[DataProblem]:
+    """Records of the ``training``/``testing`` lists that are not objects with an ``image`` list of paths.
+
+    A hand-edited datalist with a bare string or a record without ``image`` would otherwise fail much later with
+    an ``AttributeError`` deep in validation or splitting, naming neither the file nor the record.
+    """
+    problems = []
+    fix = 'each record must be an object like {"subject": ..., "image": [t1, t1ce, t2, flair], "label": ...}'
+    for key in ("training", "testing"):
+        records = datalist.get(key)
+        if records is None:
+            continue
+        if not isinstance(records, list):
+            problems.append(
+                DataProblem("<dataset>", str(path), f"'{key}' is a {type(records).__name__}, not a list", fix)
+            )
+            continue
+        for index, record in enumerate(records):
+            where = f"{key}[{index}]"
+            if not isinstance(record, Mapping):
+                shown = repr(record) if len(repr(record)) <= 60 else repr(record)[:57] + "..."
+                problems.append(
+                    DataProblem(where, str(path), f"record is a {type(record).__name__} ({shown}), not an object", fix)
+                )
+                continue
+            subject = record.get("subject")
+            where = f"{where} (subject {subject!r})" if subject is not None else where
+            image = record.get("image")
+            if not isinstance(image, list) or not image or not all(isinstance(p, str) for p in image):
+                problems.append(
+                    DataProblem(where, str(path), f"record has no 'image' list of file paths (got {image!r})", fix)
+                )
+    return problems

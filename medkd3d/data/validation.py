@@ -14,7 +14,7 @@ import numbers
 import os
 import zlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -89,7 +89,7 @@ def _check_subject(record: Mapping[str, Any], affine_atol: float) -> list[DataPr
     if record.get("seg"):
         files.append(("seg", record["seg"]))
     problems: list[DataProblem] = []
-    reference: tuple[str, _Geometry] | None = None
+    read: list[tuple[str, str, _Geometry]] = []
     for name, path in files:
         if not path:
             problems.append(
@@ -103,28 +103,62 @@ def _check_subject(record: Mapping[str, Any], affine_atol: float) -> list[DataPr
             continue
         geometry, file_problems = _inspect_file(subject, name, str(path), expect_signal=name != "seg")
         problems += file_problems
-        if geometry is None:
-            continue
-        if reference is None:
-            reference = (name, geometry)
-            continue
-        ref_name, ref = reference
-        if geometry.shape != ref.shape:
+        if geometry is not None:
+            read.append((name, str(path), geometry))
+    return problems + _grid_problems(subject, read, affine_atol)
+
+
+def _majority(items: Sequence[Any], same: Callable[[Any, Any], bool]) -> int:
+    """Index of the item that agrees (``same``) with the most items; ties go to the earliest."""
+    votes = [sum(same(item, other) for other in items) for item in items]
+    return votes.index(max(votes))
+
+
+def _grid_problems(subject: str, read: Sequence[tuple[str, str, _Geometry]], affine_atol: float) -> list[DataProblem]:
+    """Files of one subject whose shape or affine differs from the majority of its files.
+
+    The reference is the grid most files share (ties: the earliest file's, T1 first), so one odd modality is
+    blamed alone, not the three good ones compared against it.
+
+    Args:
+        subject: the subject id.
+        read: ``(name, path, geometry)`` of the subject's readable files, in datalist order.
+        affine_atol: tolerance of the affine comparison.
+
+    Returns:
+        One problem per file off the reference grid.
+    """
+    if len(read) < 2:
+        return []
+    problems = []
+    shape = read[_majority([g.shape for _, _, g in read], lambda a, b: a == b)][2].shape
+    for name, path, geometry in read:
+        if geometry.shape != shape:
+            agreeing = ", ".join(n for n, _, g in read if g.shape == shape)
             problems.append(
                 DataProblem(
                     subject,
-                    str(path),
-                    f"{name}: shape {geometry.shape} differs from {ref_name}'s {ref.shape}",
+                    path,
+                    f"{name}: shape {geometry.shape} differs from {shape}, the shape of {agreeing}",
                     _FIX_GRID,
                 )
             )
-        elif not np.allclose(geometry.affine, ref.affine, rtol=0.0, atol=affine_atol):
-            difference = float(np.abs(geometry.affine - ref.affine).max())
+    on_shape = [(name, path, geometry) for name, path, geometry in read if geometry.shape == shape]
+
+    def close(a: np.ndarray, b: np.ndarray) -> bool:
+        return bool(np.allclose(a, b, rtol=0.0, atol=affine_atol))
+
+    affine = on_shape[_majority([g.affine for _, _, g in on_shape], close)][2].affine
+    agreeing = ", ".join(n for n, _, g in on_shape if close(g.affine, affine))
+    for name, path, geometry in on_shape:
+        if not close(geometry.affine, affine):
+            difference = float(np.abs(geometry.affine - affine).max())
             problems.append(
                 DataProblem(
                     subject,
-                    str(path),
-                    f"{name}: affine differs from {ref_name}'s by up to {difference:.4g} (tolerance {affine_atol:g})",
+                    path,
+                    f"{name}: affine differs from that of {agreeing} by up to {difference:.4g} "
+                    f"(tolerance {affine_atol:g})",
                     _FIX_GRID,
                 )
             )

@@ -7,7 +7,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import default_prepare_batch
 from monai.inferers import Inferer
 from torch import nn
+
+from medkd3d.utils import atomic_write_text
 
 from .metrics import ClassificationReport
 
@@ -97,20 +98,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_metrics(metrics: Mapping[str, Any], out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
     """Write metrics to ``<out_dir>/<name>.json`` (nested, as given) and ``<out_dir>/<name>.csv`` (flattened,
-    columns ``metric,value``), each atomically.
+    columns ``metric,value``), each atomically (:func:`medkd3d.utils.atomic_write_text`, so with the permissions
+    of a plain ``open``, not a temporary file's ``0o600``).
 
     Args:
         metrics: e.g. the result of :func:`evaluate_classifier`.
@@ -128,10 +119,10 @@ def write_metrics(metrics: Mapping[str, Any], out_dir: str | os.PathLike, name: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out_dir / f"{name}.json", out_dir / f"{name}.csv"
-    _write_atomic(json_path, json.dumps(_json_safe(metrics), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(_json_safe(metrics), indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["metric", "value"])
     writer.writerows(flatten_metrics(_json_safe(metrics)).items())
-    _write_atomic(csv_path, buffer.getvalue())
+    atomic_write_text(csv_path, buffer.getvalue())
     return json_path, csv_path

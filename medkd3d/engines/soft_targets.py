@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from monai.transforms import Compose, MapTransform
 from monai.transforms.traits import RandomizableTrait
 from torch import nn
 from tqdm import tqdm
+
+from medkd3d.utils import atomic_path
 
 __all__ = ["SoftTargetCache", "find_random_transforms", "precompute_soft_targets", "teacher_fingerprint"]
 
@@ -125,14 +126,8 @@ class SoftTargetCache:
             "logits": self._logits,
             "metadata": {key: value for key, value in self.metadata.items() if key != "path"},
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:  # also gives the file a plain file's permissions, not mkstemp's 0o600
+            torch.save(payload, tmp)
         return path
 
     @classmethod

@@ -34,7 +34,7 @@ from medkd3d.export.onnx import DEFAULT_OPSET, export_onnx
 from medkd3d.export.parity import PRECISION_TOLERANCES, ParityError, ParityReport, ParityTolerance, check_parity
 from medkd3d.export.runtime import load_runtime
 from medkd3d.export.torchscript import export_torchscript
-from medkd3d.utils import atomic_write_text
+from medkd3d.utils import atomic_write_text, remove_stale_temp_files
 
 __all__ = [
     "ARTEFACT_NAMES",
@@ -142,6 +142,8 @@ def _tolerance(precision: str, atol: float | None, min_agreement: float | None) 
 
 
 def _partial_path(final: Path) -> Path:
+    """Where this process writes ``final`` before checking it; stale partials of killed exports are removed."""
+    remove_stale_temp_files(final)
     return final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
 
 

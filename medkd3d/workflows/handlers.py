@@ -6,22 +6,27 @@ import csv
 import io
 import logging
 import os
+import random
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver, EarlyStopHandler
 from monai.utils import evenly_divisible_all_gather, string_list_all_gather
 
-from medkd3d.utils import atomic_write_text
+from medkd3d.utils import atomic_path, atomic_write_text, lock_folder, remove_stale_temp_files, unlock_folder
 
 __all__ = [
     "AtomicCheckpointSaver",
     "ClassProbabilityWriter",
     "ClassificationMetricsWriter",
+    "RandomStates",
     "TrainingCheckpoint",
     "ValidationEarlyStopping",
 ]
@@ -41,7 +46,12 @@ class _AtomicDiskSaver(DiskSaver):
         self.filename = filename
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        super().__call__(checkpoint, self.filename or filename, metadata)
+        if idist.get_rank() != self.save_on_rank:
+            return
+        # medkd3d's atomic writer rather than Ignite's: its temporary file names the target and the writer's pid,
+        # so a later run can remove what a killed save left (Ignite's anonymous ``tmpXXXXXXXX`` files pile up)
+        with atomic_path(self.dirname / (self.filename or filename)) as tmp, tmp.open("wb") as stream:
+            torch.save(checkpoint, stream, **self.kwargs)
 
     def remove(self, filename: str) -> None:
         if self.filename is None:
@@ -92,12 +102,17 @@ class AtomicCheckpointSaver(CheckpointSaver):
 class TrainingCheckpoint:
     """Save the whole training state after every epoch to one file, and resume from it on request.
 
-    Attach it to the trainer. It saves ``save_dict`` plus the trainer itself (epoch and iteration counters) to
-    ``path`` atomically after every epoch, replacing the previous state. With ``resume=True`` and an existing
-    ``path``, the state is restored when the run starts, so training continues at the next epoch with the
-    optimizer, learning-rate schedule and best-metric tracking it had. A bundle config cannot reference the
-    trainer from one of its own handlers (that would be a reference cycle); this handler receives it in
-    :meth:`attach` instead.
+    Attach it to the trainer. It saves ``save_dict`` plus the trainer itself (epoch and iteration counters) and
+    the random number generators (see :class:`RandomStates`) to ``path`` atomically after every epoch, replacing
+    the previous state. With ``resume=True`` and an existing ``path``, the state is restored when the run starts,
+    so training continues at the next epoch with the optimizer, learning-rate schedule, best-metric tracking and
+    random streams it had: on the CPU a resumed run reproduces the uninterrupted one bit for bit. A bundle config
+    cannot reference the trainer from one of its own handlers (that would be a reference cycle); this handler
+    receives it in :meth:`attach` instead.
+
+    When the run starts, the checkpoint folder is locked (:func:`medkd3d.utils.lock_folder`) until it completes,
+    so a second run into the same folder stops with a message naming the folder and the running one instead of
+    overwriting its best model; then the temporary files of killed checkpoint writes are removed.
 
     Args:
         path: the checkpoint file, e.g. ``models/last.pt``.
@@ -112,20 +127,172 @@ class TrainingCheckpoint:
         self.resume = resume
 
     def attach(self, engine: Engine) -> None:
-        """Attach the saver (and, when resuming, the loader) to the trainer ``engine``."""
+        """Attach the folder lock, the saver (and, when resuming, the loader) to the trainer ``engine``."""
+        # registered first, so the folder is ours before anything in it is read or written
+        engine.add_event_handler(Events.STARTED, self._take_folder)
+        engine.add_event_handler(Events.COMPLETED, self._release_folder)
         objects = {**self.save_dict, "trainer": engine}
+        random_states = RandomStates(engine)
         if self.resume:
             if self.path.is_file():
                 CheckpointLoader(load_path=str(self.path), load_dict=objects, map_location="cpu").attach(engine)
+                # after the loader, so that nothing it restores draws from the generators once they are restored
+                engine.add_event_handler(Events.STARTED, self._restore_random_states, random_states)
             else:
                 logger.warning("resume=True but there is no checkpoint %s yet: training from the start.", self.path)
         AtomicCheckpointSaver(
             save_dir=str(self.path.parent),
-            save_dict=objects,
+            save_dict={**objects, RANDOM_STATES_KEY: random_states},
             save_interval=1,
             n_saved=1,
             interval_filename=self.path.name,
         ).attach(engine)
+
+    def _take_folder(self, _engine: Engine) -> None:
+        if idist.get_rank() != 0:  # only rank 0 writes checkpoints under DDP
+            return
+        folder = self.path.parent
+        lock_folder(folder, purpose=f"training into {self.path.name}")
+        remove_stale_temp_files(folder)
+        # Ignite's atomic saver (used before medkd3d's) left anonymous ``tmpXXXXXXXX`` files on a kill; with the
+        # folder locked, no other writer of this folder can own one
+        for leftover in folder.iterdir():
+            if _IGNITE_TEMP.fullmatch(leftover.name) and leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                logger.info("Removed %s, left by an interrupted checkpoint write.", leftover)
+
+    def _release_folder(self, _engine: Engine) -> None:
+        if idist.get_rank() == 0:
+            unlock_folder(self.path.parent)
+
+    def _restore_random_states(self, _engine: Engine, random_states: RandomStates) -> None:
+        checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
+        if RANDOM_STATES_KEY in checkpoint:
+            random_states.load_state_dict(checkpoint[RANDOM_STATES_KEY])
+        else:
+            logger.warning(
+                "%s has no random number generator states (an older checkpoint): the resumed run continues "
+                "correctly but does not reproduce an uninterrupted one exactly.",
+                self.path,
+            )
+
+
+#: Key of the :class:`RandomStates` in a :class:`TrainingCheckpoint` file.
+RANDOM_STATES_KEY = "random_states"
+
+#: Names of the temporary files of ``tempfile.NamedTemporaryFile`` (Ignite's atomic checkpoint writes).
+_IGNITE_TEMP = re.compile(r"tmp[a-z0-9_]{8}")
+
+
+class RandomStates:
+    """The random number generators a training run draws from, as a state dict of tensors and plain values.
+
+    It covers PyTorch's CPU (and, when available, CUDA) generators, NumPy's and Python's global generators, the
+    data loader's and its sampler's own generators when they have one, and the ``RandomState`` of every MONAI
+    randomizable transform of the loader's dataset: with ``num_workers=0`` those transforms draw in the main
+    process across epochs, so a resumed run needs their states, not fresh seeds. With workers, each epoch's
+    workers are seeded from PyTorch's generator (restored here) unless ``persistent_workers`` keeps them alive.
+    Everything is stored as tensors and numbers, so ``torch.load(..., weights_only=True)`` reads it.
+
+    Args:
+        engine: the trainer; its ``data_loader`` (a MONAI trainer's) is inspected for generators and transforms.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _loader(self) -> Any:
+        return getattr(self.engine, "data_loader", None)
+
+    def _loader_generators(self) -> list[torch.Generator | None]:
+        loader = self._loader()
+        return [getattr(loader, "generator", None), getattr(getattr(loader, "sampler", None), "generator", None)]
+
+    def _transform_states(self) -> list[np.random.RandomState]:
+        dataset = getattr(self._loader(), "dataset", None)
+        return _random_states_of(dataset) if dataset is not None else []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current states (see the class docstring)."""
+        version, mt_state, gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # NumPy's legacy global generator: the one third-party code (and np.random.* calls) draw from
+            "numpy": _numpy_state(np.random.get_state()),  # noqa: NPY002
+            "python": [version, list(mt_state), gauss],
+            "loader": [None if g is None else g.get_state() for g in self._loader_generators()],
+            "transforms": [_numpy_state(r.get_state()) for r in self._transform_states()],
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the states saved by :meth:`state_dict`; a part that no longer matches is skipped with a warning."""
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available() and len(state_dict["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        np.random.set_state(_from_numpy_state(state_dict["numpy"]))  # noqa: NPY002
+        version, mt_state, gauss = state_dict["python"]
+        random.setstate((version, tuple(mt_state), gauss))
+        for generator, saved in zip(self._loader_generators(), state_dict["loader"]):
+            if generator is not None and saved is not None:
+                generator.set_state(saved)
+        transforms = self._transform_states()
+        if len(transforms) != len(state_dict["transforms"]):
+            logger.warning(
+                "The checkpoint has the random states of %d transforms but the data pipeline has %d: the "
+                "transforms keep fresh seeds and the resumed run will not reproduce an uninterrupted one exactly.",
+                len(state_dict["transforms"]),
+                len(transforms),
+            )
+            return
+        for generator, saved in zip(transforms, state_dict["transforms"]):
+            generator.set_state(_from_numpy_state(saved))
+
+
+def _numpy_state(state: tuple) -> dict[str, Any]:
+    """A NumPy ``MT19937`` state tuple as tensors and numbers (``weights_only`` loading refuses arrays)."""
+    _, keys, position, has_gauss, cached_gaussian = state
+    return {
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(position),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+
+
+def _from_numpy_state(state: Mapping[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return "MT19937", keys, state["pos"], state["has_gauss"], state["cached_gaussian"]
+
+
+def _random_states_of(root: Any) -> list[np.random.RandomState]:
+    """The ``RandomState`` (``.R``) of every MONAI randomizable object reachable from ``root``, in a fixed order.
+
+    The walk follows :func:`monai.data.utils.set_rnd` (what seeds the transforms of a MONAI data loader: object
+    attributes, lists and tuples, no dicts, so cached data is not visited) but also enters randomizable
+    objects, as a ``Compose`` holds the randomizable transforms it seeds.
+    """
+    found: list[np.random.RandomState] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any) -> None:
+        if id(obj) in seen or isinstance(obj, (torch.Tensor, np.ndarray, str, bytes)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            for item in obj:
+                visit(item)
+            return
+        state = getattr(obj, "R", None) if hasattr(obj, "set_random_state") else None
+        if isinstance(state, np.random.RandomState) and id(state) not in seen:
+            seen.add(id(state))
+            found.append(state)
+        for key, value in getattr(obj, "__dict__", {}).items():
+            if not key.startswith("__"):
+                visit(value)
+
+    visit(root)
+    return found
 
 
 class ValidationEarlyStopping:

@@ -293,8 +293,40 @@ def _measure(
     )
 
 
+#: File in a bundle's checkpoint folder recording that the pipeline started / finished its training, and with what.
+TRAINING_MARKER = "pipeline_training.json"
+
+
+def _training_identity(overrides: Mapping[str, Any], profiles: Sequence[str]) -> dict[str, Any]:
+    """What decides a bundle's training (its overrides and profiles), as JSON values for the marker."""
+    identity = {"profiles": list(profiles), "overrides": {k: v for k, v in overrides.items() if k != "resume"}}
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
+
+
+def _training_state(marker: Path, identity: Mapping[str, Any]) -> str | None:
+    """``"finished"`` or ``"started"`` when ``marker`` records a training with these settings, else ``None``.
+
+    A marker of other settings (or an unreadable one) means the checkpoints there are not this run's: training
+    starts afresh and replaces them, as a first run would.
+    """
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict) or recorded.get("settings") != identity:
+        if marker.exists():
+            logger.info("%s records a training with other settings: training %s afresh.", marker, marker.parent)
+        return None
+    state = recorded.get("state")
+    return state if state in ("started", "finished") else None
+
+
 def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     """Run the whole job through the bundles and write the comparison report.
+
+    Rerunning the same settings into the same ``out_dir`` after an interruption skips the bundles whose training
+    finished (recorded in ``<out>/<bundle>/models/pipeline_training.json``) and resumes the one that was
+    interrupted from its ``last.pt`` (the bundle's ``resume``); evaluation, export and the report are redone.
 
     Args:
         settings: what to run (see :class:`PipelineSettings`).
@@ -309,6 +341,7 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     import torch
 
     from medkd3d.data import write_datalist
+    from medkd3d.utils import atomic_write_text
     from medkd3d.workflows.bundle import find_bundle_root, read_profiles, run_bundle_config
     from medkd3d.workflows.data import ensure_dataset, prepare_dataset
     from medkd3d.workflows.report import baseline_result, bundle_evaluation_split, write_report
@@ -342,11 +375,23 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     shared.update({k: v for k, v in shorthands.items() if v is not None})
     runs = {m.bundle: _overrides(m, settings, shared) for m in models}
     for model in models:
-        logger.info("=== training %s (profiles %s) ===", model.bundle, profiles[model.bundle])
+        # a rerun after a kill skips the bundles whose training finished and resumes the one that was in flight
+        marker = Path(runs[model.bundle]["ckpt_dir"]) / TRAINING_MARKER
+        identity = _training_identity(runs[model.bundle], profiles[model.bundle])
+        state = _training_state(marker, identity)
+        if state == "finished":
+            logger.info("=== %s: trained by an earlier run with these settings (%s), skipped ===", model.bundle, marker)
+            continue
+        resume = state == "started"
+        logger.info(
+            "=== %s %s (profiles %s) ===", "resuming" if resume else "training", model.bundle, profiles[model.bundle]
+        )
+        atomic_write_text(marker, json.dumps({"state": "started", "settings": identity}, indent=2) + "\n")
         run_bundle_config(
             roots[model.bundle], "train.json", tracking=settings.tracking, profiles=profiles[model.bundle],
-            **runs[model.bundle],
+            **{**runs[model.bundle], "resume": resume},
         )  # fmt: skip
+        atomic_write_text(marker, json.dumps({"state": "finished", "settings": identity}, indent=2) + "\n")
     for model in models:
         logger.info("=== evaluating %s ===", model.bundle)
         run_bundle_config(
@@ -437,7 +482,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pipeline",
         help="train teachers, distill students, evaluate, export and compare - all through the MONAI bundles",
         description="(synthesise the dataset if needed) -> train each teacher -> distill each student -> evaluate every "
-        "model on the same fold -> export -> comparison report (Markdown + CSV), each step a MONAI bundle run.",
+        "model on the same fold -> export -> comparison report (Markdown + CSV), each step a MONAI bundle run. "
+        "Rerunning the same command after an interruption skips finished trainings and resumes the interrupted one.",
     )
     parser.add_argument(
         "--dataset-dir",

@@ -74,8 +74,11 @@ CORRUPTIONS = {
     "nan_inf": (_nan, "t2", "2 NaN/Inf voxels"),
     "all_zero": (_zero, "flair", "all voxels are zero"),
     "four_d": (_four_d, "t1ce", "is 4D"),
-    "shape": (_shape, "t2", "shape (47, 48, 40) differs from t1's (48, 48, 40)"),
-    "affine": (_affine, "flair", "affine differs from t1's by up to 2"),
+    "shape": (_shape, "t2", "t2: shape (47, 48, 40) differs from (48, 48, 40), the shape of t1, t1ce, flair, seg"),
+    "affine": (_affine, "flair", "flair: affine differs from that of t1, t1ce, t2, seg by up to 2"),
+    # one odd first modality is blamed alone, not the three good ones compared against it
+    "t1_shape": (_shape, "t1", "t1: shape (47, 48, 40) differs from (48, 48, 40), the shape of t1ce, t2, flair, seg"),
+    "t1_affine": (_affine, "t1", "t1: affine differs from that of t1ce, t2, flair, seg by up to 2"),
     "seg_shape": (_shape, "seg", "seg: shape"),
     "missing": (_missing, "t1", "missing modality t1"),
 }

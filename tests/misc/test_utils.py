@@ -5,11 +5,24 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from medkd3d.utils import atomic_path, atomic_write_text
+from medkd3d.utils import (
+    FolderInUseError,
+    atomic_path,
+    atomic_write_text,
+    lock_folder,
+    pid_alive,
+    remove_stale_temp_files,
+    unlock_folder,
+)
+
+#: Above Linux's largest pid (pid_max <= 2**22), so never a running process.
+DEAD_PID = 2**22 + 12345
 
 
 def test_atomic_write_replaces_whole_file_with_umask_permissions(tmp_path: Path) -> None:
@@ -58,3 +71,48 @@ def test_lazy_exports_loads_on_access_and_lists_names() -> None:
     with pytest.raises(AttributeError, match=re.escape("'medkd3d.data' has no attribute 'nope'")):
         get("nope")
     assert medkd3d.data.volume_transforms is volume_transforms
+
+
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s lock until its stdin closes."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; from medkd3d.utils import lock_folder; lock_folder({str(folder)!r}, "
+         "'training test'); print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_folder_lock_refuses_a_second_process_and_names_the_holder(tmp_path: Path) -> None:
+    holder = _hold_lock(tmp_path)
+    try:
+        with pytest.raises(FolderInUseError) as info:
+            lock_folder(tmp_path)
+        assert str(tmp_path) in str(info.value) and f"pid {holder.pid}" in str(info.value)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    # the holder ended: the lock is free; it is re-entrant within one process until unlocked
+    lock_folder(tmp_path)
+    lock_folder(tmp_path)
+    unlock_folder(tmp_path)
+    holder = _hold_lock(tmp_path)  # another process gets it after unlock_folder
+    holder.stdin.close()
+    holder.wait(timeout=30)
+
+
+def test_stale_temp_files_of_dead_writers_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    assert pid_alive(os.getpid()) and not pid_alive(DEAD_PID)
+    stale = [tmp_path / f".model.pt.{DEAD_PID}.ab12cd_x.tmp", tmp_path / f".model.partial-{DEAD_PID}.pt"]
+    running = [tmp_path / f".model.pt.{os.getpid()}.zz99yy00.tmp"]  # a write in progress: left alone
+    other = [tmp_path / f".last.pt.{DEAD_PID}.ab12cd_x.tmp", tmp_path / "notes.tmp"]  # another target: left alone
+    for path in [*stale, *running, *other]:
+        path.write_bytes(b"")
+    atomic_write_text(tmp_path / "model.pt", "weights")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in [*running, *other, tmp_path / "model.pt"]
+    )
+    # a folder: every target's stale files go, the running writer's stay
+    assert remove_stale_temp_files(tmp_path) == [other[0]]
+    assert running[0].exists() and other[1].exists()
