@@ -57,6 +57,7 @@ _REFUSAL_NAMES: frozenset[str] = frozenset(
     {
         "medkd3d.export.parity.ParityError",
         "medkd3d.export.runtime.BackendUnavailableError",
+        "medkd3d.workflows.bundle.BundleOutOfMemoryError",  # names the batch / spatial size / profile that fit
     }
 )
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from medkd3d.ablation.grid import KD_MODES, parse_size
+from medkd3d.export.cli import parse_override as _override
 from medkd3d.utils import positive_int
 
 __all__ = ["register"]
@@ -36,17 +35,6 @@ def _size(value: str) -> int | str:
         return parse_size(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with a JSON value (a plain string when it is not JSON), as ``monai.bundle run`` takes it."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. learning_rate=5e-4), got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

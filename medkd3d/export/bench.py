@@ -17,8 +17,9 @@ thread pools, allocator caches and peak memory do not leak into the next:
 
 Ratios measured in the same run: each student against its teacher (the teacher bundle named by the student's
 ``train.json``), ONNX Runtime and TorchScript against eager, TensorRT against eager on the GPU. Results are
-written as markdown and CSV with the machine's description. Weights are the bundle checkpoint when present,
-else random: speed does not depend on the weight values.
+written as markdown and CSV with the machine's description. Weights are random by default (speed does not depend
+on the weight values), so a run never depends on what a user trained into ``bundles/*/models``;
+``--weights checkpoint`` measures each bundle's trained ``models/model.pt`` instead (an error where it is missing).
 """
 
 from __future__ import annotations
@@ -38,13 +39,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUNTIMES", "add_arguments", "machine_info", "main", "run_benchmark", "teacher_of", "write_results"]
+__all__ = [
+    "RUNTIMES",
+    "WEIGHTS",
+    "add_arguments",
+    "load_bench_bundle",
+    "machine_info",
+    "main",
+    "run_benchmark",
+    "teacher_of",
+    "write_results",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Runtimes the benchmark knows; ``tensorrt-*`` need a GPU and the ``tensorrt`` package.
 RUNTIMES: tuple[str, ...] = ("eager", "torchscript", "onnxruntime", "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8")
 _ARTEFACT_OF = {"torchscript": "model.ts", "onnxruntime": "model.onnx"}
+#: Where the benchmarked weights come from: fresh random ones, or each bundle's trained checkpoint.
+WEIGHTS: tuple[str, ...] = ("random", "checkpoint")
+#: Checkpoint path handed to ``load_bundle`` for random weights: never a regular file, so the bundle's default
+#: ``models/model.pt`` (possibly trained at another size) is not read and the random initial weights are kept.
+_NO_CHECKPOINT = os.devnull
 
 
 # --------------------------------------------------------------------------------------------------- machine
@@ -100,6 +116,42 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     return info
 
 
+# ---------------------------------------------------------------------------------------------------- weights
+def load_bench_bundle(
+    bundle_root: str | os.PathLike, overrides: dict[str, Any], checkpoint: str | os.PathLike | None
+) -> Any:
+    """A bundle's model for the benchmark: random weights unless ``checkpoint`` is given.
+
+    Args:
+        bundle_root: the bundle directory.
+        overrides: config overrides (e.g. the tiny ones of ``--size tiny``).
+        checkpoint: weights to load; ``None`` keeps random weights and never reads the bundle's own
+            ``models/model.pt``, whatever the working tree holds.
+
+    Returns:
+        The :class:`~medkd3d.export.bundle.BundleModel`.
+
+    Raises:
+        FileNotFoundError: if ``checkpoint`` is given and missing.
+        RuntimeError: if ``checkpoint`` does not fit the network.
+    """
+    from medkd3d.export.bundle import load_bundle
+
+    if checkpoint is not None:
+        return load_bundle(bundle_root, checkpoint=checkpoint, overrides=overrides)
+    return load_bundle(bundle_root, checkpoint=_NO_CHECKPOINT, overrides=overrides, random_weights=True)
+
+
+def _default_checkpoint(bundle_root: Path, overrides: dict[str, Any]) -> Path:
+    """The checkpoint a bundle's inference config points at (``ckpt_path``, ``models/model.pt`` by default)."""
+    from medkd3d.export.bundle import bundle_parser
+
+    parser = bundle_parser(bundle_root.resolve(), overrides, "inference.json")
+    if "ckpt_path" in parser:
+        return Path(str(parser.get_parsed_content("ckpt_path")))
+    return bundle_root.resolve() / "models" / "model.pt"
+
+
 # ---------------------------------------------------------------------------------------------------- worker
 def _timed(run: Callable[[], Any], warmup: int, min_repeats: int, max_repeats: int, max_seconds: float) -> list[float]:
     """Milliseconds of ``run()`` calls: ``warmup`` untimed, then at least ``min_repeats`` and at most ``max_repeats``,
@@ -146,11 +198,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     rss_before = _proc_status_kb("VmRSS")
 
     if runtime_name == "eager":
-        from medkd3d.export.bundle import load_bundle
-
-        network = load_bundle(
-            spec["bundle_root"], checkpoint=spec.get("checkpoint"), overrides=spec["overrides"], random_weights=True
-        ).network.to(device)
+        network = load_bench_bundle(spec["bundle_root"], spec["overrides"], spec.get("checkpoint")).network.to(device)
 
         def call(x: torch.Tensor) -> Any:
             with torch.inference_mode():
@@ -246,12 +294,13 @@ def _bundle_rows(
     settings: dict[str, Any],
     overrides: dict[str, Any],
     data: str | None,
+    weights: str = "random",
 ) -> list[dict[str, Any]]:
-    from medkd3d.export.bundle import load_bundle
     from medkd3d.export.exporter import export_model
     from medkd3d.networks.profile import count_gflops, count_parameters
 
-    bundle = load_bundle(bundle_root, overrides=overrides, random_weights=True)
+    checkpoint = _default_checkpoint(bundle_root, overrides) if weights == "checkpoint" else None
+    bundle = load_bench_bundle(bundle_root, overrides, checkpoint)
     out = scratch / bundle.name
     formats = [f for f, r in (("torchscript", "torchscript"), ("onnx", "onnxruntime")) if r in runtimes]
     if any(r.startswith("tensorrt") for r in runtimes):
@@ -473,6 +522,7 @@ def run_benchmark(
     data: str | None = None,
     stem: str | None = None,
     timeout: float = 1800.0,
+    weights: str = "random",
 ) -> tuple[list[dict[str, Any]], Path, Path]:
     """Benchmark every bundle on every available runtime and write the markdown and CSV results.
 
@@ -491,14 +541,22 @@ def run_benchmark(
         data: datalist or dataset folder for the parity checks, shapes and INT8 calibration (default: synthetic).
         stem: results file name without suffix (default ``deploy_<device>``).
         timeout: seconds allowed per measurement subprocess.
+        weights: ``"random"`` (default: the bundles' checkpoints are never read) or ``"checkpoint"`` (each
+            bundle's ``ckpt_path``, ``models/model.pt``, trained with the same ``size``).
 
     Returns:
         The rows and the markdown and CSV paths.
+
+    Raises:
+        ValueError: for an unknown ``size``, runtime or ``weights``.
+        FileNotFoundError: with ``weights="checkpoint"``, if a bundle has no checkpoint.
     """
     from medkd3d.export.bundle import tiny_overrides
 
     if size not in ("default", "tiny"):
         raise ValueError(f"size must be 'default' or 'tiny', got {size!r}.")
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}.")
     unknown = sorted(set(runtimes) - set(RUNTIMES))
     if unknown:
         raise ValueError(f"Unknown runtime(s) {unknown}; choose from {', '.join(RUNTIMES)}.")
@@ -512,7 +570,7 @@ def run_benchmark(
     with tempfile.TemporaryDirectory(prefix="medkd3d-bench-") as scratch:
         for bundle_root in bundles:
             overrides = tiny_overrides(bundle_root) if size == "tiny" else {}
-            rows += _bundle_rows(Path(bundle_root), runtimes, Path(scratch), settings, overrides, data)
+            rows += _bundle_rows(Path(bundle_root), runtimes, Path(scratch), settings, overrides, data, weights)
     if hasattr(os, "getloadavg"):
         machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     md, csv_path = write_results(
@@ -543,6 +601,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size", default="default", choices=("default", "tiny"), help="input size (default: the bundles')"
     )
+    parser.add_argument(
+        "--weights",
+        default="random",
+        choices=WEIGHTS,
+        help="random (default: never reads bundles/*/models, speed does not depend on the weights) or checkpoint "
+        "(each bundle's trained models/model.pt, trained at the same --size)",
+    )
     parser.add_argument("--batch", type=int, default=4, help="batch size of the throughput measurement (default: 4)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--min-repeats", type=int, default=5)
@@ -562,7 +627,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     rows, md, csv_path = run_benchmark(
         bundles, args.runtimes, args.out, args.device, args.size, args.batch, args.warmup, args.min_repeats,
-        args.max_repeats, args.max_seconds, args.threads, args.data, args.stem,
+        args.max_repeats, args.max_seconds, args.threads, args.data, args.stem, weights=args.weights,
     )  # fmt: skip
     print(md.read_text())
     print(f"Wrote {md} and {csv_path}.")

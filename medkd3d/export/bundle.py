@@ -13,8 +13,10 @@ This module sits below :mod:`medkd3d.workflows` (the bundles' glue and ``medkd3d
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +29,174 @@ from medkd3d.export.declarative import DOCUMENT_FORMAT, declare_component, valid
 from medkd3d.export.deployment import DeploymentConfig
 
 __all__ = [
+    "CONFIG_KEY",
     "BundleModel",
+    "attach_config",
     "bundle_parser",
+    "check_checkpoint_config",
+    "checkpoint_config",
     "inference_document",
     "load_bundle",
     "load_bundle_network",
     "load_checkpoint",
+    "network_arguments",
     "prepare_for_export",
+    "read_checkpoint_config",
+    "run_config",
     "tiny_overrides",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Entry of a checkpoint dictionary (``last.pt``) with the configuration the checkpoint was trained with.
+CONFIG_KEY = "config"
+#: Where a bare state dict (``model.pt``, as MONAI's ``CheckpointSaver`` writes a single object) keeps it: in the
+#: dict's ``_metadata``, which ``load_state_dict`` only reads per module prefix, so every strict loader (MONAI's
+#: ``CheckpointLoader``, ``ckpt_export``, the teacher loader) still accepts the file unchanged.
+_METADATA_KEY = "medkd3d:config"
+#: Recorded settings a loader compares with its own (the others are informative).
+_CHECKED_KEYS = ("spatial_size", "network_def", "class_names", "num_slices", "slice_axis", "num_stacks")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-like data (dicts, lists, str, int, float, bool, None) that ``weights_only`` loading reads."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if torch.is_tensor(value):
+        return _plain(value.tolist())
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # e.g. a torch.device or an enum: recorded for the reader, compared as text
+
+
+def network_arguments(network: nn.Module) -> dict[str, Any] | None:
+    """The registry name and build arguments of a network made by :func:`medkd3d.networks.create_model`.
+
+    Args:
+        network: a network (wrappers with ``.module`` are looked through).
+
+    Returns:
+        ``{"name": ..., <kwargs>}`` as plain data, ``None`` for a network not built from the registry.
+    """
+    args = getattr(network, "model_args", None) or getattr(getattr(network, "module", None), "model_args", None)
+    return _plain(args) if isinstance(args, Mapping) else None
+
+
+def run_config(
+    bundle: str,
+    network: nn.Module,
+    spatial_size: Any,
+    class_names: Any,
+    num_slices: int | None = None,
+    slice_axis: int | None = None,
+    num_stacks: int | None = None,
+) -> dict[str, Any]:
+    """The configuration a bundle trains with, as plain data for its checkpoints (``config``).
+
+    Args:
+        bundle: the bundle name.
+        network: the built ``network_def`` (its :func:`network_arguments` are recorded).
+        spatial_size: the training ``spatial_size``.
+        class_names: class names in label-index order.
+        num_slices: slices per stack (2.5D bundles).
+        slice_axis: slicing axis (2.5D bundles).
+        num_stacks: stacks per subject (2.5D bundles).
+
+    Returns:
+        ``{"bundle", "network_def", "spatial_size", "class_names"}`` plus the slice settings that are given.
+    """
+    config = {
+        "bundle": str(bundle),
+        "network_def": network_arguments(network),
+        "spatial_size": _plain(spatial_size),
+        "class_names": [str(name) for name in class_names],
+    }
+    slices = {"num_slices": num_slices, "slice_axis": slice_axis, "num_stacks": num_stacks}
+    config.update({key: int(value) for key, value in slices.items() if value is not None})
+    return config
+
+
+def attach_config(checkpoint: Any, config: Mapping[str, Any]) -> Any:
+    """A copy of ``checkpoint`` (what is about to be saved) that carries ``config``.
+
+    Args:
+        checkpoint: a checkpoint dictionary (``{"model": ..., "optimizer": ...}``) or a bare state dict.
+        config: plain data (:func:`run_config`).
+
+    Returns:
+        The dictionary with ``config`` under :data:`CONFIG_KEY`; a bare state dict with it in its ``_metadata``.
+    """
+    # a module's state dict always has ``_metadata``; a new ``"config"`` key would break its strict loading
+    if hasattr(checkpoint, "_metadata") or all(torch.is_tensor(v) for v in checkpoint.values()):
+        # a shallow copy: the tensors are shared, the caller's dict and its ``_metadata`` are left as they are
+        state = copy.copy(checkpoint) if hasattr(checkpoint, "_metadata") else OrderedDict(checkpoint)
+        state._metadata = OrderedDict({**getattr(checkpoint, "_metadata", {}), _METADATA_KEY: _plain(config)})
+        return state
+    return {**checkpoint, CONFIG_KEY: _plain(config)}
+
+
+def checkpoint_config(checkpoint: Any) -> dict[str, Any] | None:
+    """The training configuration a loaded checkpoint carries (see :func:`attach_config`), ``None`` when it has none."""
+    recorded = getattr(checkpoint, "_metadata", {}).get(_METADATA_KEY) if hasattr(checkpoint, "_metadata") else None
+    if recorded is None and isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(CONFIG_KEY), Mapping):
+        recorded = checkpoint[CONFIG_KEY]
+    return dict(recorded) if isinstance(recorded, Mapping) else None
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The training configuration of the checkpoint file ``path`` (``weights_only`` loading), ``None`` if none."""
+    try:  # memory-mapped: only the small pickle is read, not the weights
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint_config(checkpoint)
+
+
+def check_checkpoint_config(path: str | os.PathLike, requested: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Refuse to load a checkpoint into a configuration other than the one it was trained with.
+
+    Args:
+        path: the checkpoint file.
+        requested: the values about to be used (keys as in :func:`run_config`; ``None`` values are not checked).
+
+    Returns:
+        The recorded configuration, ``None`` for an older checkpoint without one (a warning is logged).
+
+    Raises:
+        ValueError: naming the checkpoint, the setting, the recorded and requested values and the override to pass.
+    """
+    recorded = read_checkpoint_config(path)
+    if recorded is None:
+        logger.warning(
+            "Checkpoint %s records no training configuration (written by an older medkd3d): its spatial_size, "
+            "network arguments and class names cannot be checked against this run.",
+            path,
+        )
+        return None
+    for key in _CHECKED_KEYS:
+        old, new = recorded.get(key), _plain(requested.get(key))
+        if old is None or new is None or old == new:
+            continue
+        if key == "network_def" and isinstance(old, Mapping) and isinstance(new, Mapping):
+            # arguments given on one side only are left at a default the checkpoint does not know: not compared
+            # (a different value there still fails the strict weight loading, if it changes the weights)
+            differing = [arg for arg in sorted(old.keys() & new.keys()) if old[arg] != new[arg]]
+            if not differing:
+                continue
+            fixes = " ".join(f"network_def#{arg}={json.dumps(old.get(arg))}" for arg in differing if arg != "name")
+            raise ValueError(
+                f"Checkpoint {path} was trained with network_def {old} but this run builds {new} (differing: "
+                f"{', '.join(differing)}). Pass the training values, e.g. --override {fixes or 'network_def#name=...'}, "
+                "or use a checkpoint trained with this configuration."
+            )
+        raise ValueError(
+            f"Checkpoint {path} was trained with {key}={json.dumps(old)} but this run uses {key}={json.dumps(new)}. "
+            f"Pass the training value (--override {key}={json.dumps(old, separators=(',', ':'))}) or use a "
+            "checkpoint trained with this configuration."
+        )
+    return recorded
 
 
 @dataclass
@@ -222,6 +381,8 @@ def load_bundle(
 
     Raises:
         FileNotFoundError: if the bundle's configs or the checkpoint are missing.
+        ValueError: if the checkpoint was trained with another ``spatial_size``, network arguments, class names or
+            slice settings than ``overrides`` give (:func:`check_checkpoint_config`).
         RuntimeError: if the checkpoint does not fit the network.
     """
     root = Path(bundle_root).resolve()
@@ -251,6 +412,7 @@ def load_bundle(
                 f"Checkpoint {checkpoint} of bundle {root.name} not found: train it first "
                 f"(python -m monai.bundle run --config_file {configs / 'train.json'}) or pass --checkpoint PATH."
             )
+        check_checkpoint_config(checkpoint, _requested_config(parser, network, deployment))
         load_checkpoint(network, checkpoint)
         used: Path | None = checkpoint
     else:
@@ -260,6 +422,18 @@ def load_bundle(
         {"bundle": root.name, "checkpoint": str(used) if used else None, "overrides": overrides, "config": config}
     )
     return BundleModel(root=root, network=network.cpu().eval(), deployment=deployment, parser=parser, checkpoint=used)
+
+
+def _requested_config(parser: Any, network: nn.Module, deployment: DeploymentConfig) -> dict[str, Any]:
+    """The settings of a bundle's parsed config that its checkpoint's recorded ones must match."""
+    requested: dict[str, Any] = {
+        "network_def": network_arguments(network),
+        "class_names": deployment.inference.get("class_names") or None,
+    }
+    for key in ("spatial_size", "num_slices", "slice_axis", "num_stacks"):
+        if key in parser:
+            requested[key] = parser.get_parsed_content(key)
+    return requested
 
 
 def load_bundle_network(

@@ -95,9 +95,9 @@ class EfficientNet3D(EfficientNet):
             drop_connect_rate=table_drop_connect if drop_connect_rate is None else drop_connect_rate,
         )
         self.model_name = model_name
-        # MONAI draws the classifier from U(-1/sqrt(num_classes), +): with 2 classes and 1280 features the first
-        # logits have a standard deviation near 9, a cross-entropy near 7 and the loss explodes. A small normal
-        # start (as timm and torchvision heads do) gives logits near 0 and a loss near log(num_classes).
+        # MONAI draws the classifier from U(-a, a), a = 1/sqrt(num_classes): with 2 classes and 1280 features the
+        # first logits have a standard deviation near 9 and a cross-entropy near 7, from which training diverged.
+        # A small normal start (as timm and torchvision heads do) gives logits near 0, a loss near log(num_classes).
         nn.init.normal_(self._fc.weight, 0.0, 0.01)
         nn.init.zeros_(self._fc.bias)
         # MONAI's extract_stacks lists i where stack i downsamples, plus len(stacks): the stacks just before

@@ -146,4 +146,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         KeyError: if ``name`` is not registered.
     """
-    return get_model_entry(name).factory(**kwargs)
+    model = get_model_entry(name).factory(**kwargs)
+    # the resolved build arguments, so a training run can record in its checkpoints what it built and a loader
+    # can compare them with what it builds (medkd3d.workflows.handlers.checkpoint_config)
+    model.model_args = {"name": name, **kwargs}
+    return model

@@ -8,11 +8,13 @@ Profiles combine in order; later files and command-line overrides win.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -20,8 +22,10 @@ from typing import Any
 __all__ = [
     "BUNDLE_NAMES",
     "PROFILES_DIR",
+    "BundleOutOfMemoryError",
     "bundle_command",
     "find_bundle_root",
+    "is_out_of_memory",
     "list_profiles",
     "profile_configs",
     "read_profiles",
@@ -224,6 +228,81 @@ def bundle_command(bundle_root: str | os.PathLike, config: str | Sequence[str] =
     return f'python -m monai.bundle run --config_file "[{",".join(repr(f) for f in files)}]"'
 
 
+class BundleOutOfMemoryError(MemoryError):
+    """A bundle run ran out of CPU or GPU memory; the message names the settings that make it fit."""
+
+
+#: What the allocators say when they run out: PyTorch's CPU allocator (``DefaultCPUAllocator: can't allocate
+#: memory``, ``not enough memory`` on Windows), CUDA / MPS (``CUDA out of memory``, ``CUDA error: out of memory``,
+#: ``MPS backend out of memory``), cuDNN / cuBLAS (``CUDNN_STATUS_ALLOC_FAILED``, ``CUBLAS_STATUS_ALLOC_FAILED``), and
+#: a data-loading worker killed by the kernel's out-of-memory killer (``DataLoader worker ... killed by signal: Killed``).
+_OOM_PATTERN = re.compile(
+    r"out of memory|can't allocate memory|cannot allocate memory|not enough memory|STATUS_ALLOC_FAILED"
+    r"|killed by signal: Killed",
+    re.IGNORECASE,
+)
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling (MONAI wraps a transform's error)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_out_of_memory(error: BaseException) -> BaseException | None:
+    """The out-of-memory error behind ``error``, if any.
+
+    MONAI re-raises a transform's error as ``RuntimeError("applying transform ...")`` and a config component's as
+    ``RuntimeError("Failed to instantiate component ...")``, so the chain of causes is searched.
+
+    Args:
+        error: any exception of a bundle run.
+
+    Returns:
+        The innermost ``MemoryError``, ``torch.OutOfMemoryError``, ``ENOMEM`` ``OSError`` or ``RuntimeError`` with an
+        allocator's out-of-memory message; ``None`` if ``error`` is not about memory.
+    """
+    found = None
+    for cause in _causes(error):
+        if isinstance(cause, BundleOutOfMemoryError):
+            return None  # already explained by an inner run
+        if isinstance(cause, MemoryError) or type(cause).__name__ == "OutOfMemoryError":
+            found = cause
+        elif isinstance(cause, OSError) and cause.errno == errno.ENOMEM:
+            found = cause
+        elif isinstance(cause, RuntimeError) and _OOM_PATTERN.search(str(cause)):
+            found = cause
+    return found
+
+
+def _setting(workflow: Any, key: str) -> Any:
+    """The resolved value of config id ``key`` of an initialised workflow, or ``None`` when it cannot tell."""
+    try:
+        return workflow.parser.get_parsed_content(key) if key in workflow.parser else None
+    except Exception:  # an expression that fails to resolve: just leave the value out of the message
+        return None
+
+
+def _out_of_memory_message(oom: BaseException, workflow: Any, config_files: Sequence[str], bundle_root: Path) -> str:
+    """What ran out of memory, with the settings of the run and the ways to make it fit."""
+    text = " ".join(str(oom).split()) or type(oom).__name__
+    gpu = type(oom).__name__ == "OutOfMemoryError" or re.search(r"CUDA|CUDNN|CUBLAS|MPS", text) is not None
+    now = {key: _setting(workflow, key) for key in ("batch_size", "spatial_size")} if workflow is not None else {}
+    settings = ", ".join(f"{key}={json.dumps(value)}" for key, value in now.items() if value is not None)
+    return (
+        f"Out of {'GPU' if gpu else 'CPU'} memory running {' + '.join(Path(c).name for c in config_files)} of bundle "
+        f"{Path(bundle_root).name}{f' ({settings})' if settings else ''}: {text[:300]}. "
+        "Make the run smaller: a smaller batch (--override batch_size=1), smaller volumes "
+        '(--override "spatial_size=[96,96,96]" or --spatial-size 96), fewer data-loading workers '
+        "(--override num_workers=0), or a lighter profile (--profile cpu, or --profile quick for a smoke run)"
+        f"{'; on a GPU, mixed precision (--override amp=true) also halves activation memory' if gpu else ''}."
+    )
+
+
 def run_bundle_config(
     bundle_root: str | os.PathLike,
     configs: str | Sequence[str],
@@ -252,6 +331,8 @@ def run_bundle_config(
 
     Raises:
         ValueError: if the bundle lacks a required property of ``workflow_type`` or a named profile.
+        BundleOutOfMemoryError: if the run runs out of CPU or GPU memory (from the original error), with the
+            batch size, spatial size or profile that make it fit.
     """
     from monai.bundle import ConfigWorkflow
 
@@ -259,20 +340,28 @@ def run_bundle_config(
     names = [configs] if isinstance(configs, str) else list(configs)
     config_files = [str(config_dir / c) for c in [*names, *profile_configs(bundle_root, profiles)]]
     overrides.setdefault("bundle_root", str(bundle_root))
-    workflow = ConfigWorkflow(
-        config_file=config_files,
-        meta_file=str(config_dir / "metadata.json"),
-        logging_file=logging_file,
-        workflow_type=workflow_type,
-        tracking=tracking,
-        **overrides,
-    )
-    workflow.initialize()
-    missing = workflow.check_properties()
-    if missing:
-        raise ValueError(f"Bundle {bundle_root} ({', '.join(config_files)}) lacks the properties {missing}.")
-    logger.info("Running %s", " + ".join(config_files))
+    workflow = None
     try:
-        return workflow.run()
-    finally:
-        workflow.finalize()
+        workflow = ConfigWorkflow(
+            config_file=config_files,
+            meta_file=str(config_dir / "metadata.json"),
+            logging_file=logging_file,
+            workflow_type=workflow_type,
+            tracking=tracking,
+            **overrides,
+        )
+        workflow.initialize()  # may already allocate: networks, cached datasets
+        missing = workflow.check_properties()
+        if missing:
+            raise ValueError(f"Bundle {bundle_root} ({', '.join(config_files)}) lacks the properties {missing}.")
+        logger.info("Running %s", " + ".join(config_files))
+        try:
+            return workflow.run()
+        finally:
+            workflow.finalize()
+    except Exception as error:
+        # an allocator's message names neither the run nor the fix; say both (the original stays the cause)
+        oom = is_out_of_memory(error)
+        if oom is None:
+            raise
+        raise BundleOutOfMemoryError(_out_of_memory_message(oom, workflow, config_files, Path(bundle_root))) from error

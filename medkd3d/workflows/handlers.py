@@ -20,6 +20,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver, EarlyStopHandler
 from monai.utils import evenly_divisible_all_gather, string_list_all_gather
 
+from medkd3d.export.bundle import attach_config
 from medkd3d.utils import atomic_path, atomic_write_text, lock_folder, remove_stale_temp_files, unlock_folder
 
 __all__ = [
@@ -41,15 +42,20 @@ class _AtomicDiskSaver(DiskSaver):
     removing it first (what Ignite does when it drops a worse checkpoint) would leave a window without any.
     """
 
-    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+    def __init__(
+        self, dirname: str | os.PathLike, filename: str | None = None, config: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False)
         self.filename = filename
+        self.config = config
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         if idist.get_rank() != self.save_on_rank:
             return
         # medkd3d's atomic writer rather than Ignite's: its temporary file names the target and the writer's pid,
         # so a later run can remove what a killed save left (Ignite's anonymous ``tmpXXXXXXXX`` files pile up)
+        if self.config is not None:
+            checkpoint = attach_config(checkpoint, self.config)
         with atomic_path(self.dirname / (self.filename or filename)) as tmp, tmp.open("wb") as stream:
             torch.save(checkpoint, stream, **self.kwargs)
 
@@ -74,10 +80,20 @@ class AtomicCheckpointSaver(CheckpointSaver):
         save_dict: objects to save, e.g. ``{"model": network, "optimizer": optimizer, "trainer": trainer}``.
         interval_filename: fixed file name for the interval checkpoint (``save_interval > 0``), e.g.
             ``"last.pt"`` to keep only the most recent state for resuming; ``None`` keeps MONAI's names.
+        config: the configuration the run trains with (:func:`medkd3d.export.bundle.run_config`, plain data),
+            stored in every checkpoint file so that export, inference and students can check that they build the
+            same network (:func:`medkd3d.export.bundle.check_checkpoint_config`); ``None`` stores nothing.
         kwargs: the other arguments of :class:`monai.handlers.CheckpointSaver`.
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, interval_filename: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        interval_filename: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
         fixed_names = {
             "_final_checkpoint": kwargs.get("final_filename"),
@@ -87,7 +103,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for attribute, filename in fixed_names.items():
             checkpoint = getattr(self, attribute)
             if checkpoint is not None:
-                checkpoint.save_handler = _AtomicDiskSaver(save_dir, filename)
+                checkpoint.save_handler = _AtomicDiskSaver(save_dir, filename, config)
+        self.config = config
 
     def state_dict(self) -> dict:
         """The key-metric tracking state (which scores were saved), empty without key-metric saving."""
@@ -119,12 +136,21 @@ class TrainingCheckpoint:
         save_dict: the objects to save besides the trainer, e.g. ``{"model": net, "optimizer": opt,
             "lr_scheduler": sched, "best_model_saver": saver}``.
         resume: restore the state from ``path`` before training when it exists.
+        config: the configuration the run trains with, stored in the file under ``"config"`` (see
+            :class:`AtomicCheckpointSaver`); by default that of ``save_dict["best_model_saver"]`` when it has one.
     """
 
-    def __init__(self, path: str | os.PathLike, save_dict: Mapping[str, Any], resume: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        resume: bool = False,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.save_dict = dict(save_dict)
         self.resume = resume
+        self.config = config if config is not None else getattr(save_dict.get("best_model_saver"), "config", None)
 
     def attach(self, engine: Engine) -> None:
         """Attach the folder lock, the saver (and, when resuming, the loader) to the trainer ``engine``."""
@@ -146,6 +172,7 @@ class TrainingCheckpoint:
             save_interval=1,
             n_saved=1,
             interval_filename=self.path.name,
+            config=self.config,
         ).attach(engine)
 
     def _take_folder(self, _engine: Engine) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from medkd3d.engines.checkpoint import load_teacher_checkpoint
+from medkd3d.export.bundle import check_checkpoint_config, network_arguments
 from medkd3d.workflows.bundle import bundle_command
 
 __all__ = ["load_teacher", "require_checkpoint", "require_teacher_checkpoint"]
@@ -62,6 +64,8 @@ def load_teacher(
     teacher_bundle_root: str | os.PathLike,
     device: str | torch.device = "cpu",
     key: str | None = None,
+    spatial_size: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> nn.Module:
     """Load a trained teacher strictly and freeze it for distillation.
 
@@ -73,17 +77,28 @@ def load_teacher(
         device: device of the returned teacher.
         key: key of the weights in a nested checkpoint; ``None`` accepts a bare state dict (what MONAI's
             ``CheckpointSaver`` writes for a single object) and guesses the usual keys otherwise.
+        spatial_size: the student's ``spatial_size``, which the teacher must have been trained at; ``None``
+            skips the check.
+        class_names: the student's classes, which must be the teacher's; ``None`` skips the check.
 
     Returns:
         The teacher on ``device``, in eval mode, with ``requires_grad`` off.
 
     Raises:
         FileNotFoundError: if the checkpoint is missing (see :func:`require_teacher_checkpoint`).
+        ValueError: if the checkpoint records (see :func:`medkd3d.export.bundle.check_checkpoint_config`) another
+            ``spatial_size``, class names or network arguments than the student's config gives.
         RuntimeError: if the checkpoint does not fit the architecture (missing, unexpected or mis-shaped keys,
             checked by :func:`medkd3d.engines.checkpoint.load_teacher_checkpoint`); the message says to build the
             teacher with the teacher bundle's ``network_def``.
     """
     path = require_teacher_checkpoint(teacher_ckpt, teacher_bundle_root)
+    # checked before the weights: "trained at 32^3, asked for 128^3" says more than a shape mismatch (or nothing,
+    # for the networks whose weights do not depend on the input size)
+    check_checkpoint_config(
+        path,
+        {"network_def": network_arguments(network), "spatial_size": spatial_size, "class_names": class_names},
+    )
     try:
         load_teacher_checkpoint(network, path, key=key)
     except RuntimeError as err:

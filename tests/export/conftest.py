@@ -46,14 +46,17 @@ class TinyBundle:
     (``momentum=None``), gives it realistic statistics.
     """
 
-    def __init__(self, name: str, data_root: Path, directory: Path) -> None:
+    def __init__(self, name: str, data_root: Path, directory: Path, root: Path | None = None) -> None:
         from medkd3d.export.bundle import load_bundle, tiny_overrides
         from medkd3d.export.inputs import load_records, network_inputs
 
         self.name = name
-        self.root = bundle_root(name)
+        self.root = root or bundle_root(name)
         self.overrides = tiny_overrides(self.root)
-        model = load_bundle(self.root, overrides=self.overrides, random_weights=True)
+        self.checkpoint = directory / "model.pt"
+        # The test's own checkpoint path, not yet written: random initial weights, and never the bundle's
+        # models/model.pt, which a user who trained the bundle has (at other sizes) in the working tree.
+        model = load_bundle(self.root, checkpoint=self.checkpoint, overrides=self.overrides, random_weights=True)
         deployment = model.deployment
         preprocessing, inferer = deployment.build_preprocessing(), deployment.build_inferer()
         records = load_records(data_root)
@@ -68,7 +71,6 @@ class TinyBundle:
         for norm in norms:
             norm.momentum = 0.1
         network.eval()
-        self.checkpoint = directory / "model.pt"
         torch.save({"model": network.state_dict()}, self.checkpoint)
 
     def load(self):
@@ -98,3 +100,9 @@ def exported(tiny_bundles, synthetic_brats_root: Path, tmp_path_factory: pytest.
         out = tmp_path_factory.mktemp(f"export-{name}")
         results[name] = export_model(tiny.load(), out, ["torchscript", "onnx"], parity_data=synthetic_brats_root)
     return results
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_class() -> type[TinyBundle]:
+    """:class:`TinyBundle` itself, to build one from another bundle folder (test modules cannot import conftest)."""
+    return TinyBundle
