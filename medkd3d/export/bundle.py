@@ -154,6 +154,30 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any] | None:
     return checkpoint_config(checkpoint)
 
 
+def recorded_overrides(recorded: Mapping[str, Any] | None, parser: Any) -> dict[str, Any]:
+    """A checkpoint's recorded training configuration as config overrides of a bundle config.
+
+    So ``medkd3d export --bundle`` (and everything that loads a bundle checkpoint through :func:`load_bundle`)
+    builds the network the checkpoint was trained as - a model trained at 32^3 with a slimmed teacher exports at
+    32^3 with that teacher - without the user repeating the training overrides.
+
+    Args:
+        recorded: :func:`read_checkpoint_config` of the checkpoint (``None``: an older checkpoint, nothing to use).
+        parser: the bundle config the network is built from; only ids it has are overridden.
+
+    Returns:
+        ``{"spatial_size": ..., "class_names": ..., "network_def#<argument>": ..., ...}``.
+    """
+    if not recorded:
+        return {}
+    found = {key: recorded[key] for key in _CHECKED_KEYS if key != "network_def" and key in recorded and key in parser}
+    if "network_def" in parser and isinstance(recorded.get("network_def"), Mapping):
+        found.update(
+            {f"network_def#{arg}": value for arg, value in recorded["network_def"].items() if arg != "name"}
+        )
+    return found
+
+
 def check_checkpoint_config(path: str | os.PathLike, requested: Mapping[str, Any]) -> dict[str, Any] | None:
     """Refuse to load a checkpoint into a configuration other than the one it was trained with.
 
@@ -389,6 +413,15 @@ def load_bundle(
     configs = root / "configs"
     overrides = dict(overrides or {})
     parser = bundle_parser(root, overrides, config)
+    if checkpoint is None and "ckpt_path" in parser:
+        checkpoint = parser.get_parsed_content("ckpt_path")
+    checkpoint = Path(checkpoint if checkpoint is not None else root / "models" / "model.pt")
+    recorded = recorded_overrides(read_checkpoint_config(checkpoint), parser) if checkpoint.is_file() else {}
+    recorded = {key: value for key, value in recorded.items() if key not in overrides}
+    if recorded:  # build what the checkpoint was trained as; the caller's own overrides win (and are checked below)
+        logger.info("Bundle %s: using the training configuration recorded in %s: %s", root.name, checkpoint, recorded)
+        overrides = {**recorded, **overrides}
+        parser = bundle_parser(root, overrides, config)
 
     deployment = DeploymentConfig(
         metadata=copy.deepcopy(parser.get("_meta_", {})),
@@ -403,9 +436,6 @@ def load_bundle(
     else:
         network = parser.get_parsed_content(net_id)
 
-    if checkpoint is None and "ckpt_path" in parser:
-        checkpoint = parser.get_parsed_content("ckpt_path")
-    checkpoint = Path(checkpoint if checkpoint is not None else root / "models" / "model.pt")
     if checkpoint.is_file() or not random_weights:
         if not checkpoint.is_file():
             raise FileNotFoundError(

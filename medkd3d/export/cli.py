@@ -101,7 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=parse_override,
         default=[],
         metavar="KEY=VALUE",
-        help="bundle config override the model was trained with, e.g. spatial_size=[64,64,64] (repeatable)",
+        help="bundle config override, e.g. spatial_size=[64,64,64] (repeatable); a checkpoint that records its "
+        "training configuration needs none, and an override that contradicts that record is refused",
     )
     export.add_argument("--out", required=True, help="output directory (one per bundle)")
     export.set_defaults(func=_export)

@@ -92,6 +92,19 @@ def test_export_with_the_training_overrides(trained: Path, bundle_kit, synthetic
     assert set(results) == {"torchscript"}
 
 
+def test_export_reads_the_training_configuration_from_the_checkpoint(
+    trained: Path, bundle_kit, synthetic_brats_root: Path
+) -> None:
+    """Only the checkpoint is given - no training overrides: the network is built as it was trained (tiny, 32^3),
+    not as the bundle's defaults (full width, 128^3), and the weights load."""
+    model = load_bundle(bundle_kit.bundles_dir / BUNDLE, checkpoint=trained / "models" / "model.pt")
+    assert model.parser.get_parsed_content("spatial_size") == bundle_kit.spatial
+    tiny = create_model(bundle_kit.model_of[BUNDLE], in_channels=4, num_classes=2, **_tiny_network_args(bundle_kit))
+    assert sum(p.numel() for p in model.network.parameters()) == sum(p.numel() for p in tiny.parameters())
+    state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
+    torch.testing.assert_close(model.network.state_dict(), dict(state))
+
+
 def test_other_network_arguments_are_refused(trained: Path, bundle_kit, synthetic_brats_root: Path) -> None:
     overrides = bundle_kit.inference_overrides(BUNDLE, synthetic_brats_root, trained)
     overrides["network_def#num_classes"] = 3
