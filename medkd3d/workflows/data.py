@@ -47,7 +47,10 @@ def _barrier() -> None:
 
 
 def ensure_dataset(
-    dataset_dir: str | os.PathLike, synthetic: Mapping[str, Any] | None = None, option: str = "dataset_dir"
+    dataset_dir: str | os.PathLike,
+    synthetic: Mapping[str, Any] | None = None,
+    option: str = "dataset_dir",
+    given: bool = True,
 ) -> Path:
     """Return ``dataset_dir``, first generating a synthetic BraTS dataset there when it does not exist.
 
@@ -62,6 +65,8 @@ def ensure_dataset(
         option: how the caller's user sets ``dataset_dir``, named in the warning: the bundle config id
             ``dataset_dir`` (``--dataset_dir`` of ``monai.bundle run``) by default, ``"--dataset-dir"`` for the
             ``medkd3d`` commands.
+        given: the user chose ``dataset_dir``; ``False`` when it is the caller's default location, so the log
+            says that the embedded default is generated instead of warning about a folder nobody named.
 
     Returns:
         The dataset root.
@@ -71,18 +76,20 @@ def ensure_dataset(
         from medkd3d.data import generate_synthetic_brats
 
         settings = {**SYNTHETIC_DEFAULT, **(synthetic or {})}
-        logger.warning(
-            "%s %s does not exist: generating a synthetic BraTS dataset there (%s layout, %d HGG + %d LGG, "
-            "shape %s, seed %d). Point %s at a BraTS folder to use real data.",
-            option,
-            root,
-            settings["layout"],
-            settings["n_hgg"],
-            settings["n_lgg"],
-            tuple(settings["shape"]),
-            settings["seed"],
-            option,
+        what = (
+            f"{settings['layout']} layout, {settings['n_hgg']} HGG + {settings['n_lgg']} LGG, "
+            f"shape {tuple(settings['shape'])}, seed {settings['seed']}"
         )
+        if given:
+            logger.warning(
+                "%s %s does not exist: generating a synthetic BraTS dataset there (%s). Point %s at a BraTS folder "
+                "to use real data.", option, root, what, option,
+            )  # fmt: skip
+        else:
+            logger.info(
+                "No dataset given: generating the embedded synthetic BraTS default in %s (%s). Give %s a BraTS "
+                "folder to use real data.", root, what, option,
+            )  # fmt: skip
         staging = root.with_name(f".{root.name}.partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:

@@ -354,7 +354,9 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     profiles = _bundle_profiles(roots, settings.profiles)  # checked before any data is generated
     dataset_dir = settings.dataset_dir or out / "data" / "synthetic_brats2019"
     if settings.datalist is None:  # generated here, so the warning names this command's flag
-        dataset_dir = ensure_dataset(dataset_dir, settings.synthetic, option="--dataset-dir")
+        dataset_dir = ensure_dataset(
+            dataset_dir, settings.synthetic, option="--dataset-dir", given=settings.dataset_dir is not None
+        )
     # Validate every file once here; the bundle runs then read the checked datalist without re-reading the data.
     data = prepare_dataset(dataset_dir, settings.datalist, synthetic=settings.synthetic)
     datalist = write_datalist(data, out / "datalist.json")

@@ -133,6 +133,16 @@ def test_ensure_dataset_generates_once_into_place(tmp_path: Path, caplog) -> Non
     assert next(root.rglob("*_t1.nii.gz")).stat().st_mtime_ns == stamp
 
 
+def test_ensure_dataset_does_not_warn_about_a_folder_nobody_named(tmp_path: Path, caplog) -> None:
+    """``medkd3d pipeline --quick`` without --dataset-dir: the default location is generated without a warning
+    that "--dataset-dir ... does not exist"."""
+    with caplog.at_level(logging.INFO, logger="medkd3d.workflows.data"):
+        ensure_dataset(tmp_path / "d", {"n_hgg": 1, "n_lgg": 1, "shape": (24, 24, 20)}, "--dataset-dir", given=False)
+    assert "does not exist" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "No dataset given: generating the embedded synthetic BraTS default" in caplog.text
+    assert "Give --dataset-dir a BraTS folder" in caplog.text
+
+
 def test_find_bundle_root_from_repo_bundle_and_elsewhere(tmp_path: Path, monkeypatch, bundle_kit) -> None:
     expected = str(bundle_kit.bundles_dir / "brats_teacher_vggvit3d")
     monkeypatch.chdir(bundle_kit.bundles_dir.parent)
