@@ -19,10 +19,11 @@ import logging
 import pickle
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from medkd3d import __version__
+from medkd3d.utils import exception_chain
 
 #: Modules whose ``register`` adds sub-commands, in the order they appear in ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -128,16 +129,6 @@ def _is_refusal(error: BaseException) -> bool:
     return any(f"{cls.__module__}.{cls.__qualname__}" in _REFUSAL_NAMES for cls in type(error).__mro__)
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and the exceptions it was raised from or while handling, outermost first, each once."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
-
-
 def find_refusal(error: BaseException) -> BaseException | None:
     """The refusal behind ``error``, or ``None`` when ``error`` is a bug.
 
@@ -151,7 +142,7 @@ def find_refusal(error: BaseException) -> BaseException | None:
     Returns:
         The refusing exception, or ``None`` if neither ``error`` nor any of its causes is a refusal.
     """
-    refusals = [e for e in _chain(error) if _is_refusal(e)]
+    refusals = [e for e in exception_chain(error) if _is_refusal(e)]
     return refusals[-1] if refusals else None
 
 

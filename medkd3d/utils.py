@@ -21,6 +21,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "exception_chain",
     "lazy_exports",
     "lock_folder",
     "non_negative_int",
@@ -273,3 +274,18 @@ def _bounded_int(text: str, minimum: int, expected: str) -> int:
     if value < minimum:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def exception_chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling, outermost first, each once - the chain
+    a traceback shows (a context suppressed by ``raise ... from None`` is left out).
+
+    MONAI re-raises a component's or a transform's error as a ``RuntimeError`` from the original, so what a
+    command refuses (or an out-of-memory error) is found by walking this chain.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)

@@ -58,9 +58,6 @@ RUNTIMES: tuple[str, ...] = ("eager", "torchscript", "onnxruntime", "tensorrt-fp
 _ARTEFACT_OF = {"torchscript": "model.ts", "onnxruntime": "model.onnx"}
 #: Where the benchmarked weights come from: fresh random ones, or each bundle's trained checkpoint.
 WEIGHTS: tuple[str, ...] = ("random", "checkpoint")
-#: Checkpoint path handed to ``load_bundle`` for random weights: never a regular file, so the bundle's default
-#: ``models/model.pt`` (possibly trained at another size) is not read and the random initial weights are kept.
-_NO_CHECKPOINT = os.devnull
 
 
 # --------------------------------------------------------------------------------------------------- machine
@@ -137,9 +134,7 @@ def load_bench_bundle(
     """
     from medkd3d.export.bundle import load_bundle
 
-    if checkpoint is not None:
-        return load_bundle(bundle_root, checkpoint=checkpoint, overrides=overrides)
-    return load_bundle(bundle_root, checkpoint=_NO_CHECKPOINT, overrides=overrides, random_weights=True)
+    return load_bundle(bundle_root, checkpoint=checkpoint, overrides=overrides, random_weights=checkpoint is None)
 
 
 def _default_checkpoint(bundle_root: Path, overrides: dict[str, Any]) -> Path:

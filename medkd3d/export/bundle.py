@@ -191,7 +191,25 @@ def check_checkpoint_config(path: str | os.PathLike, requested: Mapping[str, Any
     Raises:
         ValueError: naming the checkpoint, the setting, the recorded and requested values and the override to pass.
     """
-    recorded = read_checkpoint_config(path)
+    return compare_checkpoint_config(path, read_checkpoint_config(path), requested)
+
+
+def compare_checkpoint_config(
+    path: str | os.PathLike, recorded: Mapping[str, Any] | None, requested: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """:func:`check_checkpoint_config` for a configuration already read from ``path`` (no second read of the file).
+
+    Args:
+        path: the checkpoint file, named in the messages.
+        recorded: its :func:`read_checkpoint_config`.
+        requested: the values about to be used.
+
+    Returns:
+        ``recorded``, ``None`` when there is none (a warning is logged).
+
+    Raises:
+        ValueError: as :func:`check_checkpoint_config`.
+    """
     if recorded is None:
         logger.warning(
             "Checkpoint %s records no training configuration (written by an older medkd3d): its spatial_size, "
@@ -220,7 +238,7 @@ def check_checkpoint_config(path: str | os.PathLike, requested: Mapping[str, Any
             f"Pass the training value (--override {key}={json.dumps(old, separators=(',', ':'))}) or use a "
             "checkpoint trained with this configuration."
         )
-    return recorded
+    return dict(recorded)
 
 
 @dataclass
@@ -395,8 +413,9 @@ def load_bundle(
         checkpoint: weights to load; the config's ``ckpt_path`` (``models/model.pt``) by default.
         overrides: config ids and values, e.g. ``{"spatial_size": [64, 64, 64]}``, as the model was trained.
         config: the inference config file in ``configs/``.
-        random_weights: keep the random initial weights when no checkpoint is given and the default one does not
-            exist (benchmarks: speed does not depend on the weights).
+        random_weights: keep the random initial weights unless ``checkpoint`` is given and exists; the bundle's
+            own ``ckpt_path`` / ``models/model.pt`` is never read then, whatever the working tree holds
+            (benchmarks: speed does not depend on the weights).
         net_id: config id of the network, built as defined; by default ``network_export`` when the config has
             it, else ``network_def`` prepared for export.
 
@@ -413,14 +432,22 @@ def load_bundle(
     configs = root / "configs"
     overrides = dict(overrides or {})
     parser = bundle_parser(root, overrides, config)
-    if checkpoint is None and "ckpt_path" in parser:
-        checkpoint = parser.get_parsed_content("ckpt_path")
-    checkpoint = Path(checkpoint if checkpoint is not None else root / "models" / "model.pt")
-    recorded = recorded_overrides(read_checkpoint_config(checkpoint), parser) if checkpoint.is_file() else {}
-    recorded = {key: value for key, value in recorded.items() if key not in overrides}
-    if recorded:  # build what the checkpoint was trained as; the caller's own overrides win (and are checked below)
-        logger.info("Bundle %s: using the training configuration recorded in %s: %s", root.name, checkpoint, recorded)
-        overrides = {**recorded, **overrides}
+    if checkpoint is None and not random_weights:
+        checkpoint = parser.get_parsed_content("ckpt_path") if "ckpt_path" in parser else root / "models" / "model.pt"
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is None or not checkpoint.is_file():
+        if not random_weights:
+            raise FileNotFoundError(
+                f"Checkpoint {checkpoint} of bundle {root.name} not found: train it first "
+                f"(python -m monai.bundle run --config_file {configs / 'train.json'}) or pass --checkpoint PATH."
+            )
+        logger.warning("Bundle %s: no checkpoint at %s, keeping random weights.", root.name, checkpoint)
+        checkpoint = None
+    recorded = read_checkpoint_config(checkpoint) if checkpoint is not None else None
+    derived = {k: v for k, v in recorded_overrides(recorded, parser).items() if k not in overrides}
+    if derived:  # build what the checkpoint was trained as; the caller's own overrides win (and are checked below)
+        logger.info("Bundle %s: using the training configuration recorded in %s: %s", root.name, checkpoint, derived)
+        overrides = {**derived, **overrides}
         parser = bundle_parser(root, overrides, config)
 
     deployment = DeploymentConfig(
@@ -436,22 +463,16 @@ def load_bundle(
     else:
         network = parser.get_parsed_content(net_id)
 
-    if checkpoint.is_file() or not random_weights:
-        if not checkpoint.is_file():
-            raise FileNotFoundError(
-                f"Checkpoint {checkpoint} of bundle {root.name} not found: train it first "
-                f"(python -m monai.bundle run --config_file {configs / 'train.json'}) or pass --checkpoint PATH."
-            )
-        check_checkpoint_config(checkpoint, _requested_config(parser, network, deployment))
+    if checkpoint is not None:
+        compare_checkpoint_config(checkpoint, recorded, _requested_config(parser, network, deployment))
         load_checkpoint(network, checkpoint)
-        used: Path | None = checkpoint
-    else:
-        logger.warning("Bundle %s: no checkpoint at %s, keeping random weights.", root.name, checkpoint)
-        used = None
     deployment.export_info.update(
-        {"bundle": root.name, "checkpoint": str(used) if used else None, "overrides": overrides, "config": config}
+        {"bundle": root.name, "checkpoint": str(checkpoint) if checkpoint else None, "overrides": overrides,
+         "config": config}
+    )  # fmt: skip
+    return BundleModel(
+        root=root, network=network.cpu().eval(), deployment=deployment, parser=parser, checkpoint=checkpoint
     )
-    return BundleModel(root=root, network=network.cpu().eval(), deployment=deployment, parser=parser, checkpoint=used)
 
 
 def _requested_config(parser: Any, network: nn.Module, deployment: DeploymentConfig) -> dict[str, Any]:

@@ -14,10 +14,12 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from medkd3d.utils import exception_chain
 
 __all__ = [
     "BUNDLE_NAMES",
@@ -243,16 +245,6 @@ _OOM_PATTERN = re.compile(
 )
 
 
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and the exceptions it was raised from or while handling (MONAI wraps a transform's error)."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def is_out_of_memory(error: BaseException) -> BaseException | None:
     """The out-of-memory error behind ``error``, if any.
 
@@ -267,7 +259,7 @@ def is_out_of_memory(error: BaseException) -> BaseException | None:
         allocator's out-of-memory message; ``None`` if ``error`` is not about memory.
     """
     found = None
-    for cause in _causes(error):
+    for cause in exception_chain(error):
         if isinstance(cause, BundleOutOfMemoryError):
             return None  # already explained by an inner run
         if isinstance(cause, MemoryError) or type(cause).__name__ == "OutOfMemoryError":
