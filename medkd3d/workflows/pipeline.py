@@ -1,7 +1,7 @@
 """``medkd3d pipeline``: the whole distillation job, run through the MONAI bundles.
 
 (synthesise the dataset if needed) -> validate it once -> train each teacher -> distill each student -> evaluate
-every model on the same fold -> export (TorchScript and ONNX with :func:`medkd3d.export.export_model`, each
+every model on the same held-out test subjects (selection used the validation subjects only) -> export (TorchScript and ONNX with :func:`medkd3d.export.export_model`, each
 artefact checked against eager PyTorch on random and real inputs) -> write a comparison report (Markdown + CSV:
 metrics, parameters, GFLOPs, CPU latency, student/teacher ratios, the artefacts and their parity).
 
@@ -484,7 +484,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pipeline",
         help="train teachers, distill students, evaluate, export and compare - all through the MONAI bundles",
         description="(synthesise the dataset if needed) -> train each teacher -> distill each student -> evaluate every "
-        "model on the same fold -> export -> comparison report (Markdown + CSV), each step a MONAI bundle run. "
+        "model on the same held-out test subjects -> export -> comparison report (Markdown + CSV: chance level, "
+        "trivial baseline, flags), each step a MONAI bundle run. "
         "Rerunning the same command after an interruption skips finished trainings and resumes the interrupted one.",
     )
     parser.add_argument(
