@@ -22,6 +22,12 @@ Run (the full study is sized for a GPU; it resumes from ``--out`` when interrupt
 
 ``--quick`` writes ``kd_synthetic_quick.md``/``.csv`` (tiny networks, 2 epochs: it shows the benchmark runs, not
 how well distillation works).
+
+A parallel study (``benchmarks/run_kd_gpu.sh`` runs one on a single GPU) splits the same command into stages that
+share one ``--out`` folder: ``--stage setup`` (dataset, split, study files, trivial baseline), ``--stage teachers``
+(the teachers of ``--students`` on ``--run-folds``), then several ``--stage students`` processes, each with its own
+``--students``/``--seeds``/``--run-folds`` group, and last ``--stage report``, which trains nothing and writes the
+report of whatever finished, listing every planned run that did not.
 """
 
 from __future__ import annotations
@@ -34,25 +40,29 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medkd3d.ablation import StudyConfig, run_study
-from medkd3d.ablation.grid import KD_MODES, parse_size, size_sort_key
-from medkd3d.ablation.runner import STUDENTS
+from medkd3d.ablation import StudyConfig, run_study, train_teachers
+from medkd3d.ablation.grid import KD_MODES, ResultStore, RunSpec, parse_size, size_sort_key
+from medkd3d.ablation.runner import STUDENTS, student_teacher
 from medkd3d.ablation.stats import bootstrap_ci, kd_gains
 from medkd3d.engines.honesty import auc_ratio, margin_retention
 from medkd3d.utils import atomic_path
 
-#: The full study's synthetic dataset: 70 + 70 subjects, so a test fraction of 0.3 holds out 42 test subjects.
-FULL_SYNTHETIC: dict[str, Any] = {"layout": "brats2019", "n_hgg": 70, "n_lgg": 70, "shape": (96, 96, 72), "seed": 0}
+#: The full study's synthetic dataset: 150 + 150 subjects, so a test fraction of 0.2 holds out 60 test subjects and
+#: each of 2 folds trains on 120 (as ``medkd3d pipeline --quick``); 64 x 64 x 48 voxels are enough for volumes of
+#: 32^3 or 48^3 and keep synthesis and loading quick.
+FULL_SYNTHETIC: dict[str, Any] = {"layout": "brats2019", "n_hgg": 150, "n_lgg": 150, "shape": (64, 64, 48), "seed": 0}
 #: The smoke version's dataset.
 QUICK_SYNTHETIC: dict[str, Any] = {"layout": "brats2019", "n_hgg": 10, "n_lgg": 10, "shape": (48, 48, 40), "seed": 0}
 
 METRICS = ("balanced_accuracy", "auc")
+#: The stages of one study: ``all`` runs everything and reports; the others split it for parallel processes.
+STAGES = ("all", "setup", "teachers", "students", "report")
 _LABELS = {"balanced_accuracy": "balanced accuracy", "auc": "AUC"}
 
 
@@ -66,13 +76,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--labelled-per-class", type=int, help="N of the data-limited regimes (default 8, quick 2)")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 (quick: 0)")
     parser.add_argument("--folds", type=int, help="default: 3 (quick: 2)")
-    parser.add_argument("--test-fraction", type=float, help="default: 0.3 (quick: 0.2)")
+    parser.add_argument("--test-fraction", type=float, help="default: 0.2")
     parser.add_argument("--epochs", type=int, help="student epochs (default: the bundles', quick: 2)")
     parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: --epochs, quick: 3)")
-    parser.add_argument("--spatial-size", type=int, help="volume edge (default: 64, quick: 32)")
+    parser.add_argument("--spatial-size", type=int, help="volume edge (default: the --profile's, else 64; quick: 32)")
     parser.add_argument("--profile", action="append", dest="profiles", help="bundle config overlay (repeatable)")
     parser.add_argument("--device", help="training device (default: the bundles' choice; quick: cpu)")
     parser.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's; quick: 1)")
+    parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="all",
+        help="setup: study files and baseline; teachers: the teachers of --students on --run-folds; students: the "
+        "runs of --students x --seeds on --run-folds, no report; report: train nothing, report what finished "
+        "(default: all, then report)",
+    )
+    parser.add_argument(
+        "--run-folds", type=int, nargs="+", help="folds this invocation trains (default: all --folds of the study)"
+    )
+    parser.add_argument(
+        "--since", type=float, help="Unix time the study started (wall time of a staged study; default: now)"
+    )
+    parser.add_argument("--command", help="the command the report names (default: this one; for a staged study)")
+    parser.add_argument(
+        "--teacher-wait-until",
+        type=float,
+        help="--stage students: Unix time until which a KD run waits for its teacher (default: it does not wait)",
+    )
     return parser.parse_args(argv)
 
 
@@ -87,17 +117,19 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
         "sizes": (n, f"{n}+unlabelled") if quick else (n, f"{n}+unlabelled", "all"),
         "seeds": tuple(args.seeds or ((0,) if quick else (0, 1, 2))),
         "folds": args.folds or (2 if quick else 3),
-        "test_fraction": args.test_fraction or (0.2 if quick else 0.3),
+        "test_fraction": args.test_fraction or 0.2,
         "epochs": args.epochs or (2 if quick else None),
         "teacher_epochs": args.teacher_epochs or (3 if quick else None),
-        "spatial_size": args.spatial_size or (32 if quick else 64),
+        # a profile (e.g. quick.json) sets its own volume size: 64 only when nothing else says
+        "spatial_size": args.spatial_size or (32 if quick else None if args.profiles else 64),
         "tiny": quick,
         "profiles": tuple(args.profiles or ()),
         "batch_size": 2 if quick else None,
         "device": args.device or ("cpu" if quick else None),
         "threads": args.threads or (1 if quick else None),
         "latency_repeats": 3 if quick else 10,
-        "synthetic": QUICK_SYNTHETIC if quick else FULL_SYNTHETIC,
+        # synthesised in parallel threads: the files depend only on the seed, not on the number of workers
+        "synthetic": {**(QUICK_SYNTHETIC if quick else FULL_SYNTHETIC), "num_workers": min(8, os.cpu_count() or 1)},
     }
     return StudyConfig(args.dataset_dir or out / "data" / "synthetic_brats2019", out, **settings)
 
@@ -140,9 +172,23 @@ def retention_of_runs(rows: Sequence[Mapping[str, Any]], teachers: Sequence[Mapp
 
 
 def cell_rows(
-    rows: Sequence[Mapping[str, Any]], teachers: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]]
+    rows: Sequence[Mapping[str, Any]],
+    teachers: Sequence[Mapping[str, Any]],
+    baseline: Sequence[Mapping[str, Any]],
+    planned: Mapping[tuple[str, Any, str], int] | None = None,
 ) -> list[dict[str, Any]]:
-    """One CSV row per model cell: teachers, the trivial baseline, then every (student, regime, KD mode)."""
+    """One CSV row per model cell: teachers, the trivial baseline, then every (student, regime, KD mode).
+
+    Args:
+        rows: the finished student runs.
+        teachers: the finished teacher runs.
+        baseline: the trivial baseline's rows.
+        planned: runs the study planned per ``(student, size, kd)`` cell; every planned cell gets a row (with
+            ``runs`` 0 and NaN metrics when none of its runs finished) and a ``planned_runs`` column.
+
+    Returns:
+        The table's rows.
+    """
     table: list[dict[str, Any]] = []
     for teacher in dict.fromkeys(t["model"] for t in teachers):
         members = [t for t in teachers if t["model"] == teacher]
@@ -153,13 +199,15 @@ def cell_rows(
     gains = {
         metric: {(g.student, g.kd, g.size): g for g in kd_gains(rows, metric)} for metric in METRICS
     }  # paired with the no-KD run of the same student, regime, seed and fold
-    cells = dict.fromkeys((r["student"], r["size"], r["kd"]) for r in rows)
+    cells = dict.fromkeys([*(planned or {}), *((r["student"], r["size"], r["kd"]) for r in rows)])
     for student, size, kd in sorted(
         cells,
         key=lambda c: (STUDENTS.index(c[0]) if c[0] in STUDENTS else 99, size_sort_key(c[1]), KD_MODES.index(c[2])),
     ):
         members = [r for r in rows if (r["student"], r["size"], r["kd"]) == (student, size, kd)]
         row = _cell("student", student, kd, size, members)
+        if planned is not None:
+            row["planned_runs"] = planned.get((student, size, kd), 0)
         mine = [r for r in retained if (r["student"], r["size"], r["kd"]) == (student, size, kd)]
         for key in ("auc_ratio", "margin_retention"):
             mean, low, high = _mean_ci([r[key] for r in mine])
@@ -215,8 +263,28 @@ def write_csv(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 
 def format_markdown(
-    table: Sequence[Mapping[str, Any]], config: StudyConfig, wall_s: float, machine: str, command: str
+    table: Sequence[Mapping[str, Any]],
+    config: StudyConfig,
+    wall_s: float,
+    machine: str,
+    command: str,
+    missing: Sequence[str] = (),
+    missing_teachers: Sequence[str] = (),
 ) -> str:
+    """The report: teachers and baseline, the student cells, the runs that did not finish, the verdicts.
+
+    Args:
+        table: :func:`cell_rows`.
+        config: the study.
+        wall_s: the study's wall time in seconds.
+        machine: :func:`machine_info`.
+        command: the command that wrote the report.
+        missing: keys of the planned student runs without a result (time-boxed out or failed).
+        missing_teachers: ``"<teacher>/fold<k>"`` of the teachers without a result.
+
+    Returns:
+        The Markdown text.
+    """
     students = [r for r in table if r["kind"] == "student"]
     n_test = next((r["test_subjects"] for r in table if r.get("test_subjects")), "n/a")
     lines = [
@@ -224,12 +292,16 @@ def format_markdown(
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine}  ",
-        f"Wall time: {wall_s / 60:.1f} min (study folder `{config.out_dir}`; a resumed run counts only its own time)",
+        f"Wall time: {wall_s / 60:.1f} min (study folder `{config.out_dir}`; a resumed run counts only its own time)  ",
+        f"Runs: {sum(r['runs'] for r in students)} student runs finished"
+        + (f", **{len(missing)} planned runs missing** (see the end)" if missing else ", none missing")
+        + (f"; **teachers missing: {', '.join(missing_teachers)}**" if missing_teachers else ""),
         "",
         f"Every model is its bundle's `train.json` run with overrides (medkd3d.ablation) and evaluated by its "
         f"`evaluate.json` on the same **{n_test} held-out test subjects** (test fraction {config.test_fraction}); the "
         f"checkpoint is selected on the fold's validation subjects. Seeds {list(config.seeds)} x {config.folds} folds; "
-        f"spatial size {config.spatial_size}; epochs {config.epochs or 'bundle default'} (teachers "
+        f"profiles {list(config.profiles) or 'none'}; "
+        f"spatial size {config.spatial_size or 'the profile default'}; epochs {config.epochs or 'bundle default'} (teachers "
         f"{config.teacher_epochs or config.epochs or 'bundle default'}). Chance: balanced accuracy 0.5, AUC 0.5. "
         "Intervals are 95% percentile bootstraps over the (seed, fold) runs; folds share subjects, so they describe "
         "this study's runs and are optimistic for new data.",
@@ -274,7 +346,7 @@ def format_markdown(
             for m in METRICS
         }
         lines.append(
-            f"| {row['model']} | {row['regime']} | {row['kd']} | {row['runs']} | "
+            f"| {row['model']} | {row['regime']} | {row['kd']} | {_runs(row)} | "
             f"{_fmt(row['balanced_accuracy'], row['balanced_accuracy_ci_low'], row['balanced_accuracy_ci_high'])} | "
             f"{_fmt(row['auc'], row['auc_ci_low'], row['auc_ci_high'])} | "
             f"{_fmt(row['auc_ratio'], row['auc_ratio_ci_low'], row['auc_ratio_ci_high'])} | "
@@ -283,7 +355,29 @@ def format_markdown(
         )
     lines += ["", "## Verdict per student (KD gain with its 95% CI above 0)", ""]
     lines += _verdicts(students)
+    lines += ["", "## Missing runs", ""]
+    lines += _missing(missing, missing_teachers)
     return "\n".join(lines) + "\n"
+
+
+def _runs(row: Mapping[str, Any]) -> str:
+    """``finished/planned`` when the plan is known, else the finished runs."""
+    planned = row.get("planned_runs")
+    return str(row["runs"]) if planned is None or planned == row["runs"] else f"{row['runs']}/{planned}"
+
+
+def _missing(missing: Sequence[str], missing_teachers: Sequence[str]) -> list[str]:
+    """The report's words on the planned runs without a result: none, or each of them."""
+    if not missing and not missing_teachers:
+        return ["Every planned run finished."]
+    lines = [
+        "These planned runs have no result (stopped by the time box, failed, or not started); the cells above use "
+        "the finished runs only, and a KD gain pairs only runs whose no-KD twin finished:",
+        "",
+    ]
+    lines += [f"- teacher {name}" for name in missing_teachers]
+    lines += [f"- {key}" for key in missing]
+    return lines
 
 
 def _verdicts(students: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -299,6 +393,8 @@ def _verdicts(students: Sequence[Mapping[str, Any]]) -> list[str]:
             f"- {student}: " + ("KD gain > 0 with the CI above 0 for " + "; ".join(positive) if positive
                                 else "no KD cell has an AUC gain whose 95% CI lies above 0.")
         )  # fmt: skip
+    if not lines:
+        lines.append("- no student run finished.")
     return lines
 
 
@@ -312,22 +408,93 @@ def machine_info() -> str:
     )
 
 
+def planned_cells(config: StudyConfig) -> tuple[dict[tuple[str, Any, str], int], list[str]]:
+    """Runs planned per ``(student, size, kd)`` cell of the study's grid, and the keys of those without a result."""
+    store = ResultStore(config.out_dir)
+    planned: dict[tuple[str, Any, str], int] = {}
+    missing = []
+    for spec in config.grid().runs():
+        cell = (spec.student, spec.size, spec.kd)
+        planned[cell] = planned.get(cell, 0) + 1
+        if not store.is_done(spec):
+            missing.append(spec.key)
+    return planned, missing
+
+
+def _selector(args: argparse.Namespace, config: StudyConfig) -> Callable[[RunSpec], bool]:
+    """Which runs a ``students`` stage trains: those of ``--run-folds`` (the grid already has --students/--seeds).
+
+    A KD run is trained only once its fold's teacher has finished (trained by a ``--stage teachers`` process),
+    waiting for it until ``--teacher-wait-until``, so that parallel student processes never train one teacher at
+    the same time; a KD run whose teacher is not there by then stays missing. The runner asks right before each
+    run, so the no-KD runs train while the teachers do.
+    """
+    folds = None if args.run_folds is None else set(args.run_folds)
+    teachers = Path(config.out_dir) / "teachers"
+    deadline = args.teacher_wait_until or 0.0
+
+    def select(spec: RunSpec) -> bool:
+        if folds is not None and spec.fold not in folds:
+            return False
+        if spec.kd == "none":
+            return True
+        result = teachers / student_teacher(spec.student) / f"fold{spec.fold}" / "result.json"
+        while not result.is_file() and time.time() < deadline:
+            time.sleep(1.0)
+        if not result.is_file():
+            print(f"skipping {spec.key}: the teacher of fold {spec.fold} has not finished", flush=True)
+            return False
+        return True
+
+    return select
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = study_config(args)
-    start = time.perf_counter()
-    outcome = run_study(config, progress=True)
+    start = time.perf_counter() if args.since is None else time.perf_counter() - (time.time() - args.since)
+    if args.stage in ("setup", "teachers"):
+        teachers = train_teachers(config, () if args.stage == "setup" else args.run_folds)
+        print(f"stage {args.stage} done: {len(teachers)} teachers ready in {config.out_dir}")
+        return 0
+    if args.run_folds is not None and args.stage == "all":
+        raise SystemExit("--run-folds needs --stage students or teachers (a report covers every fold)")
+    select = {"students": _selector(args, config), "report": lambda spec: False}.get(args.stage)
+    worker = args.stage == "students"  # one of several parallel processes: no report, a failed run is not fatal
+    progress = args.stage == "all"
+    outcome = run_study(config, progress=progress, select=select, report=not worker, keep_going=worker)
+    if worker:
+        print(f"stage students done: {len(outcome.trained)} runs trained, {len(outcome.skipped)} found finished")
+        for failure in outcome.failed:
+            print(f"FAILED {failure}")
+        return 1 if outcome.failed else 0
     wall = time.perf_counter() - start
     rows = outcome.rows
-    table = cell_rows(rows, outcome.teacher_rows, outcome.baseline_rows)
+    planned, missing = planned_cells(config)
+    teachers_needed = [
+        f"{t}/fold{fold}" for fold in range(config.folds) for t in dict.fromkeys(map(student_teacher, config.students))
+    ]
+    found = {f"{t['model']}/fold{t['fold']}" for t in outcome.teacher_rows}
+    table = cell_rows(rows, outcome.teacher_rows, outcome.baseline_rows, planned)
     name = "kd_synthetic_quick" if args.quick else "kd_synthetic"
     args.results_dir.mkdir(parents=True, exist_ok=True)
     write_csv(table, args.results_dir / f"{name}.csv")
-    command = "python benchmarks/bench_kd.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = format_markdown(table, config, wall, machine_info(), command.strip())
+    command = args.command or "python benchmarks/bench_kd.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = format_markdown(
+        table,
+        config,
+        wall,
+        machine_info(),
+        command.strip(),
+        missing=missing,
+        missing_teachers=[t for t in teachers_needed if t not in found],
+    )
     with atomic_path(args.results_dir / f"{name}.md") as tmp:
         tmp.write_text(text, encoding="utf-8")
-    print(f"wrote {args.results_dir / f'{name}.md'} and .csv ({len(rows)} student runs, {wall / 60:.1f} min)")
+    print(
+        f"wrote {args.results_dir / f'{name}.md'} and .csv ({len(rows)} student runs, {len(missing)} missing, "
+        f"{wall / 60:.1f} min)"
+    )
     return 0
 
 

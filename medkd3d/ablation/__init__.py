@@ -26,7 +26,16 @@ _EXPORTS: dict[str, str] = {
         "report",
     ),
     **dict.fromkeys(
-        ["STUDENTS", "StudyConfig", "StudyOutcome", "run_study", "student_teacher", "training_subset"], "runner"
+        [
+            "STUDENTS",
+            "StudyConfig",
+            "StudyOutcome",
+            "run_study",
+            "student_teacher",
+            "train_teachers",
+            "training_subset",
+        ],
+        "runner",
     ),
     **dict.fromkeys(["CellSummary", "KDGain", "bootstrap_ci", "kd_gains", "mean_std", "summarize_cells"], "stats"),
 }

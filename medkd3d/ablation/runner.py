@@ -38,7 +38,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,6 +62,7 @@ __all__ = [
     "run_study",
     "student_teacher",
     "supported_kd_modes",
+    "train_teachers",
     "training_subset",
 ]
 
@@ -236,6 +237,8 @@ class StudyOutcome:
         rows: the result of every finished run of the grid (coordinates, test metrics, cost, ``teacher``).
         teacher_rows: one result per (teacher bundle, fold): ``model`` (the bundle), ``fold`` and test metrics.
         baseline_rows: the trivial baseline on the test subjects.
+        missing: keys of the grid's runs that have no result yet (not selected, failed or still to do elsewhere).
+        failed: ``"<key>: <error>"`` of the runs that raised (with ``keep_going``; otherwise the error propagates).
     """
 
     trained: list[str] = field(default_factory=list)
@@ -245,6 +248,8 @@ class StudyOutcome:
     rows: list[dict[str, Any]] = field(default_factory=list)
     teacher_rows: list[dict[str, Any]] = field(default_factory=list)
     baseline_rows: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -559,19 +564,39 @@ class _Study:
         }
 
 
-def run_study(config: StudyConfig, progress: bool = True) -> StudyOutcome:
+def run_study(
+    config: StudyConfig,
+    progress: bool = True,
+    select: Callable[[RunSpec], bool] | None = None,
+    report: bool = True,
+    keep_going: bool = False,
+) -> StudyOutcome:
     """Run (or resume) a study and write its reports.
 
     Runs whose result file exists are skipped; each finished run is stored at once (atomically), so an
     interrupted call loses at most the run in flight. After the grid, ``results.csv``, ``summary.md`` and the
     plots are (re)written from every finished run of the grid (:func:`medkd3d.ablation.report.write_report`).
 
+    Several processes may share one study folder when each trains its own runs (``select``) and the study files
+    exist: prepare them first with :func:`train_teachers` (which also trains the teachers, unless another process
+    does), then start processes whose ``select`` picks disjoint (student, seed) or (student, seed, fold) groups - a
+    no-KD run of ``"N+unlabelled"`` is the no-KD run of ``N``, so the sizes of one (student, seed, fold) must stay
+    in one process - and never a KD run whose teacher has not finished (it would be trained by each process that
+    needs it), with ``report=False``; a last call with ``select=lambda spec: False`` writes the report of
+    whatever finished.
+
     Args:
         config: the study.
         progress: show a progress bar over the grid.
+        select: train only the pending runs for which it returns true (``None``: all). It is asked right before
+            each pending run, in grid order, so it may wait (e.g. for a teacher that another process trains). The
+            rows, the report and :attr:`StudyOutcome.missing` still cover the whole grid.
+        report: write the study folder's report files (``False`` for the worker processes of a parallel study).
+        keep_going: log a run that raises (in :attr:`StudyOutcome.failed`) and go on with the next one, so that
+            one failing cell of a time-boxed study does not cost the others; the failed run stays missing.
 
     Returns:
-        What was trained and skipped, and the report files.
+        What was trained and skipped, the rows of every finished run, the runs still missing, and the report files.
 
     Raises:
         FileNotFoundError: if the dataset does not exist (and ``config.synthetic`` is ``None``).
@@ -579,7 +604,41 @@ def run_study(config: StudyConfig, progress: bool = True) -> StudyOutcome:
         medkd3d.data.DataValidationError: if the dataset has problems (checked on the first start).
     """
     with _torch_threads(config.threads):
-        return _run_study(config, progress)
+        return _run_study(config, progress, select, report, keep_going)
+
+
+def train_teachers(config: StudyConfig, folds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Prepare a study folder and train the teachers its students need, without any student run.
+
+    Writes the study files (``study.json``, ``datalist.json``, ``splits.json``; the dataset is synthesised when
+    ``config.synthetic`` says so) and the trivial baseline, then trains (or finds) the teacher bundle of every
+    student of ``config`` on each fold of ``folds``. Run it once before parallel :func:`run_study` processes, so
+    none of them writes these shared files or trains a teacher another one also needs.
+
+    Args:
+        config: the study.
+        folds: the folds whose teachers to train (``None``: all; ``()``: only prepare the study files).
+
+    Returns:
+        The test result of each teacher trained or found, with ``model`` and ``fold``.
+
+    Raises:
+        ValueError: for a fold outside the study, or as :func:`run_study`.
+    """
+    folds = range(config.folds) if folds is None else folds
+    outside = [fold for fold in folds if not 0 <= fold < config.folds]
+    if outside:
+        raise ValueError(f"folds {outside} are outside the study's {config.folds} folds")
+    with _torch_threads(config.threads):
+        study = _Study(config)
+        study.baseline_rows()
+        rows = [
+            study.teacher(teacher, fold)
+            for fold in folds
+            for teacher in dict.fromkeys(student_teacher(s) for s in config.students)
+        ]
+        logger.info("Teachers of folds %s ready in %s.", list(folds), study.out)
+        return rows
 
 
 @contextmanager
@@ -600,7 +659,13 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _run_study(config: StudyConfig, progress: bool) -> StudyOutcome:
+def _run_study(
+    config: StudyConfig,
+    progress: bool,
+    select: Callable[[RunSpec], bool] | None = None,
+    report: bool = True,
+    keep_going: bool = False,
+) -> StudyOutcome:
     from monai.utils import set_determinism
     from tqdm.auto import tqdm
 
@@ -611,15 +676,29 @@ def _run_study(config: StudyConfig, progress: bool) -> StudyOutcome:
     outcome = StudyOutcome(skipped=[spec.key for spec in runs if study.store.is_done(spec)])
     pending = [spec for spec in runs if not study.store.is_done(spec)]
     logger.info(
-        "Study %s: %d runs, %d already finished, %d to do.", study.out, len(runs), len(outcome.skipped), len(pending)
+        "Study %s: %d runs, %d already finished, %d to do%s.",
+        study.out,
+        len(runs),
+        len(outcome.skipped),
+        len(pending),
+        "" if select is None else " (those selected)",
     )
     try:
-        with tqdm(
-            total=len(runs), initial=len(outcome.skipped), desc="ablation", unit="run", disable=not progress
-        ) as bar:
+        with tqdm(total=len(pending), desc="ablation", unit="run", disable=not progress) as bar:
             for spec in pending:
                 bar.set_postfix_str(spec.key)
-                result = study.run(spec)
+                if select is not None and not select(spec):  # asked now: the selector may wait for a teacher
+                    bar.update()
+                    continue
+                try:
+                    result = study.run(spec)
+                except Exception as error:  # keep_going: whatever one run raises is logged, not fatal
+                    if not keep_going:
+                        raise
+                    logger.exception("Run %s failed; going on with the next run.", spec.key)
+                    outcome.failed.append(f"{spec.key}: {type(error).__name__}: {error}")
+                    bar.update()
+                    continue
                 study.store.write(spec, result)
                 outcome.trained.append(spec.key)
                 logger.info(
@@ -636,9 +715,11 @@ def _run_study(config: StudyConfig, progress: bool) -> StudyOutcome:
     outcome.rows = study.store.collect(study.grid)
     outcome.teacher_rows = study.teacher_rows()
     outcome.baseline_rows = study.baseline_rows()
-    outcome.reports = write_report(
-        outcome.rows, study.out, outcome.teacher_rows, settings, baseline_rows=outcome.baseline_rows
-    )
+    outcome.missing = [spec.key for spec in study.store.pending(study.grid)]
+    if report:
+        outcome.reports = write_report(
+            outcome.rows, study.out, outcome.teacher_rows, settings, baseline_rows=outcome.baseline_rows
+        )
     return outcome
 
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from medkd3d.data.discovery import DISCOVERY_LAYOUTS, discover_brats, write_datalist
+from medkd3d.data.discovery import DISCOVERY_LAYOUTS, discover_brats, parse_modality_patterns, write_datalist
 from medkd3d.data.synthetic import SYNTHETIC_LAYOUTS, generate_synthetic_brats
 from medkd3d.data.validation import check_data
 
@@ -17,7 +17,8 @@ _LAYOUT_HELP = (
     "brats2019: {HGG,LGG}/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz (also BraTS 2018); "
     "brats2020: BraTS20_Training_NNN/ folders + name_mapping.csv; "
     "brats2021: BraTS2021_NNNNN/ folders + a labels CSV; "
-    "generic: any folder of subject folders + a labels CSV"
+    "generic: any folder of subject folders + a labels CSV (also BraTS 2023+: BraTS-GLI-XXXXX-YYY/ folders with "
+    "t1n/t1c/t2w/t2f files)"
 )
 
 
@@ -87,10 +88,23 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _datalist(args: argparse.Namespace) -> int:
     try:
-        datalist = discover_brats(args.root, **_discovery_kwargs(args))
+        patterns = parse_modality_patterns(args.modality)
+        datalist = discover_brats(args.root, modality_patterns=patterns, **_discovery_kwargs(args))
     except (FileNotFoundError, ValueError) as error:  # DataValidationError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if args.labeled_only:
+        # e.g. BraTS 2021 subjects that the RSNA-MICCAI MGMT CSV does not list: training needs every label
+        left_out = [r["subject"] for r in datalist["training"] if r["label"] is None]
+        datalist["training"] = [r for r in datalist["training"] if r["label"] is not None]
+        if left_out:
+            print(
+                f"left out {len(left_out)} subjects without a label: {', '.join(left_out[:5])}"
+                + (", ..." if len(left_out) > 5 else "")
+            )
+        if not datalist["training"]:
+            print(f"error: no subject of {args.root} has a label; check --labels and --label-column", file=sys.stderr)
+            return 1
     path = write_datalist(datalist, args.out)
     counts = {
         name: sum(r["label"] == i for r in datalist["training"]) for i, name in enumerate(datalist["class_names"])
@@ -178,11 +192,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="find the subjects of a BraTS folder and write a MONAI datalist JSON",
         description="Detect the layout of ROOT, find the T1, T1ce, T2, FLAIR (and seg) files of every subject "
         "(.nii or .nii.gz, any capitalisation, t1ce/t1gd/t1c spellings, the modality read from the end of the file "
-        "name) and write a MONAI-style datalist with paths relative to the JSON file. Fails, listing every "
-        "subject, if a modality is missing or matched by more than one file.",
+        "name, or by a --modality pattern) and write a MONAI-style datalist with paths relative to the JSON file. "
+        "Fails, listing every subject, if a modality is missing or matched by more than one file.",
     )
     datalist.add_argument("root", metavar="ROOT", help="dataset root (the folder holding HGG/LGG or the subjects)")
     datalist.add_argument("--out", required=True, metavar="JSON", help="datalist file to write")
+    datalist.add_argument(
+        "--modality",
+        action="append",
+        default=[],
+        metavar="NAME=GLOB",
+        help="file-name pattern of a modality (NAME: t1, t1ce, t2, flair or seg) in each subject folder, for files "
+        "whose names carry no modality token, e.g. --modality 't1=*_T1w.nii.gz' --modality 't1ce=*_gd.nii.gz' "
+        "(shell-style, case-insensitive; quote it); repeat it per modality; modalities without a pattern are "
+        "recognised by name",
+    )
+    datalist.add_argument(
+        "--labeled-only",
+        action="store_true",
+        help="leave out the subjects without a label (e.g. BraTS 2021 subjects that an MGMT labels CSV does not "
+        "list); training refuses a datalist with unlabeled subjects",
+    )
     _add_label_options(datalist)
     datalist.set_defaults(func=_datalist)
 

@@ -1,4 +1,4 @@
-"""Find the subjects of a BraTS download (2018/2019, 2020, 2021 or any folder of subjects) and write a datalist.
+"""Find the subjects of a BraTS download (2018/2019, 2020, 2021, 2023+ or any folder of subjects), write a datalist.
 
 The datalist is a MONAI-style JSON file::
 
@@ -14,12 +14,14 @@ Discovery is tolerant where real downloads are messy - ``.nii`` or ``.nii.gz``, 
 modality spellings (``t1ce``/``t1gd``/``t1c``, ``t2flair``, the BraTS 2023 ``t1n/t1c/t2w/t2f``), files whose name
 does not start with the subject id (the modality is read from the last name token; the misnamed BraTS 2020
 segmentation ``W39_1998.09.19_Segm.nii`` is recognised) - and strict where it matters: each of the four modalities
-exactly once per subject.
+exactly once per subject. Data whose file names carry no modality token (``sub01_gd.nii.gz``) is described by one
+shell pattern per modality (``modality_patterns={"t1ce": "*_gd.nii.gz"}``, ``--modality t1ce='*_gd.nii.gz'``).
 """
 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import logging
@@ -44,6 +46,7 @@ __all__ = [
     "discover_brats",
     "load_datalist",
     "match_modality",
+    "parse_modality_patterns",
     "write_datalist",
 ]
 
@@ -131,6 +134,65 @@ def match_modality(file_name: str) -> str | None:
     return _MODALITY_TOKENS.get(tokens[-1]) if tokens else None
 
 
+def parse_modality_patterns(items: Sequence[str]) -> dict[str, str]:
+    """Parse ``NAME=GLOB`` items (``t1ce=*_gd.nii.gz``) into the ``modality_patterns`` of :func:`discover_brats`.
+
+    Args:
+        items: one item per modality; ``NAME`` is one of :data:`MODALITIES` or ``seg`` (case-insensitive), ``GLOB``
+            a shell pattern (``*``, ``?``, ``[...]``) matched against the file names of each subject folder.
+
+    Returns:
+        Modality -> pattern.
+
+    Raises:
+        ValueError: for an item without ``=``, an unknown modality, an empty pattern or a modality given twice.
+    """
+    patterns: dict[str, str] = {}
+    names = (*MODALITIES, "seg")
+    for item in items:
+        name, sep, pattern = item.partition("=")
+        name, pattern = name.strip().lower(), pattern.strip()
+        if not sep or not pattern:
+            raise ValueError(f"--modality {item!r}: write NAME=GLOB, e.g. --modality 't1ce=*_gd.nii.gz'")
+        if name not in names:
+            raise ValueError(f"--modality {item!r}: unknown modality {name!r}; use one of {', '.join(names)}")
+        if name in patterns:
+            raise ValueError(f"--modality {name} is given twice ({patterns[name]!r} and {pattern!r}); keep one")
+        patterns[name] = pattern
+    return patterns
+
+
+def _modality_of(file_name: str, patterns: Mapping[str, str]) -> list[str]:
+    """The modalities a file stands for: those whose pattern it matches (case-insensitive), else by its name.
+
+    A modality with a pattern is found by its pattern only, so a name token never adds a second file to it.
+    """
+    matched = [m for m, pattern in patterns.items() if fnmatch.fnmatch(file_name.lower(), pattern.lower())]
+    if matched:
+        return matched
+    modality = match_modality(file_name)
+    return [modality] if modality is not None and modality not in patterns else []
+
+
+def _missing_problem(folder: Path, subject: str, modality: str, patterns: Mapping[str, str]) -> DataProblem:
+    """The problem of a subject folder without a file for ``modality``."""
+    present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+    if modality in patterns:
+        return DataProblem(
+            subject,
+            str(folder),
+            f"no file matches --modality {modality}={patterns[modality]} (folder holds: {present})",
+            "correct the pattern (shell-style, matched against file names, case-insensitive), or remove the subject",
+        )
+    return DataProblem(
+        subject,
+        str(folder),
+        f"missing modality {modality} (folder holds: {present})",
+        f"add <subject>_{modality}.nii.gz to the folder, give its file pattern (--modality {modality}=GLOB), "
+        "or remove the subject",
+    )
+
+
 def _dangling_link(path: Path) -> DataProblem:
     """The problem of a symbolic link whose target does not exist."""
     subject = path.parent.name if nifti_stem(path.name) is not None else path.name
@@ -197,39 +259,53 @@ def detect_layout(root: str | os.PathLike) -> str:
     return "generic"
 
 
-def _find_modalities(folder: Path, subject: str) -> tuple[dict[str, Path], list[DataProblem]]:
-    """The modality files of one subject folder, and the problems (missing or ambiguous modalities)."""
+def _find_modalities(
+    folder: Path, subject: str, patterns: Mapping[str, str] | None = None
+) -> tuple[dict[str, Path], list[DataProblem]]:
+    """The modality files of one subject folder, and the problems (missing or ambiguous modalities).
+
+    Args:
+        folder: the subject folder.
+        subject: its id, for the problems.
+        patterns: modality -> shell pattern of its file name (see :func:`parse_modality_patterns`); modalities
+            without one are recognised by name (:func:`match_modality`).
+    """
+    patterns = patterns or {}
     found: dict[str, list[Path]] = {}
+    problems = []
     for path in sorted(folder.iterdir()):
-        modality = match_modality(path.name) if path.is_file() else None
-        if modality is not None:
-            found.setdefault(modality, []).append(path)
+        modalities = _modality_of(path.name, patterns) if path.is_file() and nifti_stem(path.name) else []
+        if len(modalities) > 1:
+            given = ", ".join(f"--modality {m}={patterns[m]}" for m in modalities)
+            problems.append(
+                DataProblem(
+                    subject,
+                    str(path),
+                    f"the file matches the patterns of {len(modalities)} modalities: {given}",
+                    "make the patterns specific enough that each file matches one",
+                )
+            )
+        elif modalities:
+            found.setdefault(modalities[0], []).append(path)
         elif nifti_stem(path.name) is not None and path.exists():  # a broken link is reported by _subject_folders
             logger.debug("%s: ignoring %s (no modality in its name)", subject, path.name)
     where = str(folder)
-    problems = []
     for modality in (*MODALITIES, "seg"):
         paths = found.get(modality, [])
         if len(paths) > 1:
             names = ", ".join(p.name for p in paths)
+            how = f"--modality {modality}={patterns[modality]}" if modality in patterns else f"modality {modality}"
             problems.append(
                 DataProblem(
                     subject,
                     where,
-                    f"{len(paths)} files match modality {modality}: {names}",
-                    "keep exactly one file per modality in the subject folder (remove or rename the others)",
+                    f"{len(paths)} files match {how}: {names}",
+                    "keep exactly one file per modality in the subject folder (remove or rename the others, or "
+                    "make the pattern more specific)",
                 )
             )
         elif not paths and modality != "seg":
-            present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-            problems.append(
-                DataProblem(
-                    subject,
-                    where,
-                    f"missing modality {modality} (folder holds: {present})",
-                    f"add <subject>_{modality}.nii.gz to the folder, or remove the subject",
-                )
-            )
+            problems.append(_missing_problem(folder, subject, modality, patterns))
     return {m: paths[0] for m, paths in found.items() if len(paths) == 1}, problems
 
 
@@ -362,7 +438,9 @@ def _label_finder(labels: Mapping[str, str]) -> Callable[[str], str | None]:
     """Find a subject's id in the labels CSV: exactly, then case-insensitively, then by its zero-padded trailing number.
 
     The last rule matches the RSNA-MICCAI ``BraTS21ID`` column (``12`` or ``00012``) to ``BraTS2021_00012``; it
-    needs at least three trailing digits, so the ``_1`` of ``BraTS19_TCIA01_131_1`` never matches id ``1``.
+    needs at least three trailing digits, so the ``_1`` of ``BraTS19_TCIA01_131_1`` never matches id ``1``. A
+    BraTS 2023+ id ``BraTS-GLI-00012-000`` ends in its time point: its number is the five digits before it (the
+    BraTS 2021 number of the same patient), never the ``000``.
     """
     lowered = {k.lower(): k for k in labels}
     numeric = {int(k): k for k in labels if k.isdigit()}
@@ -372,7 +450,7 @@ def _label_finder(labels: Mapping[str, str]) -> Callable[[str], str | None]:
             return subject
         if subject.lower() in lowered:
             return lowered[subject.lower()]
-        number = re.search(r"(?<!\d)(\d{3,})$", subject)
+        number = re.fullmatch(r"brats-[a-z]+-(\d{5})-\d{3}", subject.lower()) or re.search(r"(?<!\d)(\d{3,})$", subject)
         return numeric.get(int(number.group(1))) if number else None
 
     return find
@@ -457,6 +535,7 @@ def _discover(
     subject_column: str | None = None,
     layout: str = "auto",
     class_names: Sequence[str] | None = None,
+    modality_patterns: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], list[DataProblem]]:
     """:func:`discover_brats` that returns the problems instead of raising; subjects with problems are left out."""
     root = Path(root).resolve()
@@ -467,6 +546,9 @@ def _discover(
     if layout == "auto":
         layout = detect_layout(root)
     logger.info("discovering %s as layout %s", root, layout)
+    unknown = sorted(set(modality_patterns or {}) - {*MODALITIES, "seg"})
+    if unknown:
+        raise ValueError(f"modality_patterns names unknown modalities {unknown}; use {[*MODALITIES, 'seg']}")
 
     if labels_csv is None:
         labels_csv = _default_labels_csv(root, layout)
@@ -486,7 +568,7 @@ def _discover(
     problems += link_problems
     for folder in folders:
         subject = folder.name
-        files, subject_problems = _find_modalities(folder, subject)
+        files, subject_problems = _find_modalities(folder, subject, modality_patterns)
         problems += subject_problems
         if subject_problems:
             continue
@@ -539,6 +621,7 @@ def discover_brats(
     subject_column: str | None = None,
     layout: str = "auto",
     class_names: Sequence[str] | None = None,
+    modality_patterns: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Find every subject of a BraTS-style dataset and build a datalist (absolute paths).
 
@@ -561,6 +644,10 @@ def discover_brats(
         class_names: the classes, declared explicitly, in label order (values match exactly, case-insensitively
             or as the same integer); every label must be one of them. ``None``: inferred from the values, with
             the known sets enforced.
+        modality_patterns: modality (``t1``, ``t1ce``, ``t2``, ``flair``, ``seg``) -> shell pattern of its file
+            name in a subject folder (case-insensitive), for files whose names carry no modality token, e.g.
+            ``{"t1": "*_T1w.nii.gz", "t1ce": "*_gd.nii.gz"}``; the other modalities are recognised by name.
+            See :func:`parse_modality_patterns`.
 
     Returns:
         The datalist dict; subjects without a label have ``label`` and ``class_name`` ``None``.
@@ -568,10 +655,13 @@ def discover_brats(
     Raises:
         FileNotFoundError: if ``root`` is not a folder.
         DataValidationError: listing every subject with a missing or ambiguous modality, conflicting labels, or
-            a label outside the known or declared classes.
-        ValueError: for an unknown layout or a labels CSV without the needed columns.
+            a label outside the known or declared classes; a file matching the patterns of two modalities.
+        ValueError: for an unknown layout, a labels CSV without the needed columns, or an unknown modality in
+            ``modality_patterns``.
     """
-    datalist, problems = _discover(root, labels_csv, label_column, subject_column, layout, class_names)
+    datalist, problems = _discover(
+        root, labels_csv, label_column, subject_column, layout, class_names, modality_patterns
+    )
     if problems:
         raise DataValidationError(problems, context=f"dataset {datalist['root']}")
     return datalist

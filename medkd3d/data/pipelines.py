@@ -33,7 +33,6 @@ from monai.transforms import (
     DeleteItemsd,
     EnsureTyped,
     LoadImaged,
-    NormalizeIntensityd,
     Orientationd,
     RandAffined,
     RandFlipd,
@@ -45,6 +44,8 @@ from monai.transforms import (
     Transform,
 )
 
+from medkd3d.data.intensity import NormalizeNonzerod
+from medkd3d.data.readers import DEFAULT_READER, resolve_reader
 from medkd3d.data.transforms import (
     DETERMINISTIC_SAMPLINGS,
     RANDOM_SAMPLINGS,
@@ -70,7 +71,7 @@ RESIZE_MODES = ("fit", "stretch", "pad_crop")
 
 def preprocess_transforms(
     spatial_size: Sequence[int] = (128, 128, 128),
-    reader: str | type[ImageReader] | ImageReader = "NibabelReader",
+    reader: str | type[ImageReader] | ImageReader = DEFAULT_READER,
     pixdim: Sequence[float] | None = None,
     resize: str = "fit",
     load_seg: bool = False,
@@ -82,8 +83,10 @@ def preprocess_transforms(
 
     Args:
         spatial_size: output ``(X, Y, Z)`` of the preprocessed volume.
-        reader: MONAI reader for the NIfTI files, ``"NibabelReader"`` or ``"ITKReader"`` (or a reader
-            class/instance); both give the same array after RAS orientation.
+        reader: MONAI reader for the NIfTI files: ``"FastNibabelReader"`` (default; MONAI's ``NibabelReader``
+            reading ``.nii.gz`` in one ISA-L or zlib decompression, bit-identical arrays and metadata, see
+            :mod:`medkd3d.data.readers`), ``"NibabelReader"`` or ``"ITKReader"`` (or a reader class/instance);
+            all give the same array after RAS orientation.
         pixdim: target voxel spacing in mm for resampling (``Spacingd``); ``None`` keeps the native spacing
             (BraTS is already 1 mm isotropic).
         resize: how the cropped brain reaches ``spatial_size``:
@@ -108,6 +111,7 @@ def preprocess_transforms(
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     spatial_size = tuple(int(s) for s in spatial_size)
+    reader = resolve_reader(reader)
     keys = [image_key, seg_key] if load_seg else [image_key]
     modes = ["trilinear", "nearest"][: len(keys)]
     transforms: list[Transform] = [
@@ -162,8 +166,9 @@ def preprocess_transforms(
     else:
         transforms.append(ResizeWithPadOrCropd(keys, spatial_size=spatial_size, allow_missing_keys=True))
     transforms += [
-        # Last, so the statistics ignore the zero padding and interpolation cannot smear them.
-        NormalizeIntensityd(image_key, nonzero=True, channel_wise=True),
+        # Last, so the statistics ignore the zero padding and interpolation cannot smear them. The output of
+        # NormalizeIntensityd(nonzero=True, channel_wise=True), bit for bit, at a fraction of its cost.
+        NormalizeNonzerod(image_key),
         EnsureTyped(label_key, dtype=torch.int64, track_meta=False, allow_missing_keys=True),
     ]
     if load_seg:
@@ -214,7 +219,7 @@ def intensity_augmentations(keys: Sequence[str]) -> list[Transform]:
 def volume_transforms(
     spatial_size: Sequence[int] = (128, 128, 128),
     train: bool = False,
-    reader: str | type[ImageReader] | ImageReader = "NibabelReader",
+    reader: str | type[ImageReader] | ImageReader = DEFAULT_READER,
     pixdim: Sequence[float] | None = None,
     resize: str = "fit",
     load_seg: bool = False,
@@ -224,7 +229,7 @@ def volume_transforms(
     Args:
         spatial_size: output ``(X, Y, Z)``.
         train: append the random augmentations (flips, small affine, intensity scale/shift).
-        reader: ``"NibabelReader"`` or ``"ITKReader"``.
+        reader: ``"FastNibabelReader"`` (default), ``"NibabelReader"`` or ``"ITKReader"``.
         pixdim: optional resampling spacing in mm.
         resize: ``"fit"``, ``"stretch"`` or ``"pad_crop"``, see :func:`preprocess_transforms`.
         load_seg: also output ``"seg"``: ``[1, X, Y, Z]`` uint8 BraTS labels, given the same spatial transforms
@@ -251,7 +256,7 @@ def slice_stack_transforms(
     sampling: str | None = None,
     train: bool = False,
     keep_volume: bool = False,
-    reader: str | type[ImageReader] | ImageReader = "NibabelReader",
+    reader: str | type[ImageReader] | ImageReader = DEFAULT_READER,
     pixdim: Sequence[float] | None = None,
     resize: str = "fit",
 ) -> Compose:
@@ -282,7 +287,7 @@ def slice_stack_transforms(
             ``"foreground"``.
         train: add the random augmentations.
         keep_volume: keep the preprocessed (and augmented) 3D volume under ``"volume"``.
-        reader: ``"NibabelReader"`` or ``"ITKReader"``.
+        reader: ``"FastNibabelReader"`` (default), ``"NibabelReader"`` or ``"ITKReader"``.
         pixdim: optional resampling spacing in mm.
         resize: ``"fit"``, ``"stretch"`` or ``"pad_crop"``, see :func:`preprocess_transforms`.
 

@@ -26,6 +26,7 @@ import importlib.util
 import io
 import logging
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -609,9 +610,15 @@ def generate_synthetic_brats(
         save_nifti(synthetic.seg, synthetic.affine, folder / f"{subject.subject_id}_seg.nii.gz")
 
     show = progress if progress is not None else len(planned) > 20
+    # without the bar, a log line about every tenth of the subjects says how far it is and how long is left
+    log_every, start = max(1, -(-len(planned) // 10)), time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        for _ in tqdm(pool.map(write, planned), total=len(planned), desc="synth", unit="subject", disable=not show):
-            pass
+        bar = tqdm(pool.map(write, planned), total=len(planned), desc="synth", unit="subject", disable=not show)
+        for done, _ in enumerate(bar, start=1):
+            if not show and (done % log_every == 0 or done == len(planned)):
+                elapsed = time.perf_counter() - start
+                eta = elapsed / done * (len(planned) - done)
+                logger.info("synth: %d/%d subjects, %.1f s elapsed, ETA %.1f s", done, len(planned), elapsed, eta)
     _write_label_files(root, layout, planned)
     logger.info("wrote %d synthetic subjects (%s, shape %s) to %s", len(planned), layout, tuple(shape), root)
     return root

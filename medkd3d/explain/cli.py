@@ -13,6 +13,10 @@ writes, for the subject ``S``, method ``M`` and each model ``B`` (the bundle dir
 - ``S_M_B.png``: sagittal, coronal and axial planes through the map's peak, over the chosen modality;
 - ``S_M_B.json``: the prediction, the explained class, the layer and the slice positions;
 - with ``--teacher-bundle``: ``S_M_agreement.json`` (Pearson, top-10% Dice/IoU, mass in the tumour).
+
+It prints what the numbers mean: the share of each map's mass inside the tumour segmentation (when the subject
+has one) against what a uniform map would score, the teacher-student agreement with its scale, and a warning in
+words for a constant (collapsed) map, whose correlation is undefined.
 """
 
 from __future__ import annotations
@@ -132,7 +136,9 @@ def _target_class(value: str | None, class_names: Sequence[str]) -> int | None:
         raise ValueError(f"--target-class {value!r} is neither a class index nor one of {list(class_names)}") from None
 
 
-def _save_explanation(explanation: Any, record: Mapping[str, Any], out: Path, tag: str, modality: str) -> list[Path]:
+def _save_explanation(
+    explanation: Any, record: Mapping[str, Any], out: Path, tag: str, modality: str, in_tumour: Mapping[str, Any]
+) -> list[Path]:
     import nibabel as nib
     import numpy as np
 
@@ -149,7 +155,7 @@ def _save_explanation(explanation: Any, record: Mapping[str, Any], out: Path, ta
     return [
         save_map_nifti(explanation.map, explanation.affine, out / f"{stem}.nii.gz"),
         save_overlay_png(background, explanation.map, explanation.affine, out / f"{stem}.png", title=title),
-        write_json(out / f"{stem}.json", {**explanation.summary(), "overlay_modality": modality}),
+        write_json(out / f"{stem}.json", {**explanation.summary(), "overlay_modality": modality, **in_tumour}),
     ]
 
 
@@ -161,29 +167,43 @@ def _brain_mask(record: Mapping[str, Any]) -> Any:
     return np.any([np.asarray(nib.load(path).dataobj) != 0 for path in record["image"]], axis=0)
 
 
-def _agreement(teacher: Any, student: Any, record: Mapping[str, Any], fraction: float) -> dict[str, Any]:
+def _segmentation(record: Mapping[str, Any], shape: tuple[int, ...]) -> Any:
+    """The subject's segmentation on the map grid, or ``None`` when it has none."""
     import nibabel as nib
     import numpy as np
 
+    seg_path = record.get("seg")
+    if not seg_path:
+        return None
+    seg = np.asarray(nib.load(seg_path).dataobj)
+    if seg.shape != tuple(shape):
+        raise ValueError(
+            f"subject {record.get('subject')!r}: segmentation {seg_path} has shape {seg.shape} but the images have "
+            f"{tuple(shape)}; give the segmentation of these images"
+        )
+    return seg
+
+
+def _in_tumour(explanation: Any, brain: Any, seg: Any) -> dict[str, Any]:
+    """:func:`~medkd3d.explain.agreement.map_in_tumour` of one map on the brain voxels it covers."""
+    from medkd3d.explain.agreement import map_in_tumour
+
+    return map_in_tumour(explanation.map, seg, brain & explanation.coverage)
+
+
+def _agreement(
+    teacher: Any, student: Any, record: Mapping[str, Any], brain: Any, seg: Any, fraction: float
+) -> dict[str, Any]:
     from medkd3d.explain.agreement import map_agreement
 
-    region = _brain_mask(record) & teacher.coverage & student.coverage
-    seg_path = record.get("seg")
-    seg = None
-    if seg_path:
-        seg = np.asarray(nib.load(seg_path).dataobj)
-        if seg.shape != student.map.shape:
-            raise ValueError(
-                f"subject {student.subject!r}: segmentation {seg_path} has shape {seg.shape} but the images have "
-                f"{student.map.shape}; give the segmentation of these images"
-            )
+    region = brain & teacher.coverage & student.coverage
     return {
         "subject": student.subject,
         "method": student.method,
         "teacher": teacher.summary(),
         "student": student.summary(),
         "region": "brain voxels (nonzero in any modality) where both maps exist",
-        "segmentation": seg_path,
+        "segmentation": record.get("seg"),
         **map_agreement(teacher.map, student.map, seg=seg, mask=region, fraction=fraction),
     }
 
@@ -202,6 +222,7 @@ def _explain(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from medkd3d.explain.agreement import describe_agreement, describe_map
     from medkd3d.explain.bundle import load_bundle_model
     from medkd3d.explain.explainer import explain_subject
     from medkd3d.explain.io import write_json
@@ -216,7 +237,9 @@ def _run(args: argparse.Namespace) -> int:
     }  # fmt: skip
     target = _target_class(args.target_class, model.class_names)
     student = explain_subject(model, record, target_class=target, layer=args.layer, **settings)
-    written = _save_explanation(student, record, out, model.name, args.modality)
+    brain, seg = _brain_mask(record), _segmentation(record, student.map.shape)
+    student_in_tumour = _in_tumour(student, brain, seg)
+    written = _save_explanation(student, record, out, model.name, args.modality, student_in_tumour)
 
     if args.teacher_bundle:
         teacher_model, _ = load_bundle_model(args.teacher_bundle, args.teacher_checkpoint, dict(args.teacher_override))
@@ -226,13 +249,23 @@ def _run(args: argparse.Namespace) -> int:
         teacher = explain_subject(
             teacher_model, record, target_class=student.target_class, layer=args.teacher_layer, **settings
         )
-        written += _save_explanation(teacher, record, out, teacher_model.name, args.modality)
-        report = _agreement(teacher, student, record, args.top_fraction)
+        written += _save_explanation(
+            teacher, record, out, teacher_model.name, args.modality, _in_tumour(teacher, brain, seg)
+        )
+        report = _agreement(teacher, student, record, brain, seg, args.top_fraction)
         written.append(write_json(out / f"{student.subject}_{args.method}_agreement.json", report))
         print(
-            f"{student.subject}: teacher-student {args.method} agreement: pearson={report['pearson']}, "
-            f"top-{args.top_fraction:.0%} dice={report['top_dice']}"
+            f"{student.subject}: {args.method} of the teacher {teacher_model.name} and the student {model.name}; "
+            "teacher-student agreement:"
         )
+        lines = describe_agreement(report)
+    else:
+        print(f"{student.subject}: {args.method} of {model.name}:")
+        lines = describe_map(f"map of {model.name}", student_in_tumour)
+    if not record.get("seg"):
+        lines.append("no tumour segmentation for this subject, so no mass inside it (give one with --seg)")
+    for line in lines:
+        print(f"  {line}")
     for path in written:
         print(path)
     return 0

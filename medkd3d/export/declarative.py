@@ -49,7 +49,9 @@ __all__ = [
 DOCUMENT_FORMAT = "medkd3d-inference/1"
 #: String prefixes MONAI's config parser treats as expressions (``$``), references (``@``) and macros (``%``).
 _CODE_PREFIXES: tuple[str, ...] = ("$", "@", "%")
+#: Readers MONAI's ``LoadImaged`` resolves by name; medkd3d's pipelines also take their own (``FastNibabelReader``).
 _READERS = ("NibabelReader", "ITKReader")
+_PIPELINE_READERS = ("FastNibabelReader", *_READERS)  # medkd3d.data.readers.READERS, without importing the data stack
 _RESIZE_MODES = ("fit", "stretch", "pad_crop")
 _SAMPLINGS = ("foreground", "largest_area", "even", "tumour", "random_foreground", "uniform")
 _INTERPOLATIONS = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area")
@@ -179,7 +181,7 @@ class Allowed:
 _COMMON_PIPELINE_ARGS: dict[str, Check] = {
     "spatial_size": _size,
     "train": _boolean,
-    "reader": _choice(*_READERS),
+    "reader": _choice(*_PIPELINE_READERS),
     "pixdim": _optional(_sequence(_number)),
     "resize": _choice(*_RESIZE_MODES),
 }

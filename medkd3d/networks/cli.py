@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "COMPRESSION_PAIRS",
     "compression_summary",
     "derive_input_shape",
+    "plain_text",
     "profile_registered_model",
     "register",
     "subject_extent",
@@ -47,6 +49,27 @@ COMPRESSION_PAIRS: tuple[tuple[str, str], ...] = (
     ("vggvit3d", "efficientnet25d_multi"),
     ("hdkd_teacher3d", "hdkd_student3d"),
 )
+
+
+#: ``:role:`target``` of Sphinx (``:func:`~medkd3d.x.f```), with an optional ``~`` that keeps the last name only.
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`]+)`")
+
+
+def plain_text(doc: str) -> str:
+    """A reST docstring as plain text for ``--help``: inline literals and Sphinx roles lose their markup.
+
+    Args:
+        doc: the docstring, e.g. ``"Uses ``--tiny`` and :func:`~medkd3d.networks.profile.spatial_rank`."``.
+
+    Returns:
+        The text without markup, e.g. ``"Uses --tiny and spatial_rank."``.
+    """
+
+    def role(match: re.Match) -> str:
+        tilde, target = match.groups()
+        return target.rsplit(".", 1)[-1] if tilde else target
+
+    return _ROLE.sub(role, doc).replace("``", "")
 
 
 def derive_input_shape(
@@ -253,7 +276,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "models",
         help="list the registered models with parameters, GFLOPs and latency",
-        description=__doc__,
+        description=plain_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

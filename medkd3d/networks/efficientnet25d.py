@@ -94,6 +94,23 @@ def _describe_backbone(backbone: nn.Module, name: str, in_channels: int) -> tupl
     return feature_info, has_head_feature, embed_dim
 
 
+class _ScriptableTimmResNet(timm.models.resnet.ResNet):
+    """timm's ResNet with ``forward_intermediates`` unrolled so TorchScript compiles it.
+
+    timm slices a tuple of stage names by a variable there, which TorchScript rejects; this returns the same
+    ``(final, [act1, layer1, ..., layer4])`` for the default arguments (every stage, no early stop, no norm).
+    :class:`EfficientNet25D` swaps the class of a plain timm ResNet it builds to this one: same modules, same weights.
+    """
+
+    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:  # type: ignore[override]
+        stem = self.act1(self.bn1(self.conv1(x)))
+        f1 = self.layer1(self.maxpool(stem))
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        f4 = self.layer4(f3)
+        return f4, [stem, f1, f2, f3, f4]
+
+
 class EfficientNet25D(nn.Module):
     """A timm 2D backbone (EfficientNet-B0 by default) over a ``[B, 4*K, H, W]`` stack of K adjacent slices.
 
@@ -130,6 +147,8 @@ class EfficientNet25D(nn.Module):
         self.backbone = timm.create_model(
             backbone, pretrained=False, in_chans=self.in_channels, num_classes=num_classes, **backbone_kwargs
         )
+        if type(self.backbone) is timm.models.resnet.ResNet:  # e.g. "resnet10t", "resnet18": make it scriptable
+            self.backbone.__class__ = _ScriptableTimmResNet
         info, self.has_head_feature, self.embed_dim = _describe_backbone(self.backbone, backbone, self.in_channels)
         self.feature_info = [{**entry, "module": f"backbone.{entry['module']}"} for entry in info]
 

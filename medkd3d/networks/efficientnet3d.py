@@ -21,6 +21,7 @@ import torch
 from monai.networks.nets.efficientnet import EfficientNet, efficientnet_params
 from torch import nn
 
+from medkd3d.networks.pooling import check_global_pooling, global_pool, pooled_width
 from medkd3d.networks.registry import register_model
 
 __all__ = ["EFFICIENTNET_BLOCKS_ARGS", "EfficientNet3D"]
@@ -44,7 +45,7 @@ class EfficientNet3D(EfficientNet):
     ``monai.networks.nets.EfficientNetBN(model_name, pretrained=False, spatial_dims=spatial_dims, ...)``.
     ``forward_features`` returns the outputs of the stages that end at a new stride (strides 2, 4, 8, 16, 32: the
     same stages as MONAI's ``EfficientNetBNFeatures``); ``forward_head`` applies MONAI's head (1x1 conv, BN, swish,
-    pooling, dropout, linear) to the last one.
+    pooling, dropout, linear) to the last one; ``head_pooling`` can add global max pooling to it.
 
     Args:
         model_name: ``"efficientnet-b0"`` ... ``"efficientnet-b7"`` (any key of MONAI's ``efficientnet_params``).
@@ -59,9 +60,12 @@ class EfficientNet3D(EfficientNet):
         dropout_rate: dropout before the classifier; defaults to the model's table value.
         drop_connect_rate: stochastic-depth rate; defaults to the model's table value.
         norm: normalisation layer, as in MONAI.
+        head_pooling: global pooling before the classifier, one of
+            :data:`~medkd3d.networks.pooling.GLOBAL_POOLINGS`; ``"avg"`` is MONAI's. ``"avgmax"`` also passes the
+            strongest response of every channel (a small lesion) to the classifier, which doubles its input.
 
     Raises:
-        ValueError: if ``model_name`` is unknown.
+        ValueError: if ``model_name`` or ``head_pooling`` is unknown.
     """
 
     def __init__(
@@ -76,7 +80,9 @@ class EfficientNet3D(EfficientNet):
         dropout_rate: float | None = None,
         drop_connect_rate: float | None = None,
         norm: str | tuple = ("batch", {"eps": 1e-3, "momentum": 0.01}),
+        head_pooling: str = "avg",
     ) -> None:
+        check_global_pooling(head_pooling, "EfficientNet3D")
         if model_name not in efficientnet_params:
             raise ValueError(
                 f"EfficientNet3D: unknown model_name {model_name!r}; choose one of {', '.join(efficientnet_params)}."
@@ -95,6 +101,9 @@ class EfficientNet3D(EfficientNet):
             drop_connect_rate=table_drop_connect if drop_connect_rate is None else drop_connect_rate,
         )
         self.model_name = model_name
+        self.head_pooling = head_pooling
+        if head_pooling != "avg":
+            self._fc = nn.Linear(pooled_width(self._fc.in_features, head_pooling), num_classes)
         # MONAI draws the classifier from U(-a, a), a = 1/sqrt(num_classes): with 2 classes and 1280 features the
         # first logits have a standard deviation near 9 and a cross-entropy near 7, from which training diverged.
         # A small normal start (as timm and torchvision heads do) gives logits near 0, a loss near log(num_classes).
@@ -129,7 +138,11 @@ class EfficientNet3D(EfficientNet):
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Logits ``[B, num_classes]`` from the last stage feature through MONAI's head."""
         x = self._swish(self._bn1(self._conv_head(self._conv_head_padding(features[-1]))))
-        x = self._avg_pooling(x).flatten(start_dim=1)
+        x = (
+            self._avg_pooling(x).flatten(start_dim=1)
+            if self.head_pooling == "avg"
+            else global_pool(x, self.head_pooling)
+        )
         return self._fc(self._dropout(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 
 from medkd3d.networks.mbcsa import MBCSABlock
+from medkd3d.networks.pooling import check_global_pooling, global_pool, pooled_width
 from medkd3d.networks.registry import register_model
 from medkd3d.networks.vit3d import TransformerBlock
 
@@ -109,7 +110,7 @@ class _MBCSABackbone(nn.Module):
 
 
 class HDKDTeacher(_MBCSABackbone):
-    """HDKD convolutional teacher: MBCSA stages, global average pooling and a linear classifier.
+    """HDKD convolutional teacher: MBCSA stages, global pooling and a linear classifier.
 
     Args:
         in_channels: input channels (4 MRI modalities).
@@ -124,9 +125,12 @@ class HDKDTeacher(_MBCSABackbone):
         spatial_kernel_size: CBAM spatial-attention kernel size.
         dropout_rate: dropout before the classifier.
         spatial_dims: 3 for volumes, 2 for slices.
+        head_pooling: global pooling of the last stage, one of :data:`~medkd3d.networks.pooling.GLOBAL_POOLINGS`
+            (HDKD: ``"avg"``; ``"avgmax"`` also passes each channel's strongest response, e.g. a small lesion).
 
     Raises:
-        ValueError: if ``channels`` and ``depths`` differ in length or a stage has no block.
+        ValueError: if ``channels`` and ``depths`` differ in length, a stage has no block, or ``head_pooling``
+            is unknown.
     """
 
     def __init__(
@@ -143,7 +147,9 @@ class HDKDTeacher(_MBCSABackbone):
         spatial_kernel_size: int = 7,
         dropout_rate: float = 0.0,
         spatial_dims: int = 3,
+        head_pooling: str = "avg",
     ) -> None:
+        check_global_pooling(head_pooling, "HDKDTeacher")
         super().__init__(
             in_channels=in_channels,
             channels=channels,
@@ -158,11 +164,12 @@ class HDKDTeacher(_MBCSABackbone):
         )
         self.num_classes = num_classes
         self.dropout = nn.Dropout(dropout_rate)
-        self.classifier = nn.Linear(self.feature_info[-1]["num_chs"], num_classes)
+        self.head_pooling = head_pooling
+        self.classifier = nn.Linear(pooled_width(self.feature_info[-1]["num_chs"], head_pooling), num_classes)
 
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Logits ``[B, num_classes]`` from the globally average-pooled last stage feature."""
-        pooled = features[-1].flatten(2).mean(dim=-1)
+        """Logits ``[B, num_classes]`` from the globally pooled last stage feature."""
+        pooled = global_pool(features[-1], self.head_pooling)
         return self.classifier(self.dropout(pooled))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

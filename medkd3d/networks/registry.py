@@ -51,6 +51,7 @@ MODEL_FAMILY_MODULES: tuple[str, ...] = (
     "medkd3d.networks.hdkd",
     "medkd3d.networks.efficientnet3d",
     "medkd3d.networks.efficientnet25d",
+    "medkd3d.networks.resnet3d",
 )
 
 

@@ -18,6 +18,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Pool
 from torch import Tensor, nn
 
+from medkd3d.networks.pooling import check_global_pooling, global_pool, pooled_width
 from medkd3d.networks.registry import register_model
 
 __all__ = ["VGG3D", "VGG_CONFIGS", "vgg11_3d", "vgg13_3d", "vgg16_3d", "vgg19_3d"]
@@ -51,14 +52,16 @@ class VGG3D(nn.Module):
         head_hidden_dim: width of the hidden layer of the classifier MLP; ``None`` for a single linear layer.
         dropout: dropout of the classifier MLP.
         spatial_dims: 3 for volumes; 2 gives the ordinary 2D VGG.
+        head_pooling: global pooling of the last stage, one of :data:`~medkd3d.networks.pooling.GLOBAL_POOLINGS`
+            (``"avg"``: the classic head; ``"avgmax"`` also passes each channel's strongest response).
 
     Raises:
-        ValueError: for an unknown ``depth`` or a non-positive ``width_multiplier``.
+        ValueError: for an unknown ``depth`` or ``head_pooling``, or a non-positive ``width_multiplier``.
 
     ``forward_features`` returns the five stage outputs after their max pooling (strides 2..32). Pooling uses
     ``ceil_mode`` so any input size works (e.g. the 155 slices of a raw BraTS volume): a stage of an ``n``-voxel
-    input has ``ceil(n / stride)`` voxels. The head averages the last stage over space, so the classifier does
-    not depend on the input size.
+    input has ``ceil(n / stride)`` voxels. The head pools the last stage over space (``head_pooling``), so the
+    classifier does not depend on the input size.
     """
 
     def __init__(
@@ -71,8 +74,10 @@ class VGG3D(nn.Module):
         head_hidden_dim: int | None = 512,
         dropout: float = 0.5,
         spatial_dims: int = 3,
+        head_pooling: str = "avg",
     ) -> None:
         super().__init__()
+        check_global_pooling(head_pooling, "VGG3D")
         if depth not in VGG_CONFIGS:
             raise ValueError(f"VGG3D: depth={depth} is not a VGG configuration; use one of {sorted(VGG_CONFIGS)}.")
         if width_multiplier <= 0:
@@ -102,16 +107,17 @@ class VGG3D(nn.Module):
             stages.append(nn.Sequential(*layers))
             self.feature_info.append({"num_chs": channels, "reduction": 2 ** (index + 1), "module": f"stages.{index}"})
         self.stages = nn.ModuleList(stages)
-        self.num_features = channels
+        self.head_pooling = head_pooling
+        self.num_features = pooled_width(channels, head_pooling)
 
         self.classifier: nn.Module
         if num_classes == 0:
             self.classifier = nn.Identity()
         elif head_hidden_dim is None:
-            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
         else:
             self.classifier = nn.Sequential(
-                nn.Linear(channels, head_hidden_dim),
+                nn.Linear(self.num_features, head_hidden_dim),
                 nn.ReLU(inplace=True),
                 nn.Dropout(dropout),
                 nn.Linear(head_hidden_dim, num_classes),
@@ -145,9 +151,9 @@ class VGG3D(nn.Module):
 
         Args:
             features: the output of :meth:`forward_features`.
-            pre_logits: return the globally averaged last stage ``[B, num_features]`` instead of the logits.
+            pre_logits: return the globally pooled last stage ``[B, num_features]`` instead of the logits.
         """
-        pooled = features[-1].flatten(2).mean(-1)
+        pooled = global_pool(features[-1], self.head_pooling)
         return pooled if pre_logits else self.classifier(pooled)
 
     def forward(self, x: Tensor) -> Tensor:

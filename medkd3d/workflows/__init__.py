@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
             "AtomicCheckpointSaver",
             "ClassProbabilityWriter",
             "ClassificationMetricsWriter",
+            "MetricsStatsHandler",
             "TrainingCheckpoint",
             "ValidationEarlyStopping",
         ],

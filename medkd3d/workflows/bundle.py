@@ -14,7 +14,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "PROFILES_DIR",
     "BundleOutOfMemoryError",
     "bundle_command",
+    "bundle_logging_file",
     "find_bundle_root",
     "is_out_of_memory",
     "list_profiles",
@@ -295,11 +297,59 @@ def _out_of_memory_message(oom: BaseException, workflow: Any, config_files: Sequ
     )
 
 
+#: Warnings of MONAI's ``ConfigWorkflow`` about defaults that :func:`run_bundle_config` always sets explicitly (the
+#: metadata and logging files): printed on every run, they would only teach users to ignore warnings.
+_DEFAULT_WARNINGS: tuple[str, ...] = ("Logging file is set to False", "Not all config files are in")
+
+
+class _DropMessages(logging.Filter):
+    """Drops the records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextmanager
+def _without_default_warnings() -> Iterator[None]:
+    """Silence :data:`_DEFAULT_WARNINGS` of ``monai.bundle.workflows`` (and only those) while a workflow is built."""
+    monai_logger = logging.getLogger("monai.bundle.workflows")
+    drop = _DropMessages(_DEFAULT_WARNINGS)
+    monai_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        monai_logger.removeFilter(drop)
+
+
+def bundle_logging_file(config_dir: str | os.PathLike, logging_file: str | bool | None = None) -> str | bool:
+    """The ``logging_file`` to give MONAI's ``ConfigWorkflow`` for a run of the configs in ``config_dir``.
+
+    Args:
+        config_dir: the bundle's ``configs`` folder.
+        logging_file: a path (returned as is), ``False`` (keep the caller's logging set-up), or ``None``: keep the
+            caller's set-up when the root logger has handlers, else the bundle's ``logging.conf`` (when it exists).
+
+    Returns:
+        A path of a logging config to apply, or ``False`` to leave logging alone.
+    """
+    if logging_file is not None:
+        return logging_file
+    default = Path(config_dir) / "logging.conf"
+    # applying the bundle's file would replace the handlers (stream, format) the caller chose
+    if logging.getLogger().handlers or not default.is_file():
+        return False
+    return str(default)
+
+
 def run_bundle_config(
     bundle_root: str | os.PathLike,
     configs: str | Sequence[str],
     workflow_type: str | None = "train",
-    logging_file: str | bool = False,
+    logging_file: str | bool | None = None,
     tracking: str | dict | None = None,
     profiles: Sequence[str] = (),
     **overrides: Any,
@@ -311,7 +361,9 @@ def run_bundle_config(
         configs: config file name(s) in ``configs/`` (or paths), merged in order, e.g.
             ``["train.json", "evaluate.json"]`` or ``["train.json", "profiles/quick.json"]``.
         workflow_type: ``"train"`` or ``"infer"`` (checked against MONAI's bundle properties), or ``None``.
-        logging_file: path of a ``logging.conf``; ``False`` (default) keeps the caller's logging set-up.
+        logging_file: path of a ``logging.conf`` to apply; ``False`` keeps the caller's logging set-up; ``None``
+            (default) keeps it when the process has one (the ``medkd3d`` command, ``logging.basicConfig``) and
+            otherwise applies the bundle's ``configs/logging.conf``, as ``python -m monai.bundle run`` does.
         tracking: ``"mlflow"`` (or a settings file/dict) to enable MONAI's experiment tracking.
         profiles: names of the bundle's profiles (``configs/profiles/<name>.json``), merged in order after
             ``configs``; ``overrides`` still win over them.
@@ -334,14 +386,15 @@ def run_bundle_config(
     overrides.setdefault("bundle_root", str(bundle_root))
     workflow = None
     try:
-        workflow = ConfigWorkflow(
-            config_file=config_files,
-            meta_file=str(config_dir / "metadata.json"),
-            logging_file=logging_file,
-            workflow_type=workflow_type,
-            tracking=tracking,
-            **overrides,
-        )
+        with _without_default_warnings():
+            workflow = ConfigWorkflow(
+                config_file=config_files,
+                meta_file=str(config_dir / "metadata.json"),
+                logging_file=bundle_logging_file(config_dir, logging_file),
+                workflow_type=workflow_type,
+                tracking=tracking,
+                **overrides,
+            )
         workflow.initialize()  # may already allocate: networks, cached datasets
         missing = workflow.check_properties()
         if missing:

@@ -1,4 +1,4 @@
-"""Ignite handlers the bundles add to MONAI's: atomic checkpoints and per-subject probability CSVs."""
+"""Ignite handlers the bundles add to MONAI's: atomic checkpoints, per-subject probability CSVs, readable metric logs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
-from monai.handlers import CheckpointLoader, CheckpointSaver, EarlyStopHandler
+from monai.handlers import CheckpointLoader, CheckpointSaver, EarlyStopHandler, StatsHandler
 from monai.utils import evenly_divisible_all_gather, string_list_all_gather
 
 from medkd3d.export.bundle import attach_config
@@ -27,9 +27,11 @@ __all__ = [
     "AtomicCheckpointSaver",
     "ClassProbabilityWriter",
     "ClassificationMetricsWriter",
+    "MetricsStatsHandler",
     "RandomStates",
     "TrainingCheckpoint",
     "ValidationEarlyStopping",
+    "metric_lines",
 ]
 
 logger = logging.getLogger(__name__)
@@ -387,6 +389,72 @@ class ClassificationMetricsWriter:
             )
         json_path, _ = write_metrics(engine.state.metrics[self.metric_name], self.output_dir, self.name)
         engine.logger.info(f"Wrote evaluation metrics to {json_path} (and .csv).")
+
+
+def metric_lines(metrics: Mapping[str, Any], key_var_format: str = "{}: {:.4f}") -> list[str]:
+    """One ``name: value`` line per metric of ``engine.state.metrics``.
+
+    Nested reports (a :class:`medkd3d.engines.ClassificationReport`) are flattened with ``/`` joining the names, so
+    ``precision/LGG`` and ``recall/LGG`` stay apart; a confusion matrix is one line that names its rows and columns;
+    ``class_names`` only serves the matrix.
+
+    Args:
+        metrics: metric name -> scalar, sequence or nested mapping.
+        key_var_format: format of a name and a float value.
+
+    Returns:
+        The lines, sorted by metric name.
+    """
+    lines: dict[str, str] = {}
+
+    def visit(prefix: str, values: Mapping[str, Any]) -> None:
+        names = values.get("class_names")
+        for key, value in values.items():
+            name = f"{prefix}{key}"
+            if key == "class_names":
+                continue
+            if isinstance(value, Mapping):
+                visit(f"{name}/", value)
+            elif key == "confusion_matrix" and names is not None:
+                classes = ", ".join(str(n) for n in names)
+                lines[name] = f"{name} (rows = true {classes}; columns = predicted): {_plain(value)}"
+            else:
+                lines[name] = _metric_line(name, _plain(value), key_var_format)
+
+    visit("", metrics)
+    return [lines[name] for name in sorted(lines)]
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and numpy values as Python numbers and lists (``[[3, 0], [2, 0]]``, not ``tensor([[3, 0], ...``)."""
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _metric_line(name: str, value: Any, key_var_format: str) -> str:
+    if isinstance(value, float):  # counts (num_samples), lists and texts are printed as they are
+        return key_var_format.format(name, value).rstrip()
+    return f"{name}: {value}"
+
+
+class MetricsStatsHandler(StatsHandler):
+    """MONAI's ``StatsHandler`` that logs each epoch metric on its own line.
+
+    MONAI's handler writes all metrics of an epoch into one line and appends non-scalar values without a separator
+    (``class_names: ['LGG', 'HGG']confusion_matrix: [[3, 0], [2, 0]]eval_auc: ...``); its flattening of nested
+    reports also drops the parent names, so a per-class precision is overwritten by the recall of the same class.
+    This handler logs ``Epoch[<n>] Metrics -- <name>: <value>`` per metric (see :func:`metric_lines`) and otherwise
+    behaves as ``StatsHandler`` (same arguments, same iteration log, key-metric and state-attribute lines).
+    """
+
+    def _default_epoch_print(self, engine: Engine) -> None:
+        epoch = self.global_epoch_transform(engine.state.epoch)
+        for line in metric_lines(engine.state.metrics or {}, self.key_var_format.rstrip()):
+            self.logger.info(f"Epoch[{epoch}] Metrics -- {line}")
+        metrics, engine.state.metrics = engine.state.metrics, {}
+        try:  # the key-metric and state-attribute lines of the base class, without its metrics line
+            super()._default_epoch_print(engine)
+        finally:
+            engine.state.metrics = metrics
 
 
 class ClassProbabilityWriter:

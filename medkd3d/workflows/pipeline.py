@@ -1,14 +1,17 @@
 """``medkd3d pipeline``: the whole distillation job, run through the MONAI bundles.
 
-(synthesise the dataset if needed) -> validate it once -> train each teacher -> distill each student -> evaluate
-every model on the same held-out test subjects (selection used the validation subjects only) -> export (TorchScript and ONNX with :func:`medkd3d.export.export_model`, each
-artefact checked against eager PyTorch on random and real inputs) -> write a comparison report (Markdown + CSV:
-metrics, parameters, GFLOPs, CPU latency, student/teacher ratios, the artefacts and their parity).
+(synthesise the dataset if needed) -> validate it once -> train each teacher -> distill each student, and train it
+again without KD (``kd_mode=none``: its no-KD twin) -> evaluate every model on the same held-out test subjects
+(selection used the validation subjects only) -> export (TorchScript and ONNX with
+:func:`medkd3d.export.export_model`, each artefact checked against eager PyTorch on random and real inputs) -> write
+a comparison report (Markdown + CSV: metrics, parameters, GFLOPs, CPU latency, student/teacher ratios, each
+student's KD gain over its twin, the artefacts and their parity).
 
 Every step is a bundle config run with MONAI's ``ConfigWorkflow``, the bundle's profiles merged after
 ``train.json`` and command-line-style overrides on top, exactly what
 ``python -m monai.bundle run --config_file "['bundles/<b>/configs/train.json','bundles/<b>/configs/profiles/quick.json']"
---epochs 2 ...`` does; outputs go to ``--out`` (one folder per bundle), never into the bundles themselves.
+--epochs 2 ...`` does; outputs go to ``--out`` (one folder per run: ``<bundle>/``, and ``<bundle>_no_kd/`` for a
+student's no-KD twin, the same bundle run with the one override ``kd_mode=none``), never into the bundles themselves.
 Precedence, lowest first: ``train.json``, the profiles in order, the shorthands (``--epochs`` ...), ``--override
 KEY=VALUE`` (every bundle), ``--override BUNDLE:KEY=VALUE``; the pipeline's own folders, data and split always win.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -30,24 +34,51 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from medkd3d.workflows.report import ModelResult
 
-__all__ = ["MODELS", "QUICK", "PipelineModel", "PipelineSettings", "parse_bundle_override", "register", "run_pipeline"]
+__all__ = [
+    "MODELS",
+    "NO_KD_SUFFIX",
+    "QUICK",
+    "PipelineModel",
+    "PipelineSettings",
+    "parse_bundle_override",
+    "register",
+    "run_pipeline",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Name (and output folder) of a student's no-KD twin: ``<bundle>_no_kd``.
+NO_KD_SUFFIX = "_no_kd"
 
 
 @dataclass(frozen=True)
 class PipelineModel:
-    """One bundle of the pipeline.
+    """One run of a bundle in the pipeline.
 
     Args:
         bundle: bundle directory name under ``bundles/``.
         teacher: bundle of its teacher (students only); trained first, and its checkpoint is passed on.
         slice_stacks: the network classifies 2.5D slice stacks (a subject takes ``num_stacks`` of them).
+        kd: ``False`` runs a student's bundle with the override ``kd_mode=none`` (its teacher is not loaded): the
+            no-KD twin each distilled student's KD gain is measured against. Ignored for teachers.
     """
 
     bundle: str
     teacher: str | None = None
     slice_stacks: bool = False
+    kd: bool = True
+
+    @property
+    def name(self) -> str:
+        """The run's name and output folder under ``--out``: the bundle, or ``<bundle>_no_kd`` for a no-KD twin."""
+        return self.bundle if self.kd or self.teacher is None else self.bundle + NO_KD_SUFFIX
+
+    @property
+    def role(self) -> str:
+        """The run's role in the report: ``"teacher"``, ``"student"`` or ``"student (no KD)"``."""
+        from medkd3d.workflows.report import NO_KD_ROLE
+
+        return "teacher" if self.teacher is None else ("student" if self.kd else NO_KD_ROLE)
 
 
 #: The bundles in training order: each teacher before its students.
@@ -65,8 +96,9 @@ class PipelineSettings:
     """What ``medkd3d pipeline`` runs.
 
     Args:
-        out_dir: output folder: ``datalist.json``, one folder per bundle (``models/``, ``eval/``, ``export/``),
-            ``report.md`` and ``report.csv``.
+        out_dir: output folder: ``datalist.json``, one folder per run (``<bundle>/`` and a student's
+            ``<bundle>_no_kd/``, each with ``models/`` and ``eval/``; ``export/`` for the bundles), ``report.md`` and
+            ``report.csv``.
         dataset_dir: dataset root; a synthetic BraTS dataset is generated there when it does not exist.
             Default: ``<out_dir>/data/synthetic_brats2019``.
         datalist: a datalist JSON to use instead of discovering ``dataset_dir``.
@@ -80,6 +112,10 @@ class PipelineSettings:
         fold: cross-validation fold; all models use the same one.
         num_folds: number of folds.
         bundles: which bundles to run (teachers of selected students are added).
+        kd_baselines: also train every selected student without KD (its bundle with ``kd_mode=none``, into
+            ``<out_dir>/<bundle>_no_kd/``) and evaluate it on the same test subjects; the report shows it as its own
+            row and each student's KD gain over it. Costs one more student training and evaluation per student; the
+            twin shares its student's network, so it is neither exported nor timed.
         overrides: config overrides of every bundle (``{"learning_rate": 3e-4}``), over the profiles and shorthands.
         bundle_overrides: config overrides per bundle, over ``overrides``, e.g. smaller networks. A teacher's
             ``network_def#...`` overrides (its own or from ``overrides``) are given to its students as
@@ -102,6 +138,7 @@ class PipelineSettings:
     fold: int = 0
     num_folds: int = 5
     bundles: Sequence[str] = tuple(m.bundle for m in MODELS)
+    kd_baselines: bool = True
     overrides: Mapping[str, Any] = field(default_factory=dict)
     bundle_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     tracking: str | None = None
@@ -137,13 +174,16 @@ _PIPELINE_KEYS: dict[str, str] = {
 }
 
 
-def _selected(bundles: Sequence[str]) -> list[PipelineModel]:
+def _selected(bundles: Sequence[str], kd_baselines: bool = False) -> list[PipelineModel]:
+    """The runs of ``bundles`` in training order: teachers of selected students added, and with ``kd_baselines``
+    each student followed by its no-KD twin."""
     known = {m.bundle: m for m in MODELS}
     unknown = sorted(set(bundles) - set(known))
     if unknown:
         raise ValueError(f"Unknown bundle(s) {unknown}; the pipeline runs {list(known)}.")
     wanted = set(bundles) | {known[b].teacher for b in bundles if known[b].teacher}
-    return [m for m in MODELS if m.bundle in wanted]
+    chosen = [m for m in MODELS if m.bundle in wanted]
+    return [run for m in chosen for run in ([m, replace(m, kd=False)] if kd_baselines and m.teacher else [m])]
 
 
 def _check_overrides(settings: PipelineSettings) -> None:
@@ -183,9 +223,10 @@ def _bundle_profiles(roots: Mapping[str, Path], profiles: Sequence[str]) -> dict
 
 
 def _overrides(model: PipelineModel, settings: PipelineSettings, shared: Mapping[str, Any]) -> dict[str, Any]:
-    """The config overrides of one bundle, lowest first: shared knobs, ``overrides``, its teacher's network,
-    its own ``bundle_overrides``, and the pipeline's data, folders and teacher checkpoint."""
-    out = settings.out_dir / model.bundle
+    """The config overrides of one run, lowest first: shared knobs, ``overrides``, its teacher's network, its
+    bundle's ``bundle_overrides``, ``kd_mode=none`` for a no-KD twin, and the pipeline's data, folders and teacher
+    checkpoint (unused by a twin, whose bundle does not load its teacher)."""
+    out = settings.out_dir / model.name
     overrides = {**{k: v for k, v in shared.items() if k not in _PIPELINE_KEYS}, **settings.overrides}
     if model.teacher:
         teacher_net = {**settings.overrides, **settings.bundle_overrides.get(model.teacher, {})}
@@ -193,6 +234,8 @@ def _overrides(model: PipelineModel, settings: PipelineSettings, shared: Mapping
             {f"teacher_def{k[len('network_def') :]}": v for k, v in teacher_net.items() if k.startswith("network_def#")}
         )
     overrides.update(settings.bundle_overrides.get(model.bundle, {}))
+    if not model.kd and model.teacher:  # the twin: the same run with one override, over the user's kd_mode
+        overrides["kd_mode"] = "none"
     overrides.update({k: v for k, v in shared.items() if k in _PIPELINE_KEYS})
     overrides.update({"ckpt_dir": str(out / "models"), "output_dir": str(out / "eval")})
     if model.teacher:
@@ -253,6 +296,18 @@ _INFERENCE_KNOBS = frozenset(
 )
 
 
+def _evaluation(model: PipelineModel, settings: PipelineSettings) -> dict[str, Any]:
+    """The test metrics of a run and its per-subject test probabilities (the report's AUC interval, one-class flag
+    and KD gain come from them), as :class:`~medkd3d.workflows.report.ModelResult` fields."""
+    from medkd3d.workflows.report import read_predictions
+
+    out = settings.out_dir / model.name / "eval"
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    probabilities, labels, _ = read_predictions(out / "evaluation_predictions.csv")
+    kept = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or k in ("confusion_matrix", "class_names")}
+    return {"metrics": kept, "probabilities": probabilities, "labels": labels}
+
+
 def _measure(
     model: PipelineModel, bundle_root: Path, overrides: dict[str, Any], settings: PipelineSettings, datalist: Path
 ) -> ModelResult:
@@ -263,33 +318,44 @@ def _measure(
     """
     from medkd3d.export import export_model, load_bundle
     from medkd3d.networks.profile import count_gflops, count_parameters, measure_latency
-    from medkd3d.workflows.report import ModelResult, read_predictions
+    from medkd3d.workflows.report import ModelResult
 
-    out = settings.out_dir / model.bundle
+    out = settings.out_dir / model.name
     infer_overrides = {k: v for k, v in overrides.items() if k in _INFERENCE_KNOBS or k.startswith("network_def#")}
     shape, stacks = _subject_input(bundle_root, infer_overrides, model.slice_stacks)
     bundle = load_bundle(bundle_root, checkpoint=out / "models" / "model.pt", overrides=infer_overrides)
     exports = export_model(bundle, out / "export", settings.export_formats, parity_data=datalist)
     network = bundle.network
-    metrics = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
-    # per-subject test probabilities: the report's AUC interval and one-class flag come from them
-    probabilities, labels, _ = read_predictions(out / "eval" / "evaluation_predictions.csv")
     return ModelResult(
-        bundle=model.bundle,
-        role="student" if model.teacher else "teacher",
+        bundle=model.name,
+        role=model.role,
         teacher=model.teacher,
         network=type(network).__name__,
         input_per_subject=f"{stacks} x {shape}",
-        metrics={
-            k: v for k, v in metrics.items() if isinstance(v, (int, float)) or k in ("confusion_matrix", "class_names")
-        },
         parameters=count_parameters(network),
         gflops=count_gflops(network, shape, batch_size=stacks),
         latency_ms=measure_latency(network, shape, batch_size=stacks, repeats=settings.latency_repeats)["median_ms"],
         exports={fmt: str(result.path) for fmt, result in exports.items()},
         export_max_abs_diff={fmt: result.parity.max_abs_diff for fmt, result in exports.items()},
-        probabilities=probabilities,
-        labels=labels,
+        **_evaluation(model, settings),
+    )
+
+
+def _no_kd_result(model: PipelineModel, student: ModelResult, settings: PipelineSettings) -> ModelResult:
+    """The report row of a no-KD twin: its own test evaluation, its student's network description.
+
+    The twin differs from its student only by ``kd_mode``, which no network reads: parameters and GFLOPs are the
+    student's, and exporting or timing the same network again would only cost time (latency is left n/a).
+    """
+    return replace(
+        student,
+        bundle=model.name,
+        role=model.role,
+        latency_ms=math.nan,
+        exports={},
+        export_max_abs_diff={},
+        no_kd_twin=None,
+        **_evaluation(model, settings),
     )
 
 
@@ -324,9 +390,9 @@ def _training_state(marker: Path, identity: Mapping[str, Any]) -> str | None:
 def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     """Run the whole job through the bundles and write the comparison report.
 
-    Rerunning the same settings into the same ``out_dir`` after an interruption skips the bundles whose training
-    finished (recorded in ``<out>/<bundle>/models/pipeline_training.json``) and resumes the one that was
-    interrupted from its ``last.pt`` (the bundle's ``resume``); evaluation, export and the report are redone.
+    Rerunning the same settings into the same ``out_dir`` after an interruption skips the runs whose training
+    finished (recorded in ``<out>/<run>/models/pipeline_training.json``, no-KD twins included) and resumes the one
+    that was interrupted from its ``last.pt`` (the bundle's ``resume``); evaluation, export and the report are redone.
 
     Args:
         settings: what to run (see :class:`PipelineSettings`).
@@ -348,7 +414,7 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
 
     started = time.perf_counter()
     out = settings.out_dir
-    models = _selected(settings.bundles)
+    models = _selected(settings.bundles, settings.kd_baselines)
     _check_overrides(settings)
     roots = {m.bundle: Path(find_bundle_root(m.bundle)) for m in models}
     profiles = _bundle_profiles(roots, settings.profiles)  # checked before any data is generated
@@ -375,39 +441,43 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
         "num_workers": settings.num_workers,
     }
     shared.update({k: v for k, v in shorthands.items() if v is not None})
-    runs = {m.bundle: _overrides(m, settings, shared) for m in models}
+    runs = {m.name: _overrides(m, settings, shared) for m in models}
     for model in models:
-        # a rerun after a kill skips the bundles whose training finished and resumes the one that was in flight
-        marker = Path(runs[model.bundle]["ckpt_dir"]) / TRAINING_MARKER
-        identity = _training_identity(runs[model.bundle], profiles[model.bundle])
+        # a rerun after a kill skips the runs whose training finished and resumes the one that was in flight
+        marker = Path(runs[model.name]["ckpt_dir"]) / TRAINING_MARKER
+        identity = _training_identity(runs[model.name], profiles[model.bundle])
         state = _training_state(marker, identity)
         if state == "finished":
-            logger.info("=== %s: trained by an earlier run with these settings (%s), skipped ===", model.bundle, marker)
+            logger.info("=== %s: trained by an earlier run with these settings (%s), skipped ===", model.name, marker)
             continue
         resume = state == "started"
         logger.info(
-            "=== %s %s (profiles %s) ===", "resuming" if resume else "training", model.bundle, profiles[model.bundle]
+            "=== %s %s (profiles %s) ===", "resuming" if resume else "training", model.name, profiles[model.bundle]
         )
         atomic_write_text(marker, json.dumps({"state": "started", "settings": identity}, indent=2) + "\n")
         run_bundle_config(
             roots[model.bundle], "train.json", tracking=settings.tracking, profiles=profiles[model.bundle],
-            **{**runs[model.bundle], "resume": resume},
+            **{**runs[model.name], "resume": resume},
         )  # fmt: skip
         atomic_write_text(marker, json.dumps({"state": "finished", "settings": identity}, indent=2) + "\n")
     for model in models:
-        logger.info("=== evaluating %s ===", model.bundle)
+        logger.info("=== evaluating %s ===", model.name)
         run_bundle_config(
             roots[model.bundle], ["train.json", "evaluate.json"], workflow_type="infer",
-            profiles=profiles[model.bundle], **runs[model.bundle],
+            profiles=profiles[model.bundle], **runs[model.name],
         )  # fmt: skip
     # what the runs got from their profiles, for the configs the profiles are not merged into (inference.json)
-    overrides = {m.bundle: {**read_profiles(roots[m.bundle], profiles[m.bundle]), **runs[m.bundle]} for m in models}
-    results = []
-    for model in models:
-        logger.info("=== exporting and profiling %s ===", model.bundle)
-        results.append(_measure(model, roots[model.bundle], overrides[model.bundle], settings, datalist))
+    overrides = {m.name: {**read_profiles(roots[m.bundle], profiles[m.bundle]), **runs[m.name]} for m in models}
+    results: dict[str, ModelResult] = {}
+    for model in models:  # a twin comes after its student, whose network it shares
+        if not model.kd and model.teacher:
+            results[model.bundle].no_kd_twin = model.name  # the report measures the student's KD gain against it
+            results[model.name] = _no_kd_result(model, results[model.bundle], settings)
+            continue
+        logger.info("=== exporting and profiling %s ===", model.name)
+        results[model.name] = _measure(model, roots[model.bundle], overrides[model.name], settings, datalist)
     # the trivial baseline on exactly the subjects the bundles trained, selected and tested on
-    split, evaluate_split = bundle_evaluation_split(roots[models[0].bundle], overrides[models[0].bundle])
+    split, evaluate_split = bundle_evaluation_split(roots[models[0].bundle], overrides[models[0].name])
     try:
         baseline = baseline_result(split, list(data["class_names"]), evaluate_split)
     except (OSError, ValueError) as error:  # the trained models are reported even if the baseline cannot be fitted
@@ -420,7 +490,7 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
         "profiles": ", ".join(settings.profiles) or "none (each bundle's train.json)",
         **{
             key: _same_or_each(
-                {m.bundle: _train_value(roots[m.bundle], profiles[m.bundle], runs[m.bundle], key) for m in models}
+                {m.name: _train_value(roots[m.bundle], profiles[m.bundle], runs[m.name], key) for m in models}
             )
             for key in ("epochs", "spatial_size", "batch_size")
         },
@@ -428,7 +498,7 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
         f"torch {torch.__version__}",
         "total time": f"{time.perf_counter() - started:.0f} s",
     }
-    return write_report(results, out, context, baseline=baseline, evaluate_split=evaluate_split)
+    return write_report(list(results.values()), out, context, baseline=baseline, evaluate_split=evaluate_split)
 
 
 #: ``BUNDLE:KEY`` of a one-bundle override; a single ``:`` (MONAI's own id separator is ``::``).
@@ -483,9 +553,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "pipeline",
         help="train teachers, distill students, evaluate, export and compare - all through the MONAI bundles",
-        description="(synthesise the dataset if needed) -> train each teacher -> distill each student -> evaluate every "
-        "model on the same held-out test subjects -> export -> comparison report (Markdown + CSV: chance level, "
-        "trivial baseline, flags), each step a MONAI bundle run. "
+        description="(synthesise the dataset if needed) -> train each teacher -> distill each student, and train it "
+        "again without KD (kd_mode=none) -> evaluate every model on the same held-out test subjects -> export -> "
+        "comparison report (Markdown + CSV: chance level, trivial baseline, flags, retention, each student's KD gain "
+        "over its no-KD twin), each step a MONAI bundle run. "
         "Rerunning the same command after an interruption skips finished trainings and resumes the interrupted one.",
     )
     parser.add_argument(
@@ -536,6 +607,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=[m.bundle for m in MODELS],
         help="run only these bundles (and their teachers)",
     )
+    parser.add_argument(
+        "--no-kd-baselines",
+        dest="kd_baselines",
+        action="store_false",
+        help="do not train the students without KD: by default each student bundle is also trained with "
+        "kd_mode=none into OUT/<bundle>_no_kd/ and evaluated on the same test subjects, and the report shows its row "
+        "and the student's KD gain over it (one more student training per student)",
+    )
     parser.add_argument("--tracking", choices=["mlflow"], default=None, help="track the training runs with MLflow")
     parser.set_defaults(func=_run)
 
@@ -559,6 +638,7 @@ def _run(args: argparse.Namespace) -> int:
         "num_folds": args.num_folds,
         "bundles": args.bundles,
         "tracking": args.tracking,
+        "kd_baselines": args.kd_baselines,
     }
     settings = replace(settings, fold=args.fold, **{k: v for k, v in chosen.items() if v is not None})
     markdown, table = run_pipeline(settings)

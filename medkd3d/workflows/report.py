@@ -6,7 +6,9 @@ trivial baseline fitted on the training and validation subjects of the same spli
 (:func:`medkd3d.engines.trivial_baseline`), each model's AUC with a 95% bootstrap CI from its per-subject
 probabilities, flags in words (one-class predictions, an AUC interval that includes 0.5, few test subjects), and
 for students both retentions against their teacher: the AUC ratio and the margin retention of the balanced
-accuracy over chance (:func:`medkd3d.engines.margin_retention`), which a constant classifier cannot pass.
+accuracy over chance (:func:`medkd3d.engines.margin_retention`), which a constant classifier cannot pass. A
+distilled student with a no-KD twin (the same bundle, split and recipe trained with ``kd_mode=none``) also gets its
+KD gain, paired on the same test subjects: AUC and balanced accuracy of the student minus the twin's.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "ModelResult",
     "add_honesty",
+    "add_kd_gains",
     "add_teacher_ratios",
     "baseline_result",
     "bundle_evaluation_split",
@@ -43,6 +46,10 @@ _LABELS = {"balanced_accuracy": "balanced accuracy", "f1": "F1"}
 
 #: Role of the trivial baseline's row.
 BASELINE_ROLE = "baseline"
+#: Role of a student trained without KD (``kd_mode=none``), the reference of its distilled twin's KD gain.
+NO_KD_ROLE = "student (no KD)"
+#: Columns of a distilled student's KD gain over its no-KD twin (:func:`add_kd_gains`).
+KD_GAIN_COLUMNS: tuple[str, ...] = ("kd_auc_gain", "kd_balanced_accuracy_gain")
 
 
 @dataclass
@@ -50,8 +57,8 @@ class ModelResult:
     """Everything the report says about one trained model (or the trivial baseline).
 
     Args:
-        bundle: bundle name (for the baseline: what it is).
-        role: ``"teacher"``, ``"student"`` or ``"baseline"``.
+        bundle: bundle name (a no-KD twin: ``<bundle>_no_kd``; the baseline: what it is).
+        role: ``"teacher"``, ``"student"``, ``"student (no KD)"`` (:data:`NO_KD_ROLE`) or ``"baseline"``.
         teacher: bundle name of its teacher (students only).
         network: class name of the network.
         input_per_subject: what one subject's prediction takes, e.g. ``"1 x [4, 128, 128, 128]"``.
@@ -66,6 +73,8 @@ class ModelResult:
         labels: ``[N]`` true classes of those subjects.
         auc_ci: filled by :func:`add_honesty`: 95% bootstrap CI of the AUC.
         flags: filled by :func:`add_honesty` (and :func:`add_teacher_ratios` for students): warnings in words.
+        no_kd_twin: ``bundle`` of the row of the same student trained without KD (distilled students only).
+        kd_gain: filled by :func:`add_kd_gains` for a student with a ``no_kd_twin``: :data:`KD_GAIN_COLUMNS`.
     """
 
     bundle: str
@@ -84,6 +93,8 @@ class ModelResult:
     labels: list[int] | None = None
     auc_ci: tuple[float, float] = (math.nan, math.nan)
     flags: list[str] = field(default_factory=list)
+    no_kd_twin: str | None = None
+    kd_gain: dict[str, float] = field(default_factory=dict)
 
 
 def read_predictions(path: str | os.PathLike) -> tuple[list[list[float]], list[int], list[str]]:
@@ -247,6 +258,34 @@ def add_teacher_ratios(results: Sequence[ModelResult]) -> None:
         result.flags = [*result.flags, *(f for f in kept.flags if f not in result.flags)]
 
 
+def add_kd_gains(results: Sequence[ModelResult]) -> None:
+    """Fill the ``kd_gain`` of each student with a ``no_kd_twin`` in ``results``, in place.
+
+    The gain is paired: ``kd_auc_gain`` and ``kd_balanced_accuracy_gain`` are the student's test AUC and balanced
+    accuracy minus its twin's, on the same test subjects. Twins whose labels differ from the student's (not the
+    same subjects) leave the gain NaN and flag the student.
+    """
+    by_bundle = {r.bundle: r for r in results}
+    for result in results:
+        twin = by_bundle.get(result.no_kd_twin or "")
+        if twin is None:
+            continue
+        if result.labels is not None and twin.labels is not None and list(result.labels) != list(twin.labels):
+            result.kd_gain = dict.fromkeys(KD_GAIN_COLUMNS, math.nan)
+            result.flags = [*result.flags, f"KD gain undefined: {twin.bundle} was tested on other subjects"]
+            continue
+        result.kd_gain = {
+            "kd_auc_gain": _difference(result.metrics.get("auc"), twin.metrics.get("auc")),
+            "kd_balanced_accuracy_gain": _difference(
+                result.metrics.get("balanced_accuracy"), twin.metrics.get("balanced_accuracy")
+            ),
+        }
+
+
+def _difference(a: float | None, b: float | None) -> float:
+    return math.nan if a is None or b is None else float(a) - float(b)
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float:
     if numerator is None or denominator is None or not denominator or math.isnan(denominator):
         return math.nan
@@ -265,7 +304,9 @@ def _fmt_ci(ci: tuple[float, float]) -> str:
     return "n/a" if any(math.isnan(v) for v in ci) else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-_ROW_EXCLUDED = ("metrics", "ratios", "exports", "export_max_abs_diff", "probabilities", "labels", "auc_ci", "flags")
+_ROW_EXCLUDED = (
+    "metrics", "ratios", "exports", "export_max_abs_diff", "probabilities", "labels", "auc_ci", "flags", "kd_gain"
+)  # fmt: skip
 
 
 def _rows(results: Sequence[ModelResult]) -> list[dict[str, Any]]:
@@ -276,6 +317,7 @@ def _rows(results: Sequence[ModelResult]) -> list[dict[str, Any]]:
         row.update({name: r.metrics.get(name) for name in METRIC_COLUMNS})
         row.update({"auc_ci_low": r.auc_ci[0], "auc_ci_high": r.auc_ci[1]})
         row.update({name: r.ratios.get(name) for name in _ratio_columns(results)})
+        row.update({name: r.kd_gain.get(name) for name in _kd_gain_columns(results)})
         row["flags"] = "; ".join(r.flags)
         row.update({f"export_{fmt}": path for fmt, path in r.exports.items()})
         row.update({f"export_{fmt}_max_abs_diff": diff for fmt, diff in r.export_max_abs_diff.items()})
@@ -285,6 +327,10 @@ def _rows(results: Sequence[ModelResult]) -> list[dict[str, Any]]:
 
 def _ratio_columns(results: Sequence[ModelResult]) -> list[str]:
     return list(dict.fromkeys(name for r in results for name in r.ratios))
+
+
+def _kd_gain_columns(results: Sequence[ModelResult]) -> list[str]:
+    return list(KD_GAIN_COLUMNS) if any(r.kd_gain for r in results) else []
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -342,7 +388,14 @@ def _markdown(results: Sequence[ModelResult], context: Mapping[str, Any], evalua
             else "No trivial baseline was computed for this report (see the log). "
         )
         + "GFLOPs and latency are per subject (2.5D students classify several slice stacks per subject); latency "
-        "is the median of eager PyTorch forward passes on this machine's CPU.",
+        "is the median of eager PyTorch forward passes on this machine's CPU."
+        + (
+            f" A '{NO_KD_ROLE}' row (<bundle>_no_kd) is the same student bundle, split and recipe trained with "
+            "kd_mode=none, the reference of its student's KD gain; it has its student's network, so its parameters "
+            "and GFLOPs are the student's and it is neither timed nor exported."
+            if any(r.role == NO_KD_ROLE for r in results)
+            else ""
+        ),
         "",
         "| bundle | role | network | input per subject | n | " + " | ".join(shown) + " | parameters | GFLOPs"
         " | CPU latency (ms) |",
@@ -359,7 +412,7 @@ def _markdown(results: Sequence[ModelResult], context: Mapping[str, Any], evalua
     lines += [f"- {r.bundle}: {'; '.join(r.flags)}" for r in flagged] or ["No model is flagged."]
     students = [r for r in results if r.ratios]
     if students:
-        columns = _ratio_columns(results)
+        columns, gains = _ratio_columns(results), _kd_gain_columns(results)
         lines += [
             "",
             "## Students relative to their teachers",
@@ -368,13 +421,21 @@ def _markdown(results: Sequence[ModelResult], context: Mapping[str, Any], evalua
             "student AUC / teacher AUC (n/a when the teacher's AUC is at or below 0.5); "
             "balanced_accuracy_margin_retention: (student - chance) / (teacher - chance) "
             "of the balanced accuracy (0 for a student at chance, e.g. one that predicts one class; n/a when the "
-            "teacher is at chance).",
+            "teacher is at chance)."
+            + (
+                " kd_auc_gain and kd_balanced_accuracy_gain: the distilled student minus its no-KD twin, on the same "
+                "test subjects (one run each, no interval: benchmarks/bench_kd.py measures the paired KD gain over "
+                "seeds and folds)."
+                if gains
+                else ""
+            ),
             "",
-            "| student | teacher | " + " | ".join(columns) + " |",
-            "|" + "---|" * (2 + len(columns)),
+            "| student | teacher | " + " | ".join([*columns, *gains]) + " |",
+            "|" + "---|" * (2 + len(columns) + len(gains)),
         ]
         for r in students:
-            lines.append(f"| {r.bundle} | {r.teacher} | " + " | ".join(_fmt(r.ratios[c]) for c in columns) + " |")
+            values = [*(r.ratios[c] for c in columns), *(r.kd_gain.get(c) for c in gains)]
+            lines.append(f"| {r.bundle} | {r.teacher} | " + " | ".join(_fmt(v) for v in values) + " |")
     exported = [r for r in results if r.exports]
     if exported:
         lines += ["", "## Exports", "", "| bundle | format | file | max abs logit diff vs eager |", "|---|---|---|---|"]
@@ -394,8 +455,8 @@ def write_report(
     """Write ``report.md`` and ``report.csv`` to ``out_dir``, each atomically.
 
     Args:
-        results: one entry per model; AUC intervals and flags (:func:`add_honesty`) and students' ratios
-            (:func:`add_teacher_ratios`) are filled here.
+        results: one entry per model; AUC intervals and flags (:func:`add_honesty`), students' ratios
+            (:func:`add_teacher_ratios`) and KD gains over their no-KD twins (:func:`add_kd_gains`) are filled here.
         out_dir: destination directory.
         context: run facts listed at the top of the Markdown report (dataset, epochs, machine...), after the
             evaluated split, ``n`` and the chance level.
@@ -408,6 +469,7 @@ def write_report(
     rows = [*([baseline] if baseline is not None else []), *results]
     add_honesty(rows, baseline_auc=baseline.metrics.get("auc") if baseline is not None else None)
     add_teacher_ratios(rows)
+    add_kd_gains(rows)
     out_dir = Path(out_dir)
     markdown = atomic_write_text(out_dir / "report.md", _markdown(rows, dict(context or {}), evaluate_split))
     table = atomic_write_text(out_dir / "report.csv", _csv(_rows(rows)))

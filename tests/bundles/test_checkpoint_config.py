@@ -31,7 +31,11 @@ def trained(bundle_kit, synthetic_brats_root: Path, tmp_path_factory: pytest.Tem
 
 
 def _tiny_network_args(bundle_kit) -> dict:
-    return {key.split("#", 1)[1]: value for key, value in bundle_kit.network_overrides(BUNDLE).items()}
+    """The bundle's own fixed network arguments (e.g. ``head_pooling``) with the tiny overrides on top."""
+    network_def = json.loads((bundle_kit.bundles_dir / BUNDLE / "configs" / "train.json").read_text())["network_def"]
+    skip = ("_target_", "name", "in_channels", "num_classes")
+    fixed = {k: v for k, v in network_def.items() if k not in skip and not str(v).startswith(("$", "@"))}
+    return {**fixed, **{key.split("#", 1)[1]: value for key, value in bundle_kit.network_overrides(BUNDLE).items()}}
 
 
 @pytest.mark.parametrize("name", ["model.pt", "last.pt"])

@@ -34,7 +34,12 @@ def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_
         num_workers=0,
         num_folds=3,
         bundles=[student],  # its teacher is added
-        bundle_overrides={b: bundle_kit.network_overrides(b) for b in (student, teacher)},
+        # tiny networks of train.json's models (the quick profile's student is a ResNet; the tiny overrides are
+        # EfficientNet's), so the test keeps running the bundle's own default student
+        bundle_overrides={
+            b: {**bundle_kit.network_overrides(b), "network_def#name": bundle_kit.model_of[b]}
+            for b in (student, teacher)
+        },
         latency_repeats=1,
     )
     with caplog.at_level(logging.WARNING, logger="medkd3d.workflows.data"):
@@ -48,13 +53,25 @@ def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_
     # the trivial baseline comes first, on the same held-out test subjects (2 of the 12: one per class)
     baseline = rows.pop(next(iter(rows)))
     assert baseline["role"] == "baseline" and baseline["n"] == "2" and 0.0 <= float(baseline["auc"]) <= 1.0
-    assert list(rows) == [teacher, student]
+    twin = f"{student}_no_kd"  # the student trained again with kd_mode=none, the reference of its KD gain
+    assert list(rows) == [teacher, student, twin]
     assert all(row["n"] == "2" for row in rows.values())
-    t, s = rows[teacher], rows[student]
+    t, s, w = rows.pop(teacher), rows[student], rows.pop(twin)
     assert (t["role"], s["role"], s["teacher"]) == ("teacher", "student", teacher)
+    assert (w["role"], w["teacher"], w["latency_ms"]) == ("student (no KD)", teacher, "nan")  # not timed
+    assert w["parameters"] == s["parameters"] and w["network"] == s["network"]  # the student's network
     assert float(s["params_ratio"]) == pytest.approx(int(s["parameters"]) / int(t["parameters"]))
     assert float(s["speedup"]) == pytest.approx(float(t["latency_ms"]) / float(s["latency_ms"]))
+    assert float(s["kd_auc_gain"]) == pytest.approx(float(s["auc"]) - float(w["auc"]))
+    assert float(s["kd_balanced_accuracy_gain"]) == pytest.approx(
+        float(s["balanced_accuracy"]) - float(w["balanced_accuracy"])
+    )
+    marker = json.loads((tmp_path / twin / "models" / "pipeline_training.json").read_text())
+    assert marker["state"] == "finished" and marker["settings"]["overrides"]["kd_mode"] == "none"
+    assert (tmp_path / twin / "eval" / "metrics.json").is_file() and not (tmp_path / twin / "export").exists()
     text = markdown.read_text()
+    assert f"| {twin} | student (no KD) |" in text and f"| {twin} | {teacher} |" in text
+    rows[teacher] = t
     for bundle, row in rows.items():
         assert 0.0 <= float(row["auc"]) <= 1.0 and float(row["gflops"]) > 0 and float(row["latency_ms"]) > 0
         _assert_checked_exports(bundle, row, tmp_path, text)
@@ -206,6 +223,52 @@ def test_subject_input_of_2p5d_student_counts_its_stacks(bundle_kit) -> None:
     assert pipeline._subject_input(root, single, slice_stacks=True) == ([12, 128, 128], 4)  # stacks as a batch
     volume = bundle_kit.bundles_dir / "brats_student_effnet3d"
     assert pipeline._subject_input(volume, {"spatial_size": [40, 36, 32]}, slice_stacks=False) == ([4, 40, 36, 32], 1)
+
+
+def test_each_selected_student_gets_a_no_kd_twin_after_it() -> None:
+    runs = pipeline._selected(["brats_student_effnet3d", "brats_hdkd_student3d"], kd_baselines=True)
+    assert [(m.name, m.role) for m in runs] == [
+        ("brats_teacher_vggvit3d", "teacher"),
+        ("brats_student_effnet3d", "student"),
+        ("brats_student_effnet3d_no_kd", "student (no KD)"),
+        ("brats_hdkd_teacher3d", "teacher"),
+        ("brats_hdkd_student3d", "student"),
+        ("brats_hdkd_student3d_no_kd", "student (no KD)"),
+    ]
+    assert all(m.bundle == m.name.removesuffix("_no_kd") for m in runs)  # a twin is the same bundle, run again
+    assert [m.name for m in pipeline._selected(["brats_teacher_vggvit3d"], kd_baselines=True)] == [
+        "brats_teacher_vggvit3d"  # a teacher alone has no twin
+    ]
+    assert "_no_kd" not in str([m.name for m in pipeline._selected(["brats_hdkd_student3d"], kd_baselines=False)])
+
+
+def test_the_no_kd_twin_is_its_student_with_kd_mode_none_in_its_own_folders(tmp_path: Path) -> None:
+    teacher, student = "brats_teacher_vggvit3d", "brats_student_effnet3d"
+    settings = PipelineSettings(
+        out_dir=tmp_path,
+        overrides={"kd_mode": "logit+feature"},  # the distilled student's mode; never the twin's
+        bundle_overrides={teacher: {"network_def#vit_layers": 6}, student: {"epochs": 5}},
+    )
+    kd, twin = pipeline._selected([student], kd_baselines=True)[1:]
+    for_kd = pipeline._overrides(kd, settings, {"fold": 1})
+    for_twin = pipeline._overrides(twin, settings, {"fold": 1})
+    assert for_kd["kd_mode"] == "logit+feature" and for_twin["kd_mode"] == "none"
+    assert for_twin["ckpt_dir"] == str(tmp_path / f"{student}_no_kd" / "models")
+    assert for_twin["output_dir"] == str(tmp_path / f"{student}_no_kd" / "eval")
+    # everything else is the student's run: the same recipe, split and budget
+    differs = {"kd_mode", "ckpt_dir", "output_dir"}
+    assert {k: v for k, v in for_twin.items() if k not in differs} == {
+        k: v for k, v in for_kd.items() if k not in differs
+    }
+    assert for_twin["epochs"] == 5 and for_twin["fold"] == 1
+
+
+def test_no_kd_baselines_flag_skips_the_twins(monkeypatch, tmp_path: Path) -> None:
+    seen: list[PipelineSettings] = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda s: seen.append(s) or (tmp_path / "r.md", tmp_path / "r.csv"))
+    assert main(["pipeline", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["pipeline", "--quick", "--out", str(tmp_path), "--no-kd-baselines"]) == 0
+    assert [s.kd_baselines for s in seen] == [True, False]
 
 
 def test_unknown_bundle_is_refused() -> None:

@@ -32,6 +32,7 @@ def test_a_rerun_skips_finished_trainings_and_resumes_the_interrupted_one(
         num_folds=3,
         spatial_size=32,
         bundles=[STUDENT],  # its teacher is added
+        kd_baselines=False,  # the twin resumes through the same markers: test_a_rerun_skips_a_finished_no_kd_twin
         bundle_overrides={b: bundle_kit.network_overrides(b) for b in (STUDENT, TEACHER)},
         latency_repeats=1,
     )
@@ -76,3 +77,37 @@ def test_a_rerun_skips_finished_trainings_and_resumes_the_interrupted_one(
     with pytest.raises(_Killed):
         run_pipeline(replace(settings, bundles=[TEACHER], epochs=1))
     assert calls == [(TEACHER, False)]
+
+
+def test_a_rerun_skips_a_finished_no_kd_twin_and_resumes_an_interrupted_one(
+    synthetic_brats_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    twin = f"{STUDENT}_no_kd"
+    settings = PipelineSettings(out_dir=tmp_path, dataset_dir=synthetic_brats_root, num_folds=3, bundles=[STUDENT])
+    trained: list[tuple[str, bool, Any]] = []
+
+    def fake_run(root: Path, configs: Any, workflow_type: str = "train", **kwargs: Any) -> None:
+        if workflow_type != "train":
+            raise _Killed  # training is what is checked here: stop before evaluation
+        run = Path(kwargs["ckpt_dir"]).parent.name
+        trained.append((run, kwargs["resume"], kwargs.get("kd_mode")))
+        if run == twin and not kwargs["resume"]:
+            raise _Killed  # the twin's first training is killed
+
+    monkeypatch.setattr(bundle_module, "run_bundle_config", fake_run)
+    with pytest.raises(_Killed):
+        run_pipeline(settings)
+    # the twin is the student's bundle again, with kd_mode=none, after the student and into its own folder
+    assert trained == [(TEACHER, False, None), (STUDENT, False, None), (twin, False, "none")]
+    assert json.loads((tmp_path / twin / "models" / TRAINING_MARKER).read_text())["state"] == "started"
+
+    for expected in ([(twin, True, "none")], []):  # the interrupted twin resumes, then nothing is retrained
+        trained.clear()
+        with pytest.raises(_Killed):
+            run_pipeline(settings)
+        assert trained == expected
+    assert json.loads((tmp_path / twin / "models" / TRAINING_MARKER).read_text())["state"] == "finished"
+    trained.clear()
+    with pytest.raises(_Killed):
+        run_pipeline(replace(settings, kd_baselines=False))
+    assert trained == []

@@ -79,12 +79,14 @@ def test_every_bundle_ships_the_profiles_as_valid_overlays(bundle: str) -> None:
 
 def test_profiles_combine_in_order_and_overrides_win(monkeypatch) -> None:
     bundle = "brats_teacher_vggvit3d"
-    quick = _parser(bundle, "quick")
-    assert quick.get_parsed_content("epochs") == 2 and quick.get_parsed_content("spatial_size") == [32, 32, 32]
-    assert quick["network_def"]["vit_layers"] == 4 and quick["network_def"]["name"] == "vggvit3d"  # merged, kept
     root = BUNDLES_DIR / bundle
+    quick_epochs = json.loads((root / "configs" / "profiles" / "quick.json").read_text())["epochs"]
+    assert quick_epochs != _parser(bundle, None).get_parsed_content("epochs")  # so the merge below is visible
+    quick = _parser(bundle, "quick")
+    assert quick.get_parsed_content("epochs") == quick_epochs and quick.get_parsed_content("spatial_size") == [32] * 3
+    assert quick["network_def"]["vit_layers"] == 4 and quick["network_def"]["name"] == "vggvit3d"  # merged, kept
     both = read_profiles(root, ["cpu", "quick"])  # later wins on shared ids, the rest combines
-    assert both["network_def#vit_layers"] == 4 and both["amp"] is False and both["epochs"] == 2
+    assert both["network_def#vit_layers"] == 4 and both["amp"] is False and both["epochs"] == quick_epochs
     assert _parser(bundle, "quick", {"epochs": 7}).get_parsed_content("epochs") == 7
     with pytest.raises(ValueError, match=r"no profile 'fast'; its profiles are \['cpu', 'gpu', 'quick'\]"):
         profile_configs(root, ["fast"])

@@ -25,7 +25,14 @@ from medkd3d.workflows import (
     find_bundle_root,
 )
 from medkd3d.workflows.bundle import BUNDLE_NAMES
-from medkd3d.workflows.report import ModelResult, bundle_evaluation_split, read_predictions, write_report
+from medkd3d.workflows.report import (
+    NO_KD_ROLE,
+    ModelResult,
+    add_kd_gains,
+    bundle_evaluation_split,
+    read_predictions,
+    write_report,
+)
 
 
 def _linear(weight: float) -> nn.Module:
@@ -230,6 +237,50 @@ def test_report_states_split_chance_baseline_retention_and_flags(tmp_path: Path)
     assert float(student["auc_ratio"]) == pytest.approx(0.5 / float(rows["teacher"]["auc"]))
     assert float(rows["teacher"]["auc_ci_low"]) > 0.5 and student["n"] == "10"
     assert f"| student | teacher | 0.100 | 1.000 | 1.000 | {0.5 / float(rows['teacher']['auc']):.3f} | 0.000 |" in text
+
+
+def test_report_shows_the_no_kd_twin_and_the_paired_kd_gain(tmp_path: Path) -> None:
+    labels = [0] * 6 + [1] * 4
+    teacher = _result("teacher", "teacher", [0.1] * 6 + [0.9] * 4, labels)  # AUC 1, balanced accuracy 1
+    # by hand: AUC 23/24 (HGG 0.55 is below LGG 0.6); LGG 0.6 called HGG: balanced accuracy (5/6 + 4/4) / 2 = 11/12
+    student = _result("student", "student", [0.1, 0.2, 0.3, 0.2, 0.1, 0.6, 0.7, 0.8, 0.9, 0.55], labels, "teacher")
+    # by hand: AUC (4 + 6 + 6 + 5) / 24 = 21/24; two LGG and one HGG wrong: balanced accuracy (4/6 + 3/4) / 2 = 17/24
+    twin_p = [0.4, 0.6, 0.3, 0.2, 0.1, 0.7, 0.45, 0.8, 0.9, 0.65]
+    twin = _result("student_no_kd", NO_KD_ROLE, twin_p, labels, "teacher")
+    twin.latency_ms = float("nan")  # the pipeline does not time a twin (its student's network)
+    student.no_kd_twin = "student_no_kd"
+    markdown, table = write_report([teacher, student, twin], tmp_path)
+
+    with table.open(newline="") as stream:
+        rows = {row["bundle"]: row for row in csv.DictReader(stream)}
+    assert list(rows) == ["teacher", "student", "student_no_kd"] and rows["student_no_kd"]["role"] == NO_KD_ROLE
+    assert float(rows["student"]["auc"]) == pytest.approx(23 / 24) and float(rows["student_no_kd"]["auc"]) == 21 / 24
+    assert float(rows["student"]["kd_auc_gain"]) == pytest.approx(2 / 24)
+    assert float(rows["student"]["kd_balanced_accuracy_gain"]) == pytest.approx(11 / 12 - 17 / 24)
+    assert rows["student_no_kd"]["kd_auc_gain"] == "" and rows["student"]["no_kd_twin"] == "student_no_kd"
+    # the twin keeps its own retention: (17/24 - 0.5) / (1 - 0.5) of the balanced accuracy
+    assert float(rows["student_no_kd"]["balanced_accuracy_margin_retention"]) == pytest.approx(5 / 12)
+    text = markdown.read_text()
+    assert f"| student_no_kd | {NO_KD_ROLE} | Net |" in text and "neither timed nor exported" in text
+    assert "| student | teacher | params_ratio | gflops_ratio | speedup | auc_ratio | " in text
+    assert "| kd_auc_gain | kd_balanced_accuracy_gain |" in text
+    assert f"| student | teacher | 0.100 | 1.000 | 1.000 | {23 / 24:.3f} | {5 / 6:.3f} | 0.083 | 0.208 |" in text
+    assert f"| student_no_kd | teacher | 0.100 | 1.000 | n/a | {21 / 24:.3f} | {5 / 12:.3f} | n/a | n/a |" in text
+
+    # a twin tested on other subjects gives no gain, in words
+    other = _result("student_no_kd", NO_KD_ROLE, twin_p, labels[::-1], "teacher")
+    add_kd_gains([student, other])
+    assert all(np.isnan(v) for v in student.kd_gain.values())
+    assert "KD gain undefined: student_no_kd was tested on other subjects" in student.flags
+
+
+def test_report_without_twins_has_no_kd_gain_columns(tmp_path: Path) -> None:
+    labels = [0, 0, 1, 1]
+    teacher = _result("teacher", "teacher", [0.1, 0.2, 0.8, 0.9], labels)
+    student = _result("student", "student", [0.3, 0.6, 0.4, 0.9], labels, "teacher")
+    markdown, table = write_report([teacher, student], tmp_path)
+    assert "kd_auc_gain" not in markdown.read_text() and "kd_auc_gain" not in table.read_text()
+    assert NO_KD_ROLE not in markdown.read_text()
 
 
 def test_report_reads_the_probability_writers_csv(tmp_path: Path) -> None:

@@ -81,7 +81,11 @@ def subject(synthetic_brats_root: Path) -> dict:
 
 
 def test_gradcam_of_a_3d_student_against_its_teacher(
-    checkpoints: dict[str, Path], subject: dict, synthetic_brats_root: Path, tmp_path: Path
+    checkpoints: dict[str, Path],
+    subject: dict,
+    synthetic_brats_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv = [
         "explain", *bundle_args("brats_student_effnet3d", checkpoints),
@@ -111,6 +115,14 @@ def test_gradcam_of_a_3d_student_against_its_teacher(
     for key in ("teacher_mass_in_tumour", "student_mass_in_tumour", "tumour_fraction_of_region"):
         assert report[key] is None or 0 <= report[key] <= 1
     assert 0 < report["tumour_fraction_of_region"] < 1 and report["voxels"] > 0
+    # the printed report gives each number with its meaning, never a bare "None"
+    printed = capsys.readouterr().out
+    assert "teacher-student agreement:" in printed and "None" not in printed
+    assert "pearson r" in printed
+    assert printed.count("of its mass is inside the tumour segmentation") + printed.count("no mass (all zero)") == 2
+    for model in ("student", "teacher"):
+        constant = report[f"{model}_constant"]
+        assert (f"WARNING: the {model} map is constant (collapsed)" in printed) == constant
 
 
 def test_scorecam_of_a_2p5d_student_from_input_files(

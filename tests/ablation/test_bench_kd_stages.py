@@ -1,0 +1,132 @@
+"""The KD benchmark split into stages for parallel processes: runs selected per process, reports that name every
+planned run without a result, and no student process that trains a teacher."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from medkd3d.ablation import StudyConfig, run_study, train_teachers
+from medkd3d.ablation.grid import RunSpec
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kd.py"
+STUDENT = "brats_student_effnet3d"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_kd_stages", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(kd: str, seed: int, auc: float, size: int = 2) -> dict:
+    return {"student": STUDENT, "kd": kd, "size": size, "seed": seed, "fold": 0, "auc": auc,
+            "balanced_accuracy": auc, "teacher": "brats_teacher_vggvit3d", "predicted_classes": 2}  # fmt: skip
+
+
+def test_a_profile_sets_the_volume_size_and_stages_parse() -> None:
+    bench = _bench()
+    assert bench.study_config(bench.parse_args([])).spatial_size == 64
+    args = bench.parse_args(["--profile", "quick", "--stage", "students", "--run-folds", "1", "--since", "5"])
+    assert bench.study_config(args).spatial_size is None  # the profile's own (quick.json: 32)
+    assert (args.stage, args.run_folds, args.since) == ("students", [1], 5.0)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--stage", "everything"])
+
+
+def test_planned_cells_without_runs_are_reported_missing() -> None:
+    bench = _bench()
+    rows = [_row("none", 0, 0.6), _row("logit", 0, 0.8), _row("none", 1, 0.7)]  # logit of seed 1 did not finish
+    planned = {(STUDENT, 2, "none"): 2, (STUDENT, 2, "logit"): 2, (STUDENT, "2+unlabelled", "logit"): 2}
+    teachers = [{"model": "brats_teacher_vggvit3d", "fold": 0, "auc": 0.9, "balanced_accuracy": 0.9}]
+    table = bench.cell_rows(rows, teachers, [], planned)
+    cells = {(r["model"], r["size"], r["kd"]): r for r in table if r["kind"] == "student"}
+    assert set(cells) == set(planned)
+    assert (cells[(STUDENT, 2, "none")]["runs"], cells[(STUDENT, 2, "none")]["planned_runs"]) == (2, 2)
+    logit = cells[(STUDENT, 2, "logit")]
+    assert (logit["runs"], logit["planned_runs"], logit["kd_gain_auc_pairs"]) == (1, 2, 1)
+    assert logit["kd_gain_auc"] == pytest.approx(0.2)  # paired with seed 0's no-KD run only
+    empty = cells[(STUDENT, "2+unlabelled", "logit")]
+    assert empty["runs"] == 0 and math.isnan(empty["auc"]) and empty["kd_gain_auc_pairs"] == 0
+
+    config = StudyConfig("data", "study", students=(STUDENT,), sizes=(2, "2+unlabelled"), seeds=(0, 1), folds=2)
+    missing = [f"{STUDENT}_logit_2_s1_f0"]
+    text = bench.format_markdown(table, config, 60.0, "machine", "cmd", missing, ["brats_teacher_vggvit3d/fold1"])
+    assert "| 1/2 |" in text and "| 0/2 |" in text and "n/a" in text
+    assert "**1 planned runs missing**" in text and "teachers missing: brats_teacher_vggvit3d/fold1" in text
+    missing_section = text.split("## Missing runs")[1]
+    assert f"- {STUDENT}_logit_2_s1_f0" in missing_section and "- teacher brats_teacher_vggvit3d/fold1" in text
+    complete = bench.format_markdown(table, config, 60.0, "machine", "cmd")
+    assert "Every planned run finished." in complete and "none missing" in complete
+
+
+def test_student_stage_skips_kd_runs_whose_teacher_is_missing(tmp_path) -> None:
+    bench = _bench()
+    args = bench.parse_args(["--out", str(tmp_path), "--stage", "students", "--run-folds", "0"])
+    config = bench.study_config(args)
+    select = bench._selector(args, config)
+    assert select(RunSpec(STUDENT, "none", 8, 0, 0)) and not select(RunSpec(STUDENT, "none", 8, 0, 1))
+    assert not select(RunSpec(STUDENT, "logit", 8, 0, 0))  # its teacher has not finished: it stays missing
+    result = tmp_path / "teachers" / "brats_teacher_vggvit3d" / "fold0" / "result.json"
+    result.parent.mkdir(parents=True)
+    # a KD run waits (until --teacher-wait-until) for the teacher that another process is training
+    args.teacher_wait_until = time.time() + 30
+    select = bench._selector(args, config)
+    writer = threading.Timer(1.5, result.write_text, args=("{}",))
+    writer.start()
+    start = time.perf_counter()
+    assert select(RunSpec(STUDENT, "logit", 8, 0, 0))
+    assert 1.0 < time.perf_counter() - start < 20
+    writer.join()
+
+
+def test_setup_then_a_report_stage_trains_nothing_and_lists_every_run(synthetic_brats_root, tmp_path) -> None:
+    config = StudyConfig(
+        synthetic_brats_root, tmp_path / "study", students=(STUDENT,), kd_modes=("none", "logit"), sizes=(1,),
+        seeds=(0, 1), folds=2, test_fraction=0.3, device="cpu", threads=1,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="outside"):
+        train_teachers(config, folds=(2,))
+    assert train_teachers(config, folds=()) == []  # only the study files and the baseline
+    for name in ("study.json", "datalist.json", "splits.json", "baseline.json"):
+        assert (tmp_path / "study" / name).is_file()
+    assert not (tmp_path / "study" / "teachers").exists()
+    outcome = run_study(config, progress=False, select=lambda spec: False, report=False)
+    assert outcome.trained == [] and outcome.rows == [] and len(outcome.missing) == 2 * 2 * 2
+    assert not (tmp_path / "study" / "summary.md").exists()  # report=False: a worker writes no report
+    # a finished run (as a worker process stores it) leaves the missing list
+    spec = RunSpec(STUDENT, "none", 1, 0, 0)
+    (tmp_path / "study" / "runs").mkdir()
+    (tmp_path / "study" / "runs" / f"{spec.key}.json").write_text(json.dumps({**spec.as_dict(), "auc": 0.5}))
+    outcome = run_study(config, progress=False, select=lambda spec: False, report=False)
+    assert spec.key not in outcome.missing and len(outcome.missing) == 7 and len(outcome.rows) == 1
+
+
+def test_keep_going_logs_a_failed_run_and_trains_the_others(synthetic_brats_root, tmp_path, monkeypatch) -> None:
+    from medkd3d.ablation import runner
+
+    def fake_run(self, spec: RunSpec) -> dict:
+        if spec.kd == "logit":
+            raise RuntimeError("boom")
+        return {"auc": 0.5, "balanced_accuracy": 0.5}
+
+    monkeypatch.setattr(runner._Study, "run", fake_run)
+    config = StudyConfig(
+        synthetic_brats_root, tmp_path / "study", students=(STUDENT,), kd_modes=("none", "logit"), sizes=(1,),
+        seeds=(0,), folds=2, test_fraction=0.3, device="cpu", threads=1,
+    )  # fmt: skip
+    only_fold0 = lambda spec: spec.fold == 0  # noqa: E731
+    with pytest.raises(RuntimeError, match="boom"):
+        run_study(config, progress=False, select=only_fold0, report=False)
+    outcome = run_study(config, progress=False, select=only_fold0, report=False, keep_going=True)
+    assert outcome.failed == [f"{STUDENT}_logit_1_s0_f0: RuntimeError: boom"]
+    assert outcome.skipped == [f"{STUDENT}_none_1_s0_f0"]  # stored by the first call before the failure
+    assert sorted(outcome.missing) == sorted(f"{STUDENT}_{kd}_1_s0_f{f}" for kd, f in [("logit", 0), ("none", 1),
+                                                                                     ("logit", 1)])  # fmt: skip
