@@ -9,6 +9,7 @@ from monai.engines import SupervisedTrainer
 
 from medkd3d.engines import DistillationTrainer
 from medkd3d.export.bundle import bundle_parser, tiny_overrides
+from medkd3d.utils import exception_chain
 from medkd3d.workflows import find_bundle_root
 from medkd3d.workflows.training import UNLABELLED, build_trainer, labelled_pred_and_label
 
@@ -17,11 +18,7 @@ STUDENT_BUNDLES = ("brats_student_effnet3d", "brats_student_effnet25d", "brats_h
 
 def _messages(error: BaseException) -> str:
     """The messages of an error and its causes (MONAI wraps a component's error in its own)."""
-    messages = []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(messages)
+    return "\n".join(str(e) for e in exception_chain(error))
 
 
 def _parser(bundle: str, data_root, tmp_path, **overrides):

@@ -6,17 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from medkd3d.utils import exception_chain
 from medkd3d.workflows.bundle import BUNDLE_NAMES
 from medkd3d.workflows.data import drop_last_batch
 
 
 def _messages(error: BaseException) -> str:
     """The messages of an exception and its causes (MONAI wraps instantiation errors)."""
-    parts = []
-    while error is not None:
-        parts.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(parts)
+    return "\n".join(str(e) for e in exception_chain(error))
 
 
 @pytest.mark.parametrize(

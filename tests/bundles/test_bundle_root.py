@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from medkd3d.utils import exception_chain
 from medkd3d.workflows.bundle import find_bundle_root
 
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
@@ -36,11 +37,7 @@ def _workflow(bundle_dir: Path, *configs: str, workflow_type: str = "train") -> 
 
 def _messages(error: BaseException | None) -> str:
     """The messages of an exception and its causes (MONAI wraps errors of a ``_target_`` in a RuntimeError)."""
-    messages = []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(messages)
+    return "\n".join(str(e) for e in exception_chain(error))
 
 
 @pytest.mark.parametrize("start", ["repository", "elsewhere", "inside"])

@@ -16,6 +16,7 @@ from monai.transforms import Activationsd
 from torch import nn
 
 from medkd3d.engines import classification_metrics
+from medkd3d.utils import exception_chain
 from medkd3d.workflows import (
     AtomicCheckpointSaver,
     ClassProbabilityWriter,
@@ -195,11 +196,7 @@ def test_bundle_configs_select_on_val_and_report_on_held_out_test(bundle: str, b
 
 def _chain(error: BaseException | None) -> str:
     """Every message of an exception chain (MONAI wraps instantiation errors)."""
-    messages = []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    return " | ".join(messages)
+    return " | ".join(str(e) for e in exception_chain(error))
 
 
 def _result(name: str, role: str, p_hgg: list[float], labels: list[int], teacher: str | None = None) -> ModelResult:
