@@ -5,7 +5,7 @@ own training engine (``train#trainer``: MONAI's ``SupervisedTrainer`` for teache
 with its teacher forward for students) runs a few iterations on random batches of the recipe's batch size and
 spatial size, with AMP on (``torch.autocast`` float16 + ``GradScaler``, as the bundles do when ``amp`` is true).
 Only the data (random tensors instead of the dataset), the handlers (none: no validation, checkpoints or logs),
-the teacher's weights (random, built from ``teacher_def``, never read from ``bundles/*/models``) and the class
+the teacher's weights (random, built by its teacher bundle under the same recipe, never read from ``bundles/*/models``) and the class
 weights (off: they need the dataset's labels) differ from a real run. Reported: peak GPU memory
 (``torch.cuda.max_memory_allocated`` / ``max_memory_reserved``, reset before each run) and the median step time.
 
@@ -54,7 +54,7 @@ logger = logging.getLogger("bench_gpu")
 # ------------------------------------------------------------------------------------------------ configs
 def bundle_names() -> list[str]:
     """Every bundle of the repository, teachers first (the order of ``medkd3d pipeline``)."""
-    from medkd3d.workflows.pipeline import MODELS
+    from medkd3d.pipeline.run import MODELS
 
     return [m.bundle for m in MODELS]
 
@@ -74,7 +74,7 @@ def train_parser(bundle: str, recipe: str, device: str, amp: bool, overrides: Ma
     """
     from monai.bundle import ConfigParser
 
-    from medkd3d.workflows.bundle import profile_configs
+    from medkd3d.bundles import profile_configs
 
     root = BUNDLES_DIR / bundle
     configs = ["train.json", *profile_configs(root, [] if recipe == "full" else [recipe])]
@@ -82,6 +82,8 @@ def train_parser(bundle: str, recipe: str, device: str, amp: bool, overrides: Ma
     parser.read_config([str(root / "configs" / c) for c in configs])
     torch_device = "cuda:0" if device == "cuda" else device
     parser.update({"bundle_root": str(root), "device": f"$torch.device('{torch_device}')", "amp": bool(amp)})
+    if isinstance(parser.get("teacher"), dict):  # a student: its teacher as the teacher bundle trains under the recipe
+        parser["teacher#profiles"] = [] if recipe == "full" else [recipe]
     parser.update(dict(overrides or {}))
     return parser
 
@@ -160,7 +162,7 @@ class RandomBatches:
 
 def build_trainer(parser: Any, batches: RandomBatches) -> Any:
     """The bundle's ``train#trainer`` on ``batches``: no handlers, one epoch, class weights off and, for students,
-    the teacher built from ``teacher_def`` with random weights (no checkpoint is read).
+    the teacher built by its teacher bundle with random weights (no checkpoint is read).
 
     Args:
         parser: a parser from :func:`train_parser` (modified in place).
@@ -178,9 +180,9 @@ def build_trainer(parser: Any, batches: RandomBatches) -> Any:
             "train#dataloader": batches,
         }
     )
-    if "teacher_def" in parser and isinstance(parser.get("teacher"), dict):
+    if isinstance(parser.get("teacher"), dict):
         # load_teacher reads the teacher bundle's checkpoint; random weights cost the same memory and time
-        parser["teacher"] = "$@teacher_def.to(@device)"
+        parser["teacher#random_weights"] = True
     return parser.get_parsed_content("train#trainer")
 
 
@@ -293,28 +295,15 @@ def measure_training(bundle: str, recipe: str, device: str, warmup: int, steps: 
 
 
 # ------------------------------------------------------------------------------------------------ latency
-def _timed_ms(run: Callable[[], Any], device: str, warmup: int, repeats: int, max_seconds: float) -> list[float]:
-    for _ in range(warmup):
-        run()
-    _synchronize(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats and (len(times) < 2 or time.perf_counter() - start < max_seconds):
-        t0 = time.perf_counter()
-        run()
-        _synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
 def _onnx_cuda_available() -> tuple[bool, str]:
-    try:
-        import onnxruntime
-    except ImportError as error:
-        return False, f"onnxruntime not importable ({error})"
-    providers = onnxruntime.get_available_providers()
+    from medkd3d.export.runtime import onnxruntime_status, ort
+
+    available, reason = onnxruntime_status()
+    if not available:
+        return False, reason
+    providers = ort.get_available_providers()
     if "CUDAExecutionProvider" not in providers:
-        return False, f"onnxruntime {onnxruntime.__version__} has no CUDAExecutionProvider (providers: {providers})"
+        return False, f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (providers: {providers})"
     return True, ""
 
 
@@ -354,13 +343,13 @@ def _runtime_callables(
             if not ok or device != "cuda":
                 yield runtime, None, why or "needs --device cuda"
                 continue
-            import onnxruntime
+            from medkd3d.export.runtime import ort
 
             path = scratch / "model.onnx"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(network, (x,), str(path), dynamo=False, opset_version=18)
-            session = onnxruntime.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+            session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
             feed = {session.get_inputs()[0].name: x.cpu().numpy()}
             yield (
                 runtime,
@@ -396,6 +385,7 @@ def measure_latency(
         One row per runtime; ``status`` is ``"ok"``, ``"not run: <why>"`` or the error, never raised.
     """
     from medkd3d.export.bundle import prepare_for_export
+    from medkd3d.networks.profile import latency_stats, time_calls
 
     parser = train_parser(bundle, recipe, device, amp=False, overrides=overrides)
     shape = input_shapes(parser)["image"]
@@ -430,14 +420,18 @@ def measure_latency(
             try:
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                times = sorted(_timed_ms(call, device, warmup, repeats, max_seconds))
-                median = statistics.median(times)
+                times = time_calls(
+                    call, warmup=warmup, min_repeats=min(2, repeats), max_repeats=repeats, max_seconds=max_seconds,
+                    device=device,
+                )  # fmt: skip
+                stats = latency_stats(times)
+                median = stats["median_ms"]
                 eager_ms = median if runtime == "eager-fp32" else eager_ms
                 row.update(
                     status="ok",
                     repeats=len(times),
                     latency_median_ms=median,
-                    latency_p90_ms=times[min(len(times) - 1, math.ceil(0.9 * len(times)) - 1)],
+                    latency_p90_ms=stats["p90_ms"],
                     ratio_to_eager_fp32=median / eager_ms if eager_ms else None,
                 )
                 if device == "cuda":

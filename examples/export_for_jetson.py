@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from medkd3d.bundles import find_bundle_root, run_bundle_config
 from medkd3d.data import generate_synthetic_brats
 from medkd3d.export import (
     DeploymentConfig,
@@ -59,9 +60,8 @@ from medkd3d.export import (
     tiny_overrides,
 )
 from medkd3d.export.cli import parse_override
+from medkd3d.pipeline.run import MODELS
 from medkd3d.utils import atomic_write_text
-from medkd3d.workflows import find_bundle_root, run_bundle_config
-from medkd3d.workflows.pipeline import MODELS
 
 logger = logging.getLogger("export_for_jetson")
 
@@ -117,9 +117,9 @@ def train_student(args: argparse.Namespace, out: Path) -> Path:
     common = {"dataset_dir": str(data), "epochs": args.epochs, "batch_size": 2, "num_workers": 0, "num_folds": 3}
     runs = {
         teacher: network_overrides(teacher, args),
+        # the student builds its teacher as the teacher's checkpoint records it was trained (tiny or not)
         args.bundle: {
             **network_overrides(args.bundle, args),
-            **network_overrides(teacher, args, prefix="teacher_def"),  # the student's config builds its teacher too
             "teacher_ckpt": str(out / "train" / teacher / "models" / "model.pt"),
         },
     }

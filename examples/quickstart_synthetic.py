@@ -39,7 +39,7 @@ from medkd3d.data.datasets import build_dataset
 from medkd3d.data.pipelines import volume_transforms
 from medkd3d.data.splits import make_splits, split_records
 from medkd3d.engines import DistillationTrainer, evaluate_classifier, loss_terms, write_metrics
-from medkd3d.explain import ExplainModel, explain_subject, map_agreement
+from medkd3d.explain import ExplainModel, describe_agreement, explain_subject, map_agreement
 from medkd3d.losses import KDLoss
 from medkd3d.networks import create_model
 
@@ -141,7 +141,9 @@ def main() -> None:
     brain = nib.load(record["image"][3]).get_fdata() != 0  # skull-stripped: the brain is the nonzero FLAIR
     region = brain & student_map.coverage & teacher_map.coverage
     agreement = map_agreement(teacher_map.map, student_map.map, seg=seg, mask=region)
-    logger.info("Grad-CAM agreement on %s: %s", record["subject"], agreement)
+    logger.info("Grad-CAM agreement of the teacher and the student on %s:", record["subject"])
+    for line in describe_agreement(agreement):
+        logger.info("  %s", line)
     logger.info("done in %.0f s; outputs in %s", time.time() - start, out)
 
 

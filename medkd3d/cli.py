@@ -28,9 +28,8 @@ from medkd3d.utils import exception_chain
 #: Modules whose ``register`` adds sub-commands, in the order they appear in ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
     "medkd3d.data.cli",
-    "medkd3d.data.splits",
     "medkd3d.networks.cli",
-    "medkd3d.workflows.pipeline",
+    "medkd3d.pipeline.cli",
     "medkd3d.export.cli",
     "medkd3d.ablation.cli",
     "medkd3d.explain.cli",
@@ -57,8 +56,8 @@ _REFUSAL_TYPES: tuple[type[BaseException], ...] = (
 _REFUSAL_NAMES: frozenset[str] = frozenset(
     {
         "medkd3d.export.parity.ParityError",
-        "medkd3d.export.runtime.BackendUnavailableError",
-        "medkd3d.workflows.bundle.BundleOutOfMemoryError",  # names the batch / spatial size / profile that fit
+        "medkd3d.export.backends.BackendUnavailableError",
+        "medkd3d.bundles.run.BundleOutOfMemoryError",  # names the batch / spatial size / profile that fit
     }
 )
 

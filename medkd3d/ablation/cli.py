@@ -24,7 +24,7 @@ QUICK_OUT = Path("runs/ablate_quick")
 _BUNDLE_RUN_LOGGERS = (
     "ignite.engine.engine",
     "monai.handlers",
-    "medkd3d.workflows",
+    "medkd3d.bundles",
     "medkd3d.engines",
     "monai.bundle",
 )
@@ -104,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_ablate(args: argparse.Namespace) -> int:
     from medkd3d.ablation.runner import StudyConfig, override, run_study
-    from medkd3d.workflows.data import SYNTHETIC_DEFAULT
+    from medkd3d.bundles.data import SYNTHETIC_DEFAULT
 
     out = Path(args.out) if args.out else (QUICK_OUT if args.quick else DEFAULT_OUT)
     dataset_dir = Path(args.dataset_dir) if args.dataset_dir else out / "data" / "synthetic_brats2019"

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from medkd3d.bundles.training import KD_MODES
 from medkd3d.utils import atomic_path
-from medkd3d.workflows.training import KD_MODES
 
 __all__ = [
     "KD_MODES",

@@ -19,8 +19,6 @@ Every file is written atomically.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -38,6 +36,7 @@ from medkd3d.ablation.stats import (
     summarize_cells,
     summarize_retention,
 )
+from medkd3d.reporting import format_interval, format_value, markdown_table, write_csv, write_markdown
 from medkd3d.utils import atomic_path
 
 __all__ = [
@@ -66,22 +65,6 @@ _TITLES = {"balanced_accuracy": "Balanced accuracy", "auc": "AUC"}
 _KD_MARKERS = {"none": "o", "logit": "s", "logit+feature": "^"}
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _ci(low: float, high: float) -> str:
-    return "n/a" if math.isnan(low) else f"[{low:.3f}, {high:.3f}]"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return lines
-
-
 def write_results_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Write one CSV row per run with :data:`RESULT_COLUMNS` (then :data:`EXTRA_COLUMNS`), atomically.
 
@@ -92,14 +75,7 @@ def write_results_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike
     Returns:
         ``path``.
     """
-    columns = [*RESULT_COLUMNS, *(c for c in EXTRA_COLUMNS if any(c in row for row in rows))]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    return Path(path)
+    return write_csv(path, rows, [*RESULT_COLUMNS, *(c for c in EXTRA_COLUMNS if any(c in row for row in rows))])
 
 
 def _cell_order(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, Any]]:
@@ -116,12 +92,12 @@ def _metric_sections(rows: Sequence[Mapping[str, Any]], order: list[tuple], num_
     for metric in PLOTTED_METRICS:
         stats = {(c.student, c.kd, c.size): c for c in summarize_cells(rows, metric, num_resamples=num_resamples)}
         table = [
-            (*cell, stats[cell].num_runs, f"{_fmt(stats[cell].mean)} ± {_fmt(stats[cell].std)}",
-             _ci(stats[cell].ci_low, stats[cell].ci_high))
+            (*cell, stats[cell].num_runs, f"{format_value(stats[cell].mean)} ± {format_value(stats[cell].std)}",
+             format_interval(stats[cell].ci_low, stats[cell].ci_high))
             for cell in order
         ]  # fmt: skip
         lines += [f"## {_TITLES[metric]}", ""]
-        lines += [*_table(["student", "KD", "size", "runs", "mean ± std", "95% CI"], table), ""]
+        lines += [*markdown_table(["student", "KD", "size", "runs", "mean ± std", "95% CI"], table), ""]
     return lines
 
 
@@ -135,8 +111,11 @@ def _gain_sections(rows: Sequence[Mapping[str, Any]], order: list[tuple], num_re
             lines += ["No KD run has a no-KD twin (add `none` to the KD modes).", ""]
             continue
         gains.sort(key=lambda g: order.index((g.student, g.kd, g.size)))
-        table = [(g.student, g.kd, g.size, g.num_pairs, f"{g.gain:+.3f}", _ci(g.ci_low, g.ci_high)) for g in gains]
-        lines += [*_table(["student", "KD", "size", "pairs", "gain", "95% CI"], table), ""]
+        table = [
+            (g.student, g.kd, g.size, g.num_pairs, f"{g.gain:+.3f}", format_interval(g.ci_low, g.ci_high))
+            for g in gains
+        ]
+        lines += [*markdown_table(["student", "KD", "size", "pairs", "gain", "95% CI"], table), ""]
     return lines
 
 
@@ -144,8 +123,16 @@ def _other_metrics_section(rows: Sequence[Mapping[str, Any]], order: list[tuple]
     """Mean ± std of F1, sensitivity and specificity per cell."""
     others = ("f1", "sensitivity", "specificity")
     stats = {m: {(c.student, c.kd, c.size): c for c in summarize_cells(rows, m, num_resamples=1)} for m in others}
-    table = [(*cell, *(f"{_fmt(stats[m][cell].mean)} ± {_fmt(stats[m][cell].std)}" for m in others)) for cell in order]
-    return ["## F1, sensitivity, specificity (mean ± std)", "", *_table(["student", "KD", "size", *others], table), ""]
+    table = [
+        (*cell, *(f"{format_value(stats[m][cell].mean)} ± {format_value(stats[m][cell].std)}" for m in others))
+        for cell in order
+    ]
+    return [
+        "## F1, sensitivity, specificity (mean ± std)",
+        "",
+        *markdown_table(["student", "KD", "size", *others], table),
+        "",
+    ]
 
 
 def _retention_section(
@@ -164,8 +151,8 @@ def _retention_section(
             continue
         ratio, margin = summaries[cell].auc_ratio, summaries[cell].margin_retention
         table.append(
-            (*cell, ratio.num_runs, f"{_fmt(ratio.mean)} ± {_fmt(ratio.std)}", _ci(ratio.ci_low, ratio.ci_high),
-             f"{_fmt(margin.mean)} ± {_fmt(margin.std)}", _ci(margin.ci_low, margin.ci_high),
+            (*cell, ratio.num_runs, f"{format_value(ratio.mean)} ± {format_value(ratio.std)}", format_interval(ratio.ci_low, ratio.ci_high),
+             f"{format_value(margin.mean)} ± {format_value(margin.std)}", format_interval(margin.ci_low, margin.ci_high),
              summaries[cell].undefined_runs)
         )  # fmt: skip
     header = ["student", "KD", "size", "runs", "AUC ratio", "95% CI", "margin retention", "95% CI", "undefined"]
@@ -177,7 +164,7 @@ def _retention_section(
         "keeps (0 for a student that predicts one class). It is undefined when the teacher is at chance "
         "(`undefined` runs, left out of its statistics).",
         "",
-        *_table(header, table),
+        *markdown_table(header, table),
         "",
     ]
 
@@ -189,7 +176,9 @@ def _flags_section(
     flags = cell_flags(rows, teacher_rows, num_resamples=num_resamples)
     lines = ["## Flags", ""]
     flagged = [cell for cell in order if cell in flags]
-    lines += [f"- {student}, KD {kd}, size {size}: {'; '.join(flags[student, kd, size])}" for student, kd, size in flagged]
+    lines += [
+        f"- {student}, KD {kd}, size {size}: {'; '.join(flags[student, kd, size])}" for student, kd, size in flagged
+    ]
     return [*lines, *([] if flagged else ["No cell is flagged."]), ""]
 
 
@@ -198,12 +187,19 @@ def _baseline_section(baseline_rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if not baseline_rows:
         return []
     table = [
-        (row.get("fold", "every fold"), _fmt(row.get("balanced_accuracy")), _fmt(row.get("auc")),
-         _fmt(evaluated_subjects(row)))
+        (row.get("fold", "every fold"), format_value(row.get("balanced_accuracy")), format_value(row.get("auc")),
+         format_value(evaluated_subjects(row)))
         for row in baseline_rows
     ]  # fmt: skip
     if len(baseline_rows) > 1:
-        table.append(("mean", _fmt(_mean(baseline_rows, "balanced_accuracy")), _fmt(_mean(baseline_rows, "auc")), ""))
+        table.append(
+            (
+                "mean",
+                format_value(_mean(baseline_rows, "balanced_accuracy")),
+                format_value(_mean(baseline_rows, "auc")),
+                "",
+            )
+        )
     return [
         "## Trivial baseline",
         "",
@@ -211,7 +207,7 @@ def _baseline_section(baseline_rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "(and validation) subjects and scored on the same held-out subjects as the models "
         "(`medkd3d.engines.trivial_baseline`).",
         "",
-        *_table(["fold", "balanced accuracy", "AUC", "n"], table),
+        *markdown_table(["fold", "balanced accuracy", "AUC", "n"], table),
         "",
     ]
 
@@ -221,24 +217,24 @@ def _cost_sections(rows: Sequence[Mapping[str, Any]], teacher_rows: Sequence[Map
 
     def cost(name: str, members: Sequence[Mapping[str, Any]]) -> tuple:
         first = members[0]  # the cost of a model is measured once per study
-        return (name, f"{first['parameters']:,}", _fmt(first["gflops"]), _fmt(first["cpu_latency_ms"], 1),
-                _fmt(_mean(members, "train_time_s"), 1))  # fmt: skip
+        return (name, f"{first['parameters']:,}", format_value(first["gflops"]), format_value(first["cpu_latency_ms"], 1),
+                format_value(_mean(members, "train_time_s"), 1))  # fmt: skip
 
     students = dict.fromkeys(row["student"] for row in rows)
     table = [cost(student, [row for row in rows if row["student"] == student]) for student in students]
     for teacher in dict.fromkeys(t["model"] for t in teacher_rows):
         table.append(cost(f"teacher ({teacher})", [t for t in teacher_rows if t["model"] == teacher]))
     lines = ["## Cost", "", "Per subject-level prediction as evaluated (CPU latency: median of eager passes).", ""]
-    lines += [*_table(["model", "parameters", "GFLOPs", "CPU latency (ms)", "mean train time (s)"], table), ""]
+    lines += [*markdown_table(["model", "parameters", "GFLOPs", "CPU latency (ms)", "mean train time (s)"], table), ""]
     if teacher_rows:
         table = [
-            (t["model"], t["fold"], _fmt(t["balanced_accuracy"]), _fmt(t["auc"]), t.get("train_subjects", "n/a"),
-             _fmt(evaluated_subjects(t)), "predicts one class" if predicts_one_class(t) else "")
+            (t["model"], t["fold"], format_value(t["balanced_accuracy"]), format_value(t["auc"]), t.get("train_subjects", "n/a"),
+             format_value(evaluated_subjects(t)), "predicts one class" if predicts_one_class(t) else "")
             for t in teacher_rows
         ]  # fmt: skip
         lines += ["## Teachers per fold", ""]
         header = ["teacher", "fold", "balanced accuracy", "AUC", "training subjects", "evaluated subjects", "flags"]
-        lines += [*_table(header, table), ""]
+        lines += [*markdown_table(header, table), ""]
     return lines
 
 
@@ -446,7 +442,5 @@ def write_report(
         files["plot_pareto"] = plot_pareto(rows, out / "pareto_latency.png", teacher_rows)
     plots = [path.name for key, path in files.items() if key.startswith("plot_")]
     text = format_summary(rows, teacher_rows, settings, plots, baseline_rows=baseline_rows)
-    with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    files["summary_md"] = out / "summary.md"
+    files["summary_md"] = write_markdown(out / "summary.md", text)
     return files

@@ -1,7 +1,7 @@
 """Run a distillation x data-size study through the bundles, on patient-level folds, resumably.
 
 One recipe: every model of a study is trained and evaluated by its MONAI bundle (``configs/train.json`` and
-``configs/evaluate.json``, run with :func:`medkd3d.workflows.run_bundle_config`), exactly as ``medkd3d pipeline``
+``configs/evaluate.json``, run with :func:`medkd3d.bundles.run_bundle_config`), exactly as ``medkd3d pipeline``
 and ``python -m monai.bundle run`` train it - same optimiser, schedule, transforms and checkpoint selection. A cell
 of the study is a bundle run with overrides; the study never trains a network itself.
 
@@ -68,8 +68,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The student bundles a study can compare (each distils from the teacher bundle ``medkd3d pipeline`` pairs it
-#: with, see :func:`student_teacher`).
+#: The student bundles a study can compare (each distils from the teacher bundle its ``train.json`` names, see
+#: :func:`student_teacher`).
 STUDENTS: tuple[str, ...] = ("brats_student_effnet3d", "brats_student_effnet25d", "brats_hdkd_student3d")
 
 #: The synthetic dataset ``--quick`` generates when the dataset folder does not exist: enough subjects for a test
@@ -81,17 +81,18 @@ METRIC_KEYS = ("balanced_accuracy", "auc", "f1", "sensitivity", "specificity", "
 
 
 def student_teacher(student: str) -> str:
-    """The teacher bundle of a student bundle (the pairing of :data:`medkd3d.workflows.pipeline.MODELS`).
+    """The teacher bundle of a student bundle: the ``teacher_bundle`` its ``train.json`` names
+    (:func:`medkd3d.bundles.teacher_of`).
 
     Raises:
         ValueError: if ``student`` is not a student bundle.
     """
-    from medkd3d.workflows.pipeline import MODELS
+    from medkd3d.bundles import find_bundle_root, teacher_of
 
-    teachers = {model.bundle: model.teacher for model in MODELS if model.teacher}
-    if student not in teachers:
-        raise ValueError(f"unknown student bundle {student!r}; choose from {sorted(teachers)}")
-    return teachers[student]
+    teacher = teacher_of(find_bundle_root(student)) if student in STUDENTS else None
+    if teacher is None:
+        raise ValueError(f"unknown student bundle {student!r}; choose from {sorted(STUDENTS)}")
+    return teacher
 
 
 def supported_kd_modes(bundle_root: str | os.PathLike) -> tuple[str, ...]:
@@ -120,11 +121,11 @@ class StudyConfig:
         epochs: student training epochs.
         teacher_epochs: teacher training epochs (``None``: ``epochs``).
         spatial_size: edge of the cubic preprocessed volume ``(N, N, N)``.
-        tiny: tiny networks in every bundle (:func:`medkd3d.export.bundle.tiny_overrides`), for ``--quick`` and tests.
+        tiny: tiny networks in every bundle (:func:`medkd3d.bundles.tiny_overrides`), for ``--quick`` and tests.
         profiles: config overlays merged after ``train.json`` in every bundle (``configs/profiles/<name>.json``).
         overrides: config overrides given to every bundle run (e.g. ``{"learning_rate": 5e-4}``).
-        bundle_overrides: config overrides per bundle name; a teacher's ``network_def#...`` overrides are given to
-            its students as ``teacher_def#...``.
+        bundle_overrides: config overrides per bundle name; a student builds its teacher as the teacher's checkpoint
+            records it was trained (a teacher's ``network_def#...`` overrides are not repeated for its students).
         batch_size: training and evaluation batch size.
         split_seed: seed of the test hold-out and the folds (and the teachers' ``seed``).
         cache: the bundles' ``cache``: ``"disk"`` (preprocessed volumes stored once per bundle in ``<out>/cache``
@@ -197,7 +198,7 @@ class StudyConfig:
         Raises:
             ValueError: for an unknown student, an invalid axis, or a student left without any KD mode.
         """
-        from medkd3d.workflows import find_bundle_root
+        from medkd3d.bundles import find_bundle_root
 
         unsupported = set()
         for student in self.students:
@@ -257,8 +258,8 @@ class StudyOutcome:
 
 def _load_datalist(config: StudyConfig, validate: bool) -> dict[str, Any]:
     """The study's datalist; a missing folder is synthesised when ``config.synthetic`` says so."""
-    from medkd3d.data import assert_data_valid, discover_brats, load_datalist
-    from medkd3d.workflows import ensure_dataset
+    from medkd3d.bundles import ensure_dataset
+    from medkd3d.data import assert_data_valid, read_datalist
 
     source = Path(config.dataset_dir).expanduser()
     if not source.exists():
@@ -271,7 +272,7 @@ def _load_datalist(config: StudyConfig, validate: bool) -> dict[str, Any]:
         source = ensure_dataset(source, config.synthetic, option="--dataset-dir")
     if validate:
         return assert_data_valid(source)
-    return load_datalist(source) if source.is_file() else discover_brats(source)
+    return read_datalist(source)
 
 
 def _subjects_fingerprint(records: Sequence[Mapping[str, Any]]) -> str:
@@ -284,7 +285,7 @@ def training_subset(records: Sequence[Mapping[str, Any]], size: int | str, seed:
     """The training items a student bundle sees for a data ``size`` (see :func:`labelled_per_class`).
 
     The same function the student bundles' ``train_records`` call
-    (:func:`medkd3d.workflows.training.training_records`), so a study counts exactly what the bundle trains on.
+    (:func:`medkd3d.bundles.training.training_records`), so a study counts exactly what the bundle trains on.
 
     Args:
         records: the training side of a fold.
@@ -294,7 +295,7 @@ def training_subset(records: Sequence[Mapping[str, Any]], size: int | str, seed:
     Returns:
         The labelled records, then (for ``"N+unlabelled"``) the other subjects with ``label = -1``.
     """
-    from medkd3d.workflows.training import training_records
+    from medkd3d.bundles.training import training_records
 
     per_class, unlabelled = labelled_per_class(size)
     return training_records(records, per_class, seed, unlabelled)
@@ -367,9 +368,9 @@ class _Study:
     """The state of one :func:`run_study` call: data, split, teachers, bundle runs."""
 
     def __init__(self, config: StudyConfig) -> None:
+        from medkd3d.bundles import find_bundle_root
         from medkd3d.data import write_datalist
         from medkd3d.data.splits import load_splits, make_splits, split_records, write_splits
-        from medkd3d.workflows import find_bundle_root
 
         self.config = config
         self.out = Path(config.out_dir).resolve()
@@ -415,7 +416,7 @@ class _Study:
 
     def _bundle_overrides(self, bundle: str) -> dict[str, Any]:
         """Tiny networks (when asked) and the user's overrides of one bundle."""
-        from medkd3d.export.bundle import tiny_overrides
+        from medkd3d.bundles import tiny_overrides
 
         config = self.config
         overrides: dict[str, Any] = {}
@@ -458,7 +459,7 @@ class _Study:
 
         A run whose ``result.json`` exists is not redone.
         """
-        from medkd3d.workflows import run_bundle_config
+        from medkd3d.bundles import run_bundle_config
 
         result_file = run_dir / "result.json"
         if result_file.is_file():
@@ -544,15 +545,8 @@ class _Study:
         overrides.update({"kd_mode": spec.kd, "train_per_class": per_class, "unlabelled_train": unlabelled})
         if spec.kd != "none":
             self.teacher(teacher, spec.fold)
+            # the student builds the teacher as this checkpoint records it was trained (tiny networks included)
             overrides["teacher_ckpt"] = str(self.teacher_dir(teacher, spec.fold) / "models" / "model.pt")
-            # the teacher is built as its own bundle was: its network overrides become the student's teacher_def
-            overrides.update(
-                {
-                    f"teacher_def{key[len('network_def') :]}": value
-                    for key, value in self._bundle_overrides(teacher).items()
-                    if key.startswith("network_def#")
-                }
-            )
         result = self._train_and_evaluate(spec.student, run_dir, overrides)
         items = training_subset(self.sides[spec.fold]["train"], per_class or "all", spec.seed)
         return {

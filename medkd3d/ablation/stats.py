@@ -6,10 +6,10 @@ Conventions (all reported in ``summary.md``):
   units that are averaged and resampled.
 * **Mean +/- std.** Arithmetic mean and sample standard deviation (``ddof=1``) of the runs; the std is NaN for
   a single run.
-* **95% bootstrap CI of the mean.** Percentile bootstrap: draw ``n`` of the ``n`` run values with replacement
-  ``B`` times (default 10,000) from ``numpy.random.default_rng(seed)``, take each resample's mean, and report
-  the 2.5th and 97.5th percentiles of those means (``numpy.percentile``, linear interpolation). With fewer
-  than two runs there is nothing to resample and the CI is NaN.
+* **95% bootstrap CI of the mean.** Percentile bootstrap (:func:`scipy.stats.bootstrap`, ``method="percentile"``):
+  draw ``n`` of the ``n`` run values with replacement ``B`` times (default 10,000) from
+  ``numpy.random.default_rng(seed)``, take each resample's mean, and report the 2.5th and 97.5th percentiles of
+  those means (linear interpolation). With fewer than two runs there is nothing to resample and the CI is NaN.
 * **KD gain.** For a KD mode, each run is paired with the no-KD run of the same student, size, seed and fold
   (same training subjects, same held-out subjects, same initialisation seed); the gain is the mean of the
   paired differences ``metric(KD) - metric(none)`` and its CI is the percentile bootstrap of that mean,
@@ -30,11 +30,13 @@ Conventions (all reported in ``summary.md``):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 __all__ = [
     "CellSummary",
@@ -66,11 +68,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 def bootstrap_ci(
     values: Sequence[float], confidence: float = 0.95, num_resamples: int = 10_000, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean.
+    """Percentile bootstrap confidence interval of the mean, computed by :func:`scipy.stats.bootstrap`.
 
     Resample ``b`` (``b = 0 .. num_resamples - 1``) is ``values[rng.integers(0, n, n)]`` with
-    ``rng = numpy.random.default_rng(seed)``, drawn in that order, so the result equals a plain loop over the
-    resamples with the same generator.
+    ``rng = numpy.random.default_rng(seed)``, drawn in that order (SciPy draws all resamples in one call), so the
+    result equals a plain loop over the resamples with the same generator. For the paired KD gain the values are
+    the per-pair differences: resampling them resamples pairs (:func:`kd_gains`).
 
     Args:
         values: the observations (e.g. one metric per run, or paired differences).
@@ -79,8 +82,8 @@ def bootstrap_ci(
         seed: seed of the resampling, for reproducible intervals.
 
     Returns:
-        ``(low, high)``: the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of the resampled
-        means; ``(nan, nan)`` with fewer than two values.
+        ``(low, high)``: the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles (linear
+        interpolation) of the resampled means; ``(nan, nan)`` with fewer than two values.
 
     Raises:
         ValueError: for a confidence outside ``(0, 1)``, ``num_resamples < 1`` or non-finite values.
@@ -94,14 +97,22 @@ def bootstrap_ci(
         raise ValueError(
             f"bootstrap_ci needs finite values, got {data.tolist()}; drop the runs where the metric is NaN"
         )
-    n = data.size
-    if n < 2:
+    if data.size < 2:  # SciPy refuses a single observation; there is nothing to resample
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, n, size=(num_resamples, n))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        # SciPy also returns the standard error of the resampled means, undefined (0 / 0, warned about) for a single
+        # resample; only the interval is used here
+        warnings.filterwarnings("ignore", "Degrees of freedom", RuntimeWarning)
+        result = scipy.stats.bootstrap(
+            (data,),
+            np.mean,
+            n_resamples=num_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            vectorized=True,
+            random_state=np.random.default_rng(seed),  # ``rng=`` from SciPy 1.15 on; the package supports 1.11
+        )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from medkd3d.data.discovery import detect_layout as detect_layout
 from medkd3d.data.discovery import discover_brats as discover_brats
 from medkd3d.data.discovery import load_datalist as load_datalist
 from medkd3d.data.discovery import match_modality as match_modality
+from medkd3d.data.discovery import parse_modality_patterns as parse_modality_patterns
+from medkd3d.data.discovery import read_datalist as read_datalist
 from medkd3d.data.discovery import write_datalist as write_datalist
 from medkd3d.data.synthetic import SYNTHETIC_LAYOUTS as SYNTHETIC_LAYOUTS
 from medkd3d.data.synthetic import generate_synthetic_brats as generate_synthetic_brats
@@ -37,7 +39,14 @@ _LAZY_EXPORTS = {
         "transforms",
     ),
     **dict.fromkeys(
-        ("preprocess_transforms", "volume_transforms", "slice_stack_transforms", "slice_transforms"), "pipelines"
+        (
+            "network_input_shape",
+            "preprocess_transforms",
+            "volume_transforms",
+            "slice_stack_transforms",
+            "slice_transforms",
+        ),
+        "pipelines",
     ),
     **dict.fromkeys(("build_dataset", "estimate_cache_bytes"), "datasets"),
 }

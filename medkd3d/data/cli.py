@@ -1,4 +1,4 @@
-"""Data commands of ``medkd3d``: ``synth``, ``datalist`` and ``check-data``.
+"""Data commands of ``medkd3d``: ``synth``, ``datalist``, ``check-data`` and ``split``.
 
 They need only NumPy, nibabel and the standard library (no torch), so the modules are imported at the top.
 """
@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-from medkd3d.data.discovery import DISCOVERY_LAYOUTS, discover_brats, parse_modality_patterns, write_datalist
+from medkd3d.data.discovery import (
+    DISCOVERY_LAYOUTS,
+    discover_brats,
+    load_datalist,
+    parse_modality_patterns,
+    write_datalist,
+)
+from medkd3d.data.splits import make_splits, write_splits
 from medkd3d.data.synthetic import SYNTHETIC_LAYOUTS, generate_synthetic_brats
 from medkd3d.data.validation import check_data
 
@@ -22,7 +30,8 @@ _LAYOUT_HELP = (
 )
 
 
-def _add_label_options(parser: argparse.ArgumentParser) -> None:
+def _add_discovery_options(parser: argparse.ArgumentParser) -> None:
+    """The label and layout options that ``datalist`` and ``check-data`` share."""
     parser.add_argument(
         "--labels",
         metavar="CSV",
@@ -61,13 +70,34 @@ def _add_label_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_modality_option(parser: argparse.ArgumentParser) -> None:
+    """``--modality NAME=GLOB``, shared by ``datalist`` and ``check-data``; parsed by :func:`_discovery_kwargs`."""
+    parser.add_argument(
+        "--modality",
+        action="append",
+        default=[],
+        metavar="NAME=GLOB",
+        help="file-name pattern of a modality (NAME: t1, t1ce, t2, flair or seg) in each subject folder, for files "
+        "whose names carry no modality token, e.g. --modality 't1=*_T1w.nii.gz' --modality 't1ce=*_gd.nii.gz' "
+        "(shell-style, case-insensitive; quote it); repeat it per modality; modalities without a pattern are "
+        "recognised by name",
+    )
+
+
 def _discovery_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`~medkd3d.data.discover_brats` keyword arguments of :func:`_add_discovery_options` and
+    :func:`_add_modality_option`.
+
+    Raises:
+        ValueError: for a malformed ``--modality`` (see :func:`~medkd3d.data.parse_modality_patterns`).
+    """
     return {
         "labels_csv": args.labels,
         "label_column": args.label_column,
         "subject_column": args.subject_column,
         "layout": args.layout,
         "class_names": args.class_names,
+        "modality_patterns": parse_modality_patterns(args.modality),
     }
 
 
@@ -88,8 +118,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _datalist(args: argparse.Namespace) -> int:
     try:
-        patterns = parse_modality_patterns(args.modality)
-        datalist = discover_brats(args.root, modality_patterns=patterns, **_discovery_kwargs(args))
+        datalist = discover_brats(args.root, **_discovery_kwargs(args))
     except (FileNotFoundError, ValueError) as error:  # DataValidationError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -139,8 +168,42 @@ def _check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _per_class(value: str) -> int | str:
+    if value == "all":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
+    return number
+
+
+def _run_split(args: argparse.Namespace) -> int:
+    try:
+        datalist = load_datalist(args.datalist)
+        splits = make_splits(
+            datalist["training"],
+            num_folds=args.folds,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            train_per_class=args.train_per_class,
+            seed=args.seed,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    splits["datalist"] = str(Path(args.datalist).resolve())
+    splits["class_names"] = datalist.get("class_names")
+    path = write_splits(splits, args.out)
+    sizes = ", ".join(f"fold {i}: {len(f['train'])} train / {len(f['val'])} val" for i, f in enumerate(splits["folds"]))
+    print(f"wrote {path}: {len(splits['test'])} test; {sizes}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``synth``, ``datalist`` and ``check-data`` sub-commands.
+    """Add the ``synth``, ``datalist``, ``check-data`` and ``split`` sub-commands.
 
     Args:
         subparsers: the sub-parser collection of the ``medkd3d`` parser.
@@ -197,23 +260,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     datalist.add_argument("root", metavar="ROOT", help="dataset root (the folder holding HGG/LGG or the subjects)")
     datalist.add_argument("--out", required=True, metavar="JSON", help="datalist file to write")
-    datalist.add_argument(
-        "--modality",
-        action="append",
-        default=[],
-        metavar="NAME=GLOB",
-        help="file-name pattern of a modality (NAME: t1, t1ce, t2, flair or seg) in each subject folder, for files "
-        "whose names carry no modality token, e.g. --modality 't1=*_T1w.nii.gz' --modality 't1ce=*_gd.nii.gz' "
-        "(shell-style, case-insensitive; quote it); repeat it per modality; modalities without a pattern are "
-        "recognised by name",
-    )
+    _add_modality_option(datalist)
     datalist.add_argument(
         "--labeled-only",
         action="store_true",
         help="leave out the subjects without a label (e.g. BraTS 2021 subjects that an MGMT labels CSV does not "
         "list); training refuses a datalist with unlabeled subjects",
     )
-    _add_label_options(datalist)
+    _add_discovery_options(datalist)
     datalist.set_defaults(func=_datalist)
 
     check = subparsers.add_parser(
@@ -222,8 +276,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Validate a dataset root or a datalist JSON in one pass and print one line per problem "
         "(subject, file, problem, fix): missing modality, unreadable/truncated file, non-3D image, NaN/Inf voxels, "
         "all-zero volume, modalities with different shapes or affines, duplicate subject ids, missing labels, "
-        "labels outside the class list. Exits with 1 if any problem is found, 0 otherwise. For a ROOT, labels are "
-        "found as by `medkd3d datalist` (--labels, --label-column, --subject-column, --layout).",
+        "labels outside the class list. Exits with 1 if any problem is found, 0 otherwise. For a ROOT, subjects, "
+        "modalities and labels are found as by `medkd3d datalist` (--labels, --label-column, --subject-column, "
+        "--layout, --modality).",
     )
     check.add_argument("data", metavar="ROOT|DATALIST", help="dataset root folder or datalist JSON file")
     check.add_argument(
@@ -247,5 +302,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="show a progress bar (default: with more than 20 subjects)",
     )
-    _add_label_options(check)
+    _add_modality_option(check)
+    _add_discovery_options(check)
     check.set_defaults(func=_check_data)
+
+    split = subparsers.add_parser(
+        "split",
+        help="patient-level stratified k-fold or train/val/test split of a datalist",
+        description="Split the subjects of a datalist by patient, stratified by class, seeded; write a JSON split "
+        "file that training configs and `medkd3d.data.split_records` read.",
+    )
+    split.add_argument("datalist", help="datalist JSON written by `medkd3d datalist`")
+    scheme = split.add_mutually_exclusive_group()
+    scheme.add_argument("--folds", type=int, default=None, help="k-fold cross-validation with K folds (default 5)")
+    scheme.add_argument("--val-fraction", type=float, default=None, help="single train/val split instead of k-fold")
+    split.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="fraction of each class held out for test before the folds, the same for every fold (default 0.2, as "
+        "the bundles' test_fraction; 0 holds out none, and the bundles' evaluate.json then refuses to report)",
+    )
+    split.add_argument(
+        "--train-per-class",
+        type=_per_class,
+        default=None,
+        metavar="N|all",
+        help="keep N training subjects per class (data-size studies; nested across N for one seed)",
+    )
+    split.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    split.add_argument("--out", required=True, help="output split JSON")
+    split.set_defaults(func=_run_split)

@@ -47,6 +47,7 @@ __all__ = [
     "load_datalist",
     "match_modality",
     "parse_modality_patterns",
+    "read_datalist",
     "write_datalist",
 ]
 
@@ -742,6 +743,45 @@ def load_datalist(path: str | os.PathLike) -> dict[str, Any]:
     if problems:
         raise DataValidationError(problems, context=f"datalist {path}")
     return _map_paths(datalist, lambda p: str((path.parent / p).resolve()))
+
+
+def _read_source(source: str | os.PathLike, **discovery: Any) -> tuple[dict[str, Any], list[DataProblem]]:
+    """:func:`read_datalist` that returns a folder's discovery problems instead of raising them."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _discover(path, **discovery)
+    if path.is_file():
+        return load_datalist(path), []
+    raise FileNotFoundError(
+        f"{path} does not exist; pass a datalist JSON (`medkd3d datalist ROOT --out datalist.json` writes one) or "
+        "the folder that holds the BraTS subjects"
+    )
+
+
+def read_datalist(source: str | os.PathLike, **discovery: Any) -> dict[str, Any]:
+    """The datalist of a datalist JSON file or of a dataset folder: the one place that tells the two apart.
+
+    A folder is discovered with :func:`discover_brats` (its options apply), a file is read with
+    :func:`load_datalist` (the options are not used: the file already names its files and labels).
+
+    Args:
+        source: a datalist JSON (``medkd3d datalist`` output) or a BraTS-style dataset folder.
+        discovery: keyword arguments of :func:`discover_brats` (``labels_csv``, ``label_column``,
+            ``subject_column``, ``layout``, ``class_names``, ``modality_patterns``), for a folder.
+
+    Returns:
+        The datalist dict with absolute paths.
+
+    Raises:
+        FileNotFoundError: if ``source`` is neither a folder nor a file.
+        DataValidationError: for a folder whose subjects have missing or ambiguous modalities or bad labels, or
+            a datalist file whose records are not records.
+        ValueError: for a file that is not a datalist, or bad discovery options.
+    """
+    datalist, problems = _read_source(source, **discovery)
+    if problems:
+        raise DataValidationError(problems, context=f"dataset {datalist['root']}")
+    return datalist
 
 
 def _record_problems(datalist: Mapping[str, Any], path: Path) -> list[DataProblem]:

@@ -44,6 +44,7 @@ from monai.transforms import (
     Transform,
 )
 
+from medkd3d.data.discovery import MODALITIES
 from medkd3d.data.intensity import NormalizeNonzerod
 from medkd3d.data.readers import DEFAULT_READER, resolve_reader
 from medkd3d.data.transforms import (
@@ -58,6 +59,7 @@ from medkd3d.data.transforms import (
 __all__ = [
     "RESIZE_MODES",
     "intensity_augmentations",
+    "network_input_shape",
     "preprocess_transforms",
     "slice_stack_transforms",
     "slice_transforms",
@@ -331,3 +333,56 @@ def slice_transforms(spatial_size: Sequence[int] = (128, 128, 128), **kwargs) ->
     if kwargs.pop("num_slices", 1) != 1:
         raise ValueError("slice_transforms takes one slice; use slice_stack_transforms for num_slices > 1")
     return slice_stack_transforms(spatial_size, num_slices=1, **kwargs)
+
+
+def network_input_shape(
+    spatial_size: Sequence[int],
+    num_slices: int | None = None,
+    slice_axis: int = 2,
+    num_stacks: int | None = None,
+    stacks_as_batch: bool = False,
+    channels: int = len(MODALITIES),
+) -> tuple[tuple[int, ...], int]:
+    """The shape of one network input (no batch axis) that these pipelines make, and the inputs per subject.
+
+    The one place that derives a model's input from its preprocessing settings (the bundles' ``spatial_size``,
+    ``num_slices``, ``slice_axis``, ``num_stacks``), so reports, exports and benchmarks agree with the pipelines:
+
+    - a volume (``num_slices=None``, :func:`volume_transforms`): ``[C, X, Y, Z]``, one per subject;
+    - one slice stack (:func:`slice_stack_transforms`, ``num_stacks=None``): ``[C*K, H, W]``, one per subject,
+      ``H, W`` being the axes of ``spatial_size`` other than ``slice_axis``;
+    - ``S`` stacks: ``[S, C*K, H, W]`` once per subject for a network that reads a subject's stacks together (the
+      multiple-instance 2.5D student), or ``[C*K, H, W]`` ``S`` times when the inferer feeds the stacks as a batch
+      (``stacks_as_batch``, :class:`~medkd3d.engines.SliceStackInferer` with a single-stack network).
+
+    Args:
+        spatial_size: ``(X, Y, Z)`` of the preprocessed volume.
+        num_slices: ``K`` adjacent slices per stack; ``None`` for a volume network.
+        slice_axis: spatial axis the stacks are sliced along (2.5D only).
+        num_stacks: stacks per subject ``S``; ``None`` for one stack (2.5D only).
+        stacks_as_batch: the subject's ``S`` stacks are a batch of single-stack inputs.
+        channels: image channels ``C`` (the four modalities).
+
+    Returns:
+        ``(input_shape, inputs_per_subject)``, e.g. ``((4, 128, 128, 128), 1)`` or ``((12, 128, 128), 8)``.
+
+    Raises:
+        ValueError: for a ``spatial_size`` that is not 3D, a ``slice_axis`` outside ``0..2`` or a count below 1.
+    """
+    size = tuple(int(n) for n in spatial_size)
+    if len(size) != 3:
+        raise ValueError(f"spatial_size must be (X, Y, Z), got {tuple(spatial_size)}")
+    counts = {"channels": channels, "num_slices": num_slices, "num_stacks": num_stacks}
+    too_small = {name: value for name, value in counts.items() if value is not None and int(value) < 1}
+    if too_small:
+        raise ValueError(f"{too_small} must be at least 1")
+    if num_slices is None:
+        return (int(channels), *size), 1
+    if slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be a spatial axis 0, 1 or 2 of (X, Y, Z), got {slice_axis}")
+    stack = (int(channels) * int(num_slices), *(n for axis, n in enumerate(size) if axis != slice_axis))
+    if num_stacks is None:
+        return stack, 1
+    if stacks_as_batch:
+        return stack, int(num_stacks)
+    return (int(num_stacks), *stack), 1

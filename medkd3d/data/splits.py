@@ -1,4 +1,4 @@
-"""Patient-level, stratified, seeded data splits - and the ``medkd3d split`` command.
+"""Patient-level, stratified, seeded data splits (the ``medkd3d split`` command is in :mod:`medkd3d.data.cli`).
 
 Splits are made over *subjects*, never over records or slices: every record of a subject id lands on the same
 side, so a subject scanned twice (or listed twice) cannot leak from training into validation or test, and
@@ -18,11 +18,9 @@ A split file is JSON::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,6 @@ __all__ = [
     "load_splits",
     "make_splits",
     "per_class_subset",
-    "register",
     "split_records",
     "stratified_kfold",
     "subject_labels",
@@ -300,74 +297,3 @@ def split_records(records: Sequence[Record], splits: Mapping[str, Any], fold: in
         wanted = set(subjects)
         out[side] = [r for r in records if r["subject"] in wanted]
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line
-
-
-def _per_class(value: str) -> int | str:
-    if value == "all":
-        return value
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
-    return number
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``medkd3d split`` to the command line."""
-    parser = subparsers.add_parser(
-        "split",
-        help="patient-level stratified k-fold or train/val/test split of a datalist",
-        description="Split the subjects of a datalist by patient, stratified by class, seeded; write a JSON split "
-        "file that training configs and `medkd3d.data.split_records` read.",
-    )
-    parser.add_argument("datalist", help="datalist JSON written by `medkd3d datalist`")
-    scheme = parser.add_mutually_exclusive_group()
-    scheme.add_argument("--folds", type=int, default=None, help="k-fold cross-validation with K folds (default 5)")
-    scheme.add_argument("--val-fraction", type=float, default=None, help="single train/val split instead of k-fold")
-    parser.add_argument(
-        "--test-fraction",
-        type=float,
-        default=0.2,
-        help="fraction of each class held out for test before the folds, the same for every fold (default 0.2, as "
-        "the bundles' test_fraction; 0 holds out none, and the bundles' evaluate.json then refuses to report)",
-    )
-    parser.add_argument(
-        "--train-per-class",
-        type=_per_class,
-        default=None,
-        metavar="N|all",
-        help="keep N training subjects per class (data-size studies; nested across N for one seed)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", required=True, help="output split JSON")
-    parser.set_defaults(func=_run_split)
-
-
-def _run_split(args: argparse.Namespace) -> int:
-    from medkd3d.data.discovery import load_datalist
-
-    try:
-        datalist = load_datalist(args.datalist)
-        splits = make_splits(
-            datalist["training"],
-            num_folds=args.folds,
-            val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction,
-            train_per_class=args.train_per_class,
-            seed=args.seed,
-        )
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    splits["datalist"] = str(Path(args.datalist).resolve())
-    splits["class_names"] = datalist.get("class_names")
-    path = write_splits(splits, args.out)
-    sizes = ", ".join(f"fold {i}: {len(f['train'])} train / {len(f['val'])} val" for i, f in enumerate(splits["folds"]))
-    print(f"wrote {path}: {len(splits['test'])} test; {sizes}")
-    return 0

@@ -16,14 +16,13 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
 
 from medkd3d.data._problems import DataProblem, DataValidationError
-from medkd3d.data.discovery import MODALITIES, _discover, load_datalist
+from medkd3d.data.discovery import MODALITIES, _read_source
 
 logger = logging.getLogger(__name__)
 
@@ -232,16 +231,23 @@ def _check(
     subject_column: str | None = None,
     layout: str = "auto",
     class_names: Sequence[str] | None = None,
+    modality_patterns: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], list[DataProblem]]:
     """The datalist behind ``data`` and all its problems (see :func:`check_data`)."""
     from tqdm.auto import tqdm
 
     if isinstance(data, Mapping):
         datalist, problems = dict(data), []
-    elif Path(data).is_dir():
-        datalist, problems = _discover(data, labels_csv, label_column, subject_column, layout, class_names)
-    else:
-        datalist, problems = load_datalist(data), []
+    else:  # a folder's discovery problems (missing or ambiguous modalities) are reported with the others
+        datalist, problems = _read_source(
+            data,
+            labels_csv=labels_csv,
+            label_column=label_column,
+            subject_column=subject_column,
+            layout=layout,
+            class_names=class_names,
+            modality_patterns=modality_patterns,
+        )
     problems += _check_labels(datalist, require_labels)
     records = datalist.get("training", [])
     workers = num_workers or min(4, os.cpu_count() or 1)
@@ -266,6 +272,7 @@ def check_data(
     subject_column: str | None = None,
     layout: str = "auto",
     class_names: Sequence[str] | None = None,
+    modality_patterns: Mapping[str, str] | None = None,
 ) -> list[DataProblem]:
     """Find every problem of a dataset in one pass.
 
@@ -282,6 +289,8 @@ def check_data(
         layout: for a dataset root: its layout, ``"auto"`` to detect it.
         class_names: for a dataset root: the classes declared explicitly (see
             :func:`~medkd3d.data.discover_brats`); ``None`` enforces the known label sets.
+        modality_patterns: for a dataset root: file-name pattern per modality, for files whose names carry no
+            modality token (see :func:`~medkd3d.data.discover_brats`).
 
     Returns:
         The problems: discovery and dataset-level ones first, then per subject in datalist order; empty if valid.
@@ -301,6 +310,7 @@ def check_data(
         subject_column=subject_column,
         layout=layout,
         class_names=class_names,
+        modality_patterns=modality_patterns,
     )[1]
 
 

@@ -1,6 +1,9 @@
 """Distillation engines: ``DistillationTrainer``, feature taps, the teacher soft-target cache, strict teacher
 checkpoint loading, classification metrics, evaluation helpers, the trivial baseline and honest-report helpers
-(chance levels, retention over chance, AUC intervals, flags)."""
+(chance levels, retention over chance, AUC intervals, flags), the Ignite handlers the bundles add to MONAI's
+(:mod:`medkd3d.engines.handlers`: atomic and resumable checkpoints, early stopping, metric and probability
+writers) and :class:`SliceStackInferer` (:mod:`medkd3d.engines.inferers`: subject-level predictions of 2.5D
+networks)."""
 
 from medkd3d.engines.baseline import (
     DEFAULT_PERCENTILES,
@@ -11,6 +14,16 @@ from medkd3d.engines.baseline import (
 )
 from medkd3d.engines.checkpoint import load_teacher_checkpoint
 from medkd3d.engines.evaluation import evaluate_classifier, flatten_metrics, write_metrics
+from medkd3d.engines.handlers import (
+    AtomicCheckpointSaver,
+    ClassificationMetricsWriter,
+    ClassProbabilityWriter,
+    MetricsStatsHandler,
+    RandomStates,
+    TrainingCheckpoint,
+    ValidationEarlyStopping,
+    metric_lines,
+)
 from medkd3d.engines.honesty import (
     AUC_CHANCE,
     MIN_TEST_SUBJECTS,
@@ -25,13 +38,17 @@ from medkd3d.engines.honesty import (
     retention,
     summarize_predictions,
 )
+from medkd3d.engines.inferers import SliceStackInferer
 from medkd3d.engines.metrics import (
     METRIC_NAMES,
     ClassificationMetric,
     ClassificationReport,
+    OperatingPoint,
     classification_metrics,
     confusion_matrix,
+    predicted_classes,
     roc_auc,
+    youden_threshold,
 )
 from medkd3d.engines.soft_targets import (
     SoftTargetCache,
@@ -56,14 +73,23 @@ __all__ = [
     "LOSS_PREFIX",
     "METRIC_NAMES",
     "MIN_TEST_SUBJECTS",
+    "AtomicCheckpointSaver",
     "BaselineResult",
+    "ClassProbabilityWriter",
     "ClassificationMetric",
+    "ClassificationMetricsWriter",
     "ClassificationReport",
     "DistillationTrainer",
     "FeatureTaps",
     "HonestSummary",
+    "MetricsStatsHandler",
+    "OperatingPoint",
+    "RandomStates",
     "Retention",
+    "SliceStackInferer",
     "SoftTargetCache",
+    "TrainingCheckpoint",
+    "ValidationEarlyStopping",
     "auc_bootstrap_ci",
     "auc_ratio",
     "chance_levels",
@@ -82,7 +108,9 @@ __all__ = [
     "load_teacher_checkpoint",
     "loss_terms",
     "margin_retention",
+    "metric_lines",
     "precompute_soft_targets",
+    "predicted_classes",
     "predicts_one_class",
     "retention",
     "returning_features",
@@ -92,4 +120,5 @@ __all__ = [
     "trivial_baseline",
     "unwrap_model",
     "write_metrics",
+    "youden_threshold",
 ]

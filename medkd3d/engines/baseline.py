@@ -72,9 +72,7 @@ def _images(record: Mapping[str, Any]) -> list[str]:
     return [str(path) for path in images]
 
 
-def intensity_features(
-    record: Mapping[str, Any], percentiles: Sequence[float] = DEFAULT_PERCENTILES
-) -> np.ndarray:
+def intensity_features(record: Mapping[str, Any], percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> np.ndarray:
     """The baseline's features of one subject: per modality (in datalist order), the percentiles of its z-scored
     brain (nonzero) voxels.
 
@@ -191,7 +189,10 @@ def trivial_baseline(
     metrics = classification_metrics(probabilities, y_test, class_names)
     logger.info(
         "Trivial baseline: fitted on %d subjects, test AUC %.3f, balanced accuracy %.3f on %d subjects.",
-        len(train), metrics["auc"], metrics["balanced_accuracy"], len(test_records),
+        len(train),
+        metrics["auc"],
+        metrics["balanced_accuracy"],
+        len(test_records),
     )
     return BaselineResult(
         subjects=[str(r.get("subject")) for r in test_records],
@@ -209,7 +210,7 @@ def evaluate_trivial_baseline(
     fit_on: Sequence[str] = ("train", "val"),
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """The baseline's metrics on one side of a :func:`medkd3d.workflows.split_dataset` split.
+    """The baseline's metrics on one side of a :func:`medkd3d.bundles.split_dataset` split.
 
     Args:
         split: ``{"train": [...], "val": [...], "test": [...]}`` records.

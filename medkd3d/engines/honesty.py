@@ -160,7 +160,10 @@ def auc_bootstrap_ci(
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     resampled = np.concatenate(
-        [pos[rng.integers(0, pos.size, (num_resamples, pos.size))], neg[rng.integers(0, neg.size, (num_resamples, neg.size))]],
+        [
+            pos[rng.integers(0, pos.size, (num_resamples, pos.size))],
+            neg[rng.integers(0, neg.size, (num_resamples, neg.size))],
+        ],
         axis=1,
     )
     ranks = rankdata(resampled, axis=1)

@@ -6,6 +6,11 @@ glioma grading); tasks with more classes report their macro averages over classe
 (0/0, e.g. the precision of a class never predicted) are 0 like scikit-learn's ``zero_division=0``; an AUC
 without both positive and negative samples is NaN.
 
+The predicted class is the argmax of the probabilities, or, for two classes, ``P(class 1) >= threshold`` when a
+decision threshold is given: :func:`youden_threshold` chooses one on validation subjects (the bundles'
+``evaluate.json`` does, with :class:`OperatingPoint`), so that the test subjects' balanced accuracy is measured
+at an operating point selected without them. AUC does not depend on the threshold.
+
 Attach to a MONAI ``SupervisedEvaluator``::
 
     evaluator = SupervisedEvaluator(
@@ -33,9 +38,12 @@ __all__ = [
     "METRIC_NAMES",
     "ClassificationMetric",
     "ClassificationReport",
+    "OperatingPoint",
     "classification_metrics",
     "confusion_matrix",
+    "predicted_classes",
     "roc_auc",
+    "youden_threshold",
 ]
 
 
@@ -67,6 +75,64 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def youden_threshold(probabilities: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float | None:
+    """The decision threshold on ``P(class 1)`` that maximises Youden's J (sensitivity + specificity - 1).
+
+    The candidates are the midpoints between consecutive distinct scores (and 0 and 1 beyond them), so a
+    threshold never sits on a subject's score; among equally good ones the one nearest to 0.5 (the argmax rule)
+    wins, so a model whose default threshold is already best keeps it.
+
+    Args:
+        probabilities: ``[N, 2]`` class probabilities.
+        labels: ``[N]`` true classes in ``{0, 1}``.
+
+    Returns:
+        The threshold, or ``None`` when it is not defined: more than two classes, or labels of one class only
+        (sensitivity or specificity has no subject), in which case the argmax rule stays.
+    """
+    probabilities = np.asarray(torch.as_tensor(probabilities, dtype=torch.float64).cpu())
+    labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64).reshape(-1)
+    if probabilities.ndim != 2 or probabilities.shape[1] != 2 or probabilities.shape[0] != labels.shape[0]:
+        return None
+    positives = labels == 1
+    if positives.all() or not positives.any():
+        return None
+    scores = np.unique(probabilities[:, 1])
+    candidates = np.concatenate([[0.0], (scores[:-1] + scores[1:]) / 2, [1.0]])
+    predicted = probabilities[:, 1][None, :] >= candidates[:, None]  # [candidates, N]
+    sensitivity = predicted[:, positives].mean(axis=1)
+    specificity = 1.0 - predicted[:, ~positives].mean(axis=1)
+    youden = sensitivity + specificity - 1.0
+    best = np.flatnonzero(np.isclose(youden, youden.max()))
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def predicted_classes(
+    probabilities: np.ndarray | torch.Tensor, threshold: float | OperatingPoint | None = None
+) -> np.ndarray:
+    """The predicted class of each row: ``P(class 1) >= threshold`` for two classes with a threshold, else the argmax.
+
+    Args:
+        probabilities: ``[N, K]`` class probabilities.
+        threshold: a number, an :class:`OperatingPoint` (its latest threshold) or ``None`` (the argmax).
+
+    Returns:
+        ``[N]`` int64 class indices.
+
+    Raises:
+        ValueError: for a threshold with more than two classes.
+    """
+    probabilities = np.asarray(torch.as_tensor(probabilities, dtype=torch.float64).cpu())
+    threshold = _threshold_value(threshold)
+    if threshold is None:
+        return probabilities.argmax(axis=1)
+    if probabilities.shape[1] != 2:
+        raise ValueError(
+            f"A decision threshold needs two classes, got {probabilities.shape[1]}; use the argmax (None)."
+        )
+    return (probabilities[:, 1] >= threshold).astype(np.int64)
+
+
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """Elementwise ``numerator / denominator`` with 0 where the denominator is 0."""
     return np.divide(numerator, denominator, out=np.zeros(numerator.shape, dtype=float), where=denominator > 0)
@@ -76,6 +142,7 @@ def classification_metrics(
     probabilities: np.ndarray | torch.Tensor,
     labels: np.ndarray | torch.Tensor,
     class_names: Sequence[str] | None = None,
+    threshold: float | OperatingPoint | None = None,
 ) -> dict[str, Any]:
     """All classification metrics of a set of predictions.
 
@@ -84,15 +151,18 @@ def classification_metrics(
             the predicted class is their argmax), ``K >= 2``.
         labels: ``[N]`` integer true classes in ``[0, K)``.
         class_names: ``K`` names for the per-class entries; defaults to ``"0"``, ``"1"``, ...
+        threshold: for two classes, predict class 1 when its probability is at least this (e.g. from
+            :func:`youden_threshold` on validation subjects, or an :class:`OperatingPoint`); ``None``: the argmax.
 
     Returns:
         ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present in ``labels``), ``auc``,
         ``f1``, ``sensitivity``, ``specificity`` (positive class 1 when ``K == 2``, macro averages otherwise),
         ``precision``/``recall``/``f1_per_class`` (dicts by class name), ``confusion_matrix`` (rows: true class,
-        columns: predicted class, as nested lists), ``class_names`` and ``num_samples``.
+        columns: predicted class, as nested lists), ``class_names``, ``num_samples`` and ``threshold`` (the one
+        used, ``None`` for the argmax).
 
     Raises:
-        ValueError: for mismatched shapes or labels outside ``[0, K)``.
+        ValueError: for mismatched shapes, labels outside ``[0, K)``, or a threshold with more than two classes.
     """
     probabilities = np.asarray(torch.as_tensor(probabilities, dtype=torch.float64).cpu())
     labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64).reshape(-1)
@@ -108,7 +178,7 @@ def classification_metrics(
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class_names {names} for {num_classes} predicted classes.")
 
-    predictions = probabilities.argmax(axis=1)
+    predictions = predicted_classes(probabilities, threshold)
     cm = confusion_matrix(labels, predictions, num_classes)
     true_per_class = cm.sum(axis=1)
     predicted_per_class = cm.sum(axis=0)
@@ -141,7 +211,15 @@ def classification_metrics(
         "confusion_matrix": cm.tolist(),
         "class_names": names,
         "num_samples": int(labels.size),
+        "threshold": _threshold_value(threshold),
     }
+
+
+def _threshold_value(threshold: float | OperatingPoint | None) -> float | None:
+    """The number a threshold argument stands for now (``None``: the argmax)."""
+    if isinstance(threshold, OperatingPoint):
+        threshold = threshold.threshold
+    return None if threshold is None else float(threshold)
 
 
 def _stack_predictions(y_pred: Any) -> torch.Tensor:
@@ -178,6 +256,9 @@ class ClassificationReport(Metric):
         output_transform: maps ``engine.state.output`` to ``(y_pred, y)``; the default reads MONAI's ``pred`` and
             ``label`` from decollated or batch outputs.
         device: where predictions are accumulated.
+        threshold: the two-class decision threshold of :func:`classification_metrics`: a number, or an
+            :class:`OperatingPoint` whose threshold is read when the metrics are computed (after it has run on
+            the validation subjects); ``None``: the argmax.
     """
 
     def __init__(
@@ -186,9 +267,11 @@ class ClassificationReport(Metric):
         class_names: Sequence[str] | None = None,
         output_transform: Callable = _PRED_AND_LABEL,
         device: str | torch.device = "cpu",
+        threshold: float | OperatingPoint | None = None,
     ) -> None:
         self.from_logits = from_logits
         self.class_names = None if class_names is None else list(class_names)
+        self.threshold = threshold
         self._predictions: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
         super().__init__(output_transform=output_transform, device=device, metrics_result_mode="named")
@@ -224,7 +307,7 @@ class ClassificationReport(Metric):
         return probabilities, labels
 
     def compute(self) -> Any:
-        return classification_metrics(*self.gathered(), class_names=self.class_names)
+        return classification_metrics(*self.gathered(), class_names=self.class_names, threshold=self.threshold)
 
 
 class ClassificationMetric(ClassificationReport):
@@ -247,3 +330,25 @@ class ClassificationMetric(ClassificationReport):
 
     def compute(self) -> float:
         return super().compute()[self.name]
+
+
+class OperatingPoint(ClassificationReport):
+    """Ignite metric that chooses a two-class decision threshold (:func:`youden_threshold`) on the subjects it sees.
+
+    Attach it to an evaluator over the validation subjects and give it as ``threshold`` to the test evaluator's
+    :class:`ClassificationReport` metrics: the test predictions are then classified at an operating point chosen
+    without them. ``compute()`` returns the threshold (NaN when undefined, e.g. one class, so that loggers get a
+    number) and keeps it in :attr:`threshold` (``None`` when undefined: the argmax rule). Before it has run,
+    :attr:`threshold` is ``None``.
+
+    Args:
+        kwargs: :class:`ClassificationReport` arguments (not ``threshold``).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.threshold: float | None = None
+
+    def compute(self) -> float:
+        self.threshold = youden_threshold(*self.gathered())
+        return float("nan") if self.threshold is None else self.threshold

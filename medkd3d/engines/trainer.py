@@ -100,7 +100,7 @@ class DistillationTrainer(SupervisedTrainer):
     ``StatsHandler(output_transform=medkd3d.engines.loss_terms)``.
 
     Batches may mix labelled items with unlabelled ones (label ``-1``, as
-    :func:`medkd3d.workflows.inference_records` writes subjects without a grade): the teacher terms learn from
+    :func:`medkd3d.bundles.inference_records` writes subjects without a grade): the teacher terms learn from
     every item, the supervised term of the medkd3d KD losses only from the labelled ones (``0`` for a batch
     without any), and ``engine.state.output["num_labelled"]`` says how many items were labelled. A custom
     ``kd_loss`` must do the same (see :func:`medkd3d.losses.supervised_term`).

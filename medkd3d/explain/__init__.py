@@ -20,7 +20,14 @@ from medkd3d.utils import lazy_exports
 #: :mod:`medkd3d.explain.cli`) does not pull in torch and MONAI.
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
-        ["map_agreement", "mass_inside", "pearson_correlation", "top_fraction_mask", "top_fraction_overlap"],
+        [
+            "describe_agreement",
+            "map_agreement",
+            "mass_inside",
+            "pearson_correlation",
+            "top_fraction_mask",
+            "top_fraction_overlap",
+        ],
         "agreement",
     ),
     "load_bundle_model": "bundle",

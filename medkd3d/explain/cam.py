@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.networks.utils import eval_mode
 from monai.visualize import GradCAM, ModelWithHooks, OcclusionSensitivity, default_upsampler
 from monai.visualize.class_activation_maps import CAMBase
 from torch import nn
@@ -121,7 +122,9 @@ class LayerHooks(ModelWithHooks):
             close = difflib.get_close_matches(layer, [name for name in modules if name], n=5)
             hint = f" Did you mean one of {close}?" if close else " List the paths with model.named_modules()."
             raise ValueError(f"{type(nn_module).__name__} has no layer {layer!r} to explain.{hint}")
-        # MONAI's own registration is switched off; ours keeps the handles so the hooks can be removed.
+        # MONAI's own registration is switched off; ours keeps the handles so the hooks can be removed. MONAI reads
+        # the two flags again in ``__call__`` (to return activations and run the backward pass), which is not
+        # documented: tests/misc/test_monai_private_api.py pins it.
         super().__init__(nn_module, layer, register_forward=False, register_backward=False)
         self.register_forward = True
         self.register_backward = record_gradients
@@ -187,22 +190,8 @@ def _upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 def predicted_classes(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``argmax`` of the network's logits for each sample of ``x`` (eval mode, no gradients)."""
-    with torch.no_grad(), _eval_mode(network):
+    with eval_mode(network):  # MONAI's: eval mode and no gradients, the training flag restored after
         return network(x).argmax(dim=1)
-
-
-class _eval_mode:
-    """Put a network in eval mode for a block and restore its training flag afterwards."""
-
-    def __init__(self, network: nn.Module) -> None:
-        self.network = network
-
-    def __enter__(self) -> nn.Module:
-        self.training = self.network.training
-        return self.network.eval()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.network.train(self.training)
 
 
 def _class_index(
@@ -279,7 +268,7 @@ class ScoreCAM(CAMBase):
     ) -> torch.Tensor:
         """Raw Score-CAM maps at the input resolution (see :func:`score_cam`)."""
         network = self.network
-        with _eval_mode(network), LayerHooks(network, self.layer, record_gradients=False) as hooks:
+        with eval_mode(network), LayerHooks(network, self.layer, record_gradients=False) as hooks:
             logits = network(x)
             activation = hooks.activations[self.layer].detach()
         classes = _class_index(network, x, class_idx) if class_idx is not None else logits.argmax(dim=1)
@@ -287,7 +276,7 @@ class ScoreCAM(CAMBase):
         spatial = _input_spatial(x, groups)
         activation = activation.reshape(batch, groups, *activation.shape[1:])  # [B, G, K, *s]
         channels = activation.shape[2]
-        with _eval_mode(network):
+        with eval_mode(network):
             baseline = network(torch.zeros_like(x)).softmax(dim=1)
             maps = []
             for b in range(batch):
@@ -424,7 +413,7 @@ def occlusion_map(
         activate=lambda logits: logits.softmax(dim=1),  # MONAI's default picks sigmoid for 1-channel *inputs*
     )
     maps = []
-    with torch.no_grad(), _eval_mode(network), warnings.catch_warnings():
+    with eval_mode(network), warnings.catch_warnings():
         # MONAI indexes its Gaussian kernel with a list, which torch deprecates; nothing the user can act on
         warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
         probs = model(inputs).softmax(dim=1)
@@ -475,7 +464,7 @@ def default_target_layer(
 
     handles = [modules[name].register_forward_hook(recorder(name)) for name in dict.fromkeys(candidates)]
     try:
-        with torch.no_grad(), _eval_mode(network):
+        with eval_mode(network):
             network(x)
     finally:
         for handle in handles:

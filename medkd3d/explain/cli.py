@@ -99,7 +99,7 @@ def _find_subject(subject: str, datalist: Mapping[str, Any], source: str) -> dic
 
 def _subject_record(args: argparse.Namespace, parser: Any) -> dict[str, Any]:
     """The datalist record to explain, from ``--input`` files or by looking ``--subject`` up."""
-    from medkd3d.data import discover_brats, load_datalist
+    from medkd3d.data import read_datalist
 
     if args.input:
         missing = [p for p in [*args.input, args.seg] if p and not Path(p).is_file()]
@@ -112,17 +112,17 @@ def _subject_record(args: argparse.Namespace, parser: Any) -> dict[str, Any]:
             "give the subject to explain: --subject ID (with --dataset-dir or --datalist) or --input FILES"
         )
     if args.datalist:
-        return _find_subject(args.subject, load_datalist(args.datalist), f"datalist {args.datalist}")
+        return _find_subject(args.subject, read_datalist(args.datalist), f"datalist {args.datalist}")
     if not args.dataset_dir and "datalist" in parser and parser.get_parsed_content("datalist"):
         path = parser.get_parsed_content("datalist")
-        return _find_subject(args.subject, load_datalist(path), f"datalist {path}")
+        return _find_subject(args.subject, read_datalist(path), f"datalist {path}")
     root = args.dataset_dir or (parser.get_parsed_content("dataset_dir") if "dataset_dir" in parser else None)
     if not root or not Path(root).is_dir():
         raise FileNotFoundError(
             f"dataset folder {root} not found: pass --dataset-dir /path/to/BraTS or --datalist datalist.json to find "
             f"subject {args.subject!r}, or the files themselves with --input T1 T1CE T2 FLAIR"
         )
-    return _find_subject(args.subject, discover_brats(root), f"dataset {root}")
+    return _find_subject(args.subject, read_datalist(root), f"dataset {root}")
 
 
 def _target_class(value: str | None, class_names: Sequence[str]) -> int | None:

@@ -138,7 +138,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench",
         help="latency, throughput, memory, parameters and GFLOPs of every bundle on every runtime",
         description="Benchmark each bundle's model on each available runtime in one run; writes markdown and CSV "
-        "with the machine's description and the ratios (student vs teacher, runtime vs eager).",
+        "with the machine's description and the ratios (student vs teacher, runtime vs eager). "
+        "benchmarks/bench_deploy.py runs the same benchmark and also checks the project's targets.",
     )
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench)

@@ -247,10 +247,15 @@ TRANSFORMS: dict[str, Allowed] = {
 #: Inferers an artefact may name.
 INFERERS: dict[str, Allowed] = {
     "SimpleInferer": Allowed("monai.inferers:SimpleInferer", {}, aliases=("monai.inferers.SimpleInferer",)),
-    "medkd3d.workflows.SliceStackInferer": Allowed(
-        "medkd3d.workflows.inferers:SliceStackInferer",
+    "medkd3d.engines.SliceStackInferer": Allowed(
+        "medkd3d.engines.inferers:SliceStackInferer",
         {"spatial_dims": _integer(1, 3), "aggregate": _choice("logits", "probabilities")},
-        aliases=("medkd3d.workflows.inferers.SliceStackInferer",),
+        # its names in the former medkd3d.workflows: artefacts exported under them still load
+        aliases=(
+            "medkd3d.engines.inferers.SliceStackInferer",
+            "medkd3d.workflows.SliceStackInferer",
+            "medkd3d.workflows.inferers.SliceStackInferer",
+        ),
     ),
 }
 #: Entries of the document; ``network_def`` only names the registered network (``{"name": ...}``), for reports.

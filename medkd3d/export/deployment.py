@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medkd3d.export.declarative import build_inferer, build_preprocessing, validate_document
+from medkd3d.export.embedded import read_onnx_metadata, read_torchscript_extra_files
 from medkd3d.utils import atomic_write_text
 
 __all__ = [
@@ -180,13 +181,11 @@ class DeploymentConfig:
 
         Raises:
             ValueError: if neither the directory nor the file holds the documents.
+            OptionalImportError: for an ONNX file without its documents beside it, when ``onnx`` is not installed.
         """
         path = Path(path)
         if all((path.parent / name).is_file() for name in CONFIG_FILES):
             return cls.read_directory(path.parent)
-        from medkd3d.export.onnx import read_onnx_metadata
-        from medkd3d.export.torchscript import read_torchscript_extra_files
-
         readers = {
             ".onnx": read_onnx_metadata,
             ".ts": read_torchscript_extra_files,

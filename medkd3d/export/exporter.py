@@ -27,12 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from medkd3d.export.backends import BackendUnavailableError
 from medkd3d.export.bundle import BundleModel, load_bundle
 from medkd3d.export.deployment import DeploymentConfig
 from medkd3d.export.inputs import CalibrationBatches, load_records, network_inputs, synthetic_records
 from medkd3d.export.onnx import DEFAULT_OPSET, export_onnx
 from medkd3d.export.parity import PRECISION_TOLERANCES, ParityError, ParityReport, ParityTolerance, check_parity
-from medkd3d.export.runtime import load_runtime
+from medkd3d.export.runtime import OnnxRuntime, load_runtime
+from medkd3d.export.tensorrt import PRECISIONS, build_engine, engine_layer_report, tensorrt_status
 from medkd3d.export.torchscript import export_torchscript
 from medkd3d.utils import atomic_write_text, remove_stale_temp_files
 
@@ -300,8 +302,6 @@ def export_engine_from_onnx(
     Raises:
         ParityError: if the engine is out of tolerance (it is not kept).
     """
-    from medkd3d.export.runtime import OnnxRuntime
-
     _require_tensorrt(precision, calib_data)
     onnx_path = Path(onnx_path)
     deployment = DeploymentConfig.for_artefact(onnx_path)
@@ -321,9 +321,6 @@ def export_engine_from_onnx(
 
 def _require_tensorrt(precision: str, calib_data: str | os.PathLike | None) -> None:
     """Fail before any work when the TensorRT build cannot happen here."""
-    from medkd3d.export.runtime import BackendUnavailableError
-    from medkd3d.export.tensorrt import PRECISIONS, tensorrt_status
-
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown TensorRT precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
     if precision == "int8" and calib_data is None:
@@ -339,8 +336,6 @@ def _require_tensorrt(precision: str, calib_data: str | os.PathLike | None) -> N
 def _build_tensorrt(
     onnx_path: Path, engine_path: Path, out: Path, opt_batch: int, trt: _TensorRTOptions, deployment: DeploymentConfig
 ) -> list[Path]:
-    from medkd3d.export.tensorrt import build_engine
-
     calibration = cache = None
     if trt.precision == "int8":
         cache = out / "calibration.cache"
@@ -356,8 +351,6 @@ def _build_tensorrt(
 
 
 def _write_layer_report(engine: Path, precision: str, batch: int) -> list[Path]:
-    from medkd3d.export.tensorrt import engine_layer_report
-
     report = engine_layer_report(engine, precision, batch=batch)
     path = atomic_write_text(engine.with_name(f"{engine.name}.layers.json"), json.dumps(report, indent=2))
     logger.info(

@@ -1,7 +1,7 @@
 """Subjects and network inputs for parity checks, INT8 calibration and ``medkd3d infer``.
 
 A bundle's network does not always see the preprocessed image the way it comes out of the preprocessing: the
-``inferer`` may reshape it (:class:`~medkd3d.workflows.SliceStackInferer` sends the ``S`` slice stacks of a subject
+``inferer`` may reshape it (:class:`~medkd3d.engines.SliceStackInferer` sends the ``S`` slice stacks of a subject
 to a single-stack network as a batch of ``S``), or pass it whole (``SimpleInferer``: the 2.5D bundle's
 multiple-instance network takes a subject's ``[S, 4*K, H, W]`` stacks as one input). :func:`network_inputs`
 therefore runs the bundle's own inferer with a recording stand-in for the network, so parity and calibration use
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,12 +44,9 @@ def load_records(source: str | os.PathLike) -> list[dict[str, Any]]:
         FileNotFoundError: if ``source`` does not exist.
         ValueError: if it holds no subject.
     """
-    from medkd3d.data import discover_brats, load_datalist
+    from medkd3d.data import read_datalist
 
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist; pass a datalist JSON or a folder of BraTS subjects.")
-    datalist = discover_brats(source) if source.is_dir() else load_datalist(source)
+    datalist = read_datalist(source)
     records = [*datalist.get("training", []), *datalist.get("testing", [])]
     if not records:
         raise ValueError(
@@ -129,7 +125,7 @@ def network_inputs(
     Returns:
         ``[N, *input_shape]`` float32: ``N = 1`` for a network that takes a whole subject (a 3D volume
         ``[4, X, Y, Z]``, or the 2.5D bundle's ``[S, 4*K, H, W]`` stacks), ``N = S`` for a single-stack 2.5D network
-        run by :class:`~medkd3d.workflows.SliceStackInferer` (input ``[4*K, H, W]``).
+        run by :class:`~medkd3d.engines.SliceStackInferer` (input ``[4*K, H, W]``).
 
     Raises:
         RuntimeError: naming the subject and the first file when preprocessing fails.

@@ -1,7 +1,9 @@
 """ONNX export, the primary deployment format: opset 18, a dynamic batch axis, input ``image``, output ``pred``.
 
 The bundle's documents (see :mod:`medkd3d.export.deployment`) are stored in the model's ``metadata_props``
-under their file names, so an ``.onnx`` file copied alone to a device still knows its preprocessing.
+under their file names (:mod:`medkd3d.export.embedded`), so an ``.onnx`` file copied alone to a device still
+knows its preprocessing. Without the ``onnx`` package :func:`export_onnx` raises an ``OptionalImportError`` that
+says what to install, before any export work.
 
 Export goes through the ``torch.export``-based exporter (PyTorch's default since 2.9). A network that
 ``torch.export`` cannot capture falls back, with a warning, to the TorchScript-based exporter, which PyTorch
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,8 +23,9 @@ import torch
 from torch import nn
 
 from medkd3d.export.deployment import DeploymentConfig
+from medkd3d.export.embedded import require_onnx, write_onnx_metadata
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "export_onnx", "read_onnx_metadata", "set_onnx_metadata"]
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "export_onnx"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +74,9 @@ def export_onnx(
 
     Raises:
         ValueError: if ``opset < MIN_OPSET`` or the example batch has fewer than 2 samples.
+        OptionalImportError: without the ``onnx`` package.
     """
-    import onnx
-
+    require_onnx("ONNX export")
     if opset < MIN_OPSET:
         raise ValueError(f"ONNX export needs opset >= {MIN_OPSET} (got {opset}); pass --opset {DEFAULT_OPSET}.")
     if example_input.shape[0] < 2:
@@ -104,34 +107,6 @@ def export_onnx(
             torch.onnx.export(
                 network, (example_input,), str(path), dynamo=False, dynamic_axes=axes, opset_version=opset, **names
             )
-    model = onnx.load(str(path))
-    set_onnx_metadata(model, deployment.to_json_files())
-    model.doc_string = str(deployment.metadata.get("name") or deployment.metadata.get("description") or "")
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    doc_string = str(deployment.metadata.get("name") or deployment.metadata.get("description") or "")
+    write_onnx_metadata(path, deployment.to_json_files(), doc_string)
     return path
-
-
-def set_onnx_metadata(model, properties: Mapping[str, str]) -> None:
-    """Set (or replace) entries of an ``onnx.ModelProto``'s ``metadata_props``."""
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in properties]
-    del model.metadata_props[:]
-    for key, value in [*kept, *properties.items()]:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file as a dict.
-
-    Raises:
-        ValueError: if ``path`` is not an ONNX model.
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except DecodeError as error:
-        raise ValueError(f"{path} is not an ONNX model ({error}); export it with `medkd3d export`.") from None
-    return {p.key: p.value for p in model.metadata_props}

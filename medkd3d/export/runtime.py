@@ -1,6 +1,7 @@
 """One inference interface over TensorRT engines, ONNX Runtime and TorchScript.
 
-:func:`load_runtime` returns a :class:`Runtime`: ``runtime(batch) -> logits`` on float32 numpy arrays.
+:func:`load_runtime` returns a :class:`~medkd3d.export.backends.Runtime`: ``runtime(batch) -> logits`` on float32
+numpy arrays.
 With ``backend="auto"`` it picks, among the artefacts it is given (a file, or an export directory), the first
 usable in the order TensorRT engine > ONNX Runtime (CUDA provider, then CPU) > TorchScript; a forced backend
 that cannot run here raises an error saying why.
@@ -8,11 +9,15 @@ that cannot run here raises an error saying why.
 :func:`load_predictor` adds the bundle's own preprocessing and inferer, read from the configuration exported
 with the model (:class:`~medkd3d.export.deployment.DeploymentConfig`), so deployed predictions equal the
 bundle's ``inference.json`` predictions.
+
+``onnxruntime`` is imported through :func:`monai.utils.optional_import` (``tensorrt`` too, in
+:mod:`medkd3d.export.tensorrt`): without it this module still imports, :func:`backend_status` says why the backend
+cannot run, ``backend="auto"`` skips it and a forced ONNX Runtime raises :class:`BackendUnavailableError` saying
+what to install.
 """
 
 from __future__ import annotations
 
-import abc
 import csv
 import io
 import logging
@@ -24,110 +29,73 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import optional_import
 
+from medkd3d.export.backends import (
+    BACKEND_SUFFIXES,
+    BACKENDS,
+    BackendUnavailableError,
+    Runtime,
+    backend_of,
+    cuda_requested,
+)
 from medkd3d.export.deployment import CONFIG_FILES, DeploymentConfig
+from medkd3d.export.embedded import ONNX_INSTALL_HINT
+from medkd3d.export.inputs import preprocess_image
+from medkd3d.export.tensorrt import TensorRTRuntime, tensorrt_status
+
+ort, has_ort = optional_import("onnxruntime")
 
 __all__ = [
-    "BACKENDS",
-    "BACKEND_SUFFIXES",
-    "BackendUnavailableError",
     "OnnxRuntime",
     "Predictor",
-    "Runtime",
     "TorchScriptRuntime",
     "backend_status",
     "find_artefacts",
     "load_predictor",
     "load_runtime",
+    "onnxruntime_status",
     "predictions_csv",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Backends in the order ``backend="auto"`` tries them.
-BACKENDS: tuple[str, ...] = ("tensorrt", "onnxruntime", "torchscript")
-#: File suffixes of each backend's artefacts.
-BACKEND_SUFFIXES: dict[str, tuple[str, ...]] = {
-    "tensorrt": (".engine", ".plan"),
-    "onnxruntime": (".onnx",),
-    "torchscript": (".ts", ".pt"),
-}
 
+def onnxruntime_status() -> tuple[bool, str]:
+    """Whether ONNX Runtime is installed, and why not.
 
-class BackendUnavailableError(RuntimeError):
-    """A requested backend cannot run on this machine, or no artefact for it was found."""
-
-
-def _backend_of(path: Path) -> str | None:
-    return next((b for b, suffixes in BACKEND_SUFFIXES.items() if path.suffix in suffixes), None)
-
-
-def _cuda_requested(device: str) -> bool:
-    if device == "auto":
-        return torch.cuda.is_available()
-    return device.startswith("cuda")
+    Returns:
+        ``(available, reason)``; ``reason`` is empty when available.
+    """
+    if not has_ort:
+        return False, f"onnxruntime is not installed ({ONNX_INSTALL_HINT})"
+    return True, ""
 
 
 def backend_status(backend: str, device: str = "auto") -> tuple[bool, str]:
     """Whether ``backend`` can run on ``device`` here, and why not.
 
     Args:
-        backend: one of :data:`BACKENDS`.
+        backend: one of :data:`~medkd3d.export.backends.BACKENDS`.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
 
     Returns:
         ``(available, reason)``; ``reason`` is empty when available.
+
+    Raises:
+        ValueError: for an unknown backend.
     """
     if backend == "tensorrt":
-        from medkd3d.export.tensorrt import tensorrt_status
-
         if device == "cpu":
             return False, "TensorRT runs on NVIDIA GPUs only and device='cpu' was requested"
         return tensorrt_status()
     if backend == "onnxruntime":
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return False, "onnxruntime is not installed (pip install 'medkd3d[export]')"
-        return True, ""
+        return onnxruntime_status()
     if backend == "torchscript":
-        if _cuda_requested(device) and device != "auto" and not torch.cuda.is_available():
+        if cuda_requested(device) and device != "auto" and not torch.cuda.is_available():
             return False, f"device {device!r} was requested but PyTorch sees no CUDA device"
         return True, ""
     raise ValueError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'.")
-
-
-class Runtime(abc.ABC):
-    """An exported model ready to run: ``runtime(batch) -> logits``.
-
-    Args:
-        path: the artefact.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
-    """
-
-    backend: str = ""
-
-    def __init__(self, path: str | os.PathLike, device: str = "auto") -> None:
-        self.path = Path(path)
-        self.device = device
-
-    @abc.abstractmethod
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Logits ``[B, num_classes]`` float32 of a ``[B, *input_shape]`` float32 batch."""
-
-    @property
-    def description(self) -> str:
-        """Backend and device, for logs and reports."""
-        return f"{self.backend} ({self.device})"
-
-    def as_torch(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The runtime as a tensor-to-tensor callable, the ``network`` argument of MONAI inferers."""
-
-        def network(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            logits = self(x.detach().cpu().numpy())
-            return torch.from_numpy(logits).to(x.device)
-
-        return network
 
 
 class OnnxRuntime(Runtime):
@@ -146,8 +114,9 @@ class OnnxRuntime(Runtime):
     def __init__(
         self, path: str | os.PathLike, device: str = "auto", threads: int | None = None, optimization: str = "all"
     ) -> None:
-        import onnxruntime as ort
-
+        available, reason = onnxruntime_status()
+        if not available:
+            raise BackendUnavailableError(f"{path} cannot be run with ONNX Runtime: {reason}.")
         super().__init__(path, device)
         options = ort.SessionOptions()
         options.graph_optimization_level = {
@@ -159,7 +128,7 @@ class OnnxRuntime(Runtime):
         if threads:
             options.intra_op_num_threads = int(threads)
         providers: list[Any] = ["CPUExecutionProvider"]
-        if _cuda_requested(device):
+        if cuda_requested(device):
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 index = int(device.split(":")[1]) if ":" in device else 0
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
@@ -211,11 +180,7 @@ class TorchScriptRuntime(Runtime):
 
 
 def _runtime_class(backend: str) -> Callable[..., Runtime]:
-    if backend == "tensorrt":
-        from medkd3d.export.tensorrt import TensorRTRuntime
-
-        return TensorRTRuntime
-    return {"onnxruntime": OnnxRuntime, "torchscript": TorchScriptRuntime}[backend]
+    return {"tensorrt": TensorRTRuntime, "onnxruntime": OnnxRuntime, "torchscript": TorchScriptRuntime}[backend]
 
 
 def find_artefacts(path: str | os.PathLike) -> dict[str, Path]:
@@ -238,7 +203,7 @@ def find_artefacts(path: str | os.PathLike) -> dict[str, Path]:
         )
     found: dict[str, Path] = {}
     if path.is_file():
-        backend = _backend_of(path)
+        backend = backend_of(path)
         if backend is None:
             raise ValueError(
                 f"{path}: unknown model file type {path.suffix!r}; expected one of "
@@ -251,7 +216,7 @@ def find_artefacts(path: str | os.PathLike) -> dict[str, Path]:
         preferred = [p for p in siblings if p.stem == "model"]
         siblings = preferred + [p for p in siblings if p.stem != "model"]
     for sibling in siblings:
-        backend = _backend_of(sibling)
+        backend = backend_of(sibling)
         if backend is not None:
             found.setdefault(backend, sibling)
     return found
@@ -291,7 +256,7 @@ def load_runtime(path: str | os.PathLike, backend: str = "auto", device: str = "
             )
         return _runtime_class(backend)(artefacts[backend], device=device, **_options(backend, kwargs))
 
-    given = _backend_of(Path(path)) if Path(path).is_file() else None
+    given = backend_of(Path(path)) if Path(path).is_file() else None
     order = ([given] if given else []) + [b for b in BACKENDS if b != given]
     skipped = []
     for candidate in order:
@@ -336,8 +301,6 @@ class Predictor:
 
     def logits(self, record: Mapping[str, Any]) -> np.ndarray:
         """Logits ``[num_classes]`` of one datalist record (a subject)."""
-        from medkd3d.export.inputs import preprocess_image
-
         image = preprocess_image(record, self.preprocessing)
         with torch.no_grad():
             return self.inferer(image.unsqueeze(0), self.runtime.as_torch())[0].float().numpy()

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from monai.utils import optional_import
 
-from medkd3d.export.runtime import BackendUnavailableError, Runtime
+from medkd3d.export.backends import BackendUnavailableError, Runtime
 
 trt, _has_trt = optional_import("tensorrt")
 

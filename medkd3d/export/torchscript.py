@@ -5,7 +5,8 @@ their users still rely on it. ONNX is the primary deployment format (see :mod:`m
 
 The traced module is saved with :func:`monai.data.save_net_with_metadata` exactly as ``ckpt_export`` does: the
 bundle metadata as the ``metadata.json`` extra file, each config as ``<name>.json`` (here ``inference.json``),
-plus ``export.json`` (see :mod:`medkd3d.export.deployment`). ``monai.data.load_net_with_metadata`` reads it back.
+plus ``export.json`` (see :mod:`medkd3d.export.deployment`). ``monai.data.load_net_with_metadata`` reads it back;
+:func:`medkd3d.export.embedded.read_torchscript_extra_files` reads the documents without loading the module.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 
 from medkd3d.export.deployment import METADATA_FILE, DeploymentConfig
 
-__all__ = ["export_torchscript", "read_torchscript_extra_files"]
+__all__ = ["export_torchscript"]
 
 
 def export_torchscript(
@@ -55,29 +55,3 @@ def export_torchscript(
             more_extra_files={name: text.encode() for name, text in files.items()},
         )
     return Path(path)
-
-
-def read_torchscript_extra_files(path: str | os.PathLike) -> dict[str, str]:
-    """The extra files of a TorchScript archive, read without loading the module.
-
-    Args:
-        path: the ``.ts`` file.
-
-    Returns:
-        ``{file name: text}``, e.g. ``metadata.json`` and ``inference.json``.
-
-    Raises:
-        ValueError: if ``path`` is not a TorchScript archive.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            # TorchScript archives store extra files as ``<archive name>/extra/<file name>``.
-            return {
-                name.split("/extra/", 1)[1]: archive.read(name).decode()
-                for name in archive.namelist()
-                if "/extra/" in name
-            }
-    except zipfile.BadZipFile:
-        raise ValueError(
-            f"{path} is not a TorchScript file (not a zip archive); export it with `medkd3d export`."
-        ) from None

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 __all__ = ["UNLABELLED", "KDLoss", "kl_divergence", "labelled_mask", "supervised_term"]
 
-#: Label of an item without a class (``medkd3d.workflows.inference_records``: MONAI cannot collate ``None``).
+#: Label of an item without a class (``medkd3d.bundles.inference_records``: MONAI cannot collate ``None``).
 #: Distillation losses train on such items through their teacher terms only; supervised criteria reject them.
 UNLABELLED = -1
 

@@ -183,8 +183,12 @@ def subject_extent(row: dict[str, Any]) -> tuple[int, ...] | None:
 
 
 def _fewer_or_more(teacher: float, student: float, what: str) -> str:
-    """``"2.0x fewer GFLOPs"``, or ``"2.0x more GFLOPs"`` when the student needs more."""
-    return f"{teacher / student:.1f}x fewer {what}" if student <= teacher else f"{student / teacher:.1f}x more {what}"
+    """``"2.0x fewer GFLOPs"``, ``"2.0x more GFLOPs"`` when the student needs more, or ``"as many GFLOPs"`` when
+    the ratio rounds to 1.0x (a "1.0x more" would contradict itself)."""
+    ratio = teacher / student if student <= teacher else student / teacher
+    if f"{ratio:.1f}" == "1.0":
+        return f"as many {what} (within 5%)"
+    return f"{ratio:.1f}x {'fewer' if student <= teacher else 'more'} {what}"
 
 
 def compression_summary(rows: dict[str, dict[str, Any]]) -> list[str]:
@@ -225,7 +229,11 @@ def compression_summary(rows: dict[str, dict[str, Any]]) -> list[str]:
         line += _fewer_or_more(teacher["gflops"], student["gflops"], "GFLOPs")
         if teacher["median_ms"] is not None and student["median_ms"] is not None:
             speedup = teacher["median_ms"] / student["median_ms"]
-            line += f", {speedup:.1f}x faster" if speedup >= 1 else f", {1 / speedup:.1f}x slower"
+            factor = speedup if speedup >= 1 else 1 / speedup
+            if f"{factor:.1f}" == "1.0":
+                line += ", as fast (within 5%)"
+            else:
+                line += f", {factor:.1f}x {'faster' if speedup >= 1 else 'slower'}"
         lines.append(line)
     return lines
 

@@ -1,4 +1,8 @@
-"""Model size and cost: parameters, GFLOPs at an input shape, and eager latency.
+"""Model size and cost: parameters, GFLOPs at an input shape, and latency.
+
+:func:`time_calls` is the one latency timer of medkd3d (eager forward passes here, exported runtimes in
+:mod:`medkd3d.export.bench_worker`, the GPU checks of ``benchmarks/bench_gpu.py``) and :func:`latency_stats`
+the one summary of its times (median, nearest-rank p90, mean).
 
 Shapes here exclude the batch dimension (like the registry's ``default_input_shape``); ``batch_size`` adds it.
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``, which counts matrix multiplications and
@@ -8,15 +12,17 @@ pooling - the usual convention of model-zoo tables.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+from monai.networks.utils import eval_mode
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_gflops", "count_parameters", "measure_latency", "spatial_rank"]
+__all__ = ["count_gflops", "count_parameters", "latency_stats", "measure_latency", "spatial_rank", "time_calls"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -47,17 +53,6 @@ def spatial_rank(model: nn.Module) -> int:
     raise ValueError(f"{type(model).__name__} has no convolution; cannot tell how many spatial axes it expects.")
 
 
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Puts ``model`` in eval mode and restores its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def _example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int, device: str | torch.device | None):
     if device is None:
         first = next(model.parameters(), None)
@@ -81,9 +76,94 @@ def count_gflops(
     """
     x = _example_input(model, input_shape, batch_size, device)
     counter = FlopCounterMode(display=False)
-    with _eval_mode(model), torch.no_grad(), counter:
+    with eval_mode(model), counter:  # eval_mode also disables gradients
         model(x)
     return counter.get_total_flops() / 1e9
+
+
+def _synchronizer(device: str | torch.device | None) -> Callable[[], None]:
+    """A function that waits for ``device``'s queued work: CUDA kernels run asynchronously, so without it a timer
+    would stop when a kernel is launched rather than when it finishes."""
+    if device is not None and torch.device(device).type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_calls(
+    run: Callable[[], Any],
+    *,
+    warmup: int = 0,
+    min_repeats: int = 1,
+    max_repeats: int | None = None,
+    max_seconds: float = math.inf,
+    device: str | torch.device | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Milliseconds of repeated ``run()`` calls, sorted ascending.
+
+    ``warmup`` untimed calls come first (allocator and kernel caches, cuDNN algorithm choice). Then calls are timed
+    one by one until ``max_repeats`` are timed, or, once ``min_repeats`` are, until the timed calls add up to
+    ``max_seconds``. On a CUDA ``device`` the device is synchronised before each timer starts and before it stops.
+
+    Args:
+        run: the work to time, e.g. one forward pass.
+        warmup: untimed calls first.
+        min_repeats: timed calls at least, whatever ``max_seconds`` says.
+        max_repeats: timed calls at most; ``None`` stops on ``max_seconds`` only (then it must be finite).
+        max_seconds: stop once this much timed work is done (beyond ``min_repeats``).
+        device: the device ``run`` works on; CUDA devices are synchronised.
+        clock: seconds from an arbitrary origin (``time.perf_counter``; a fake clock in tests).
+
+    Returns:
+        The ``n`` times in milliseconds, ``min_repeats <= n <= max_repeats``, smallest first.
+
+    Raises:
+        ValueError: if ``warmup < 0``, ``min_repeats < 1``, ``max_repeats < min_repeats``, or nothing bounds the
+            number of calls.
+    """
+    if warmup < 0 or min_repeats < 1 or (max_repeats is not None and max_repeats < min_repeats):
+        raise ValueError(
+            "time_calls: need warmup >= 0 and 1 <= min_repeats <= max_repeats, got "
+            f"warmup={warmup}, min_repeats={min_repeats}, max_repeats={max_repeats}."
+        )
+    if max_repeats is None and not math.isfinite(max_seconds):
+        raise ValueError("time_calls: give max_repeats or a finite max_seconds, or it never stops.")
+    limit = math.inf if max_repeats is None else max_repeats
+    synchronize = _synchronizer(device)
+    for _ in range(warmup):
+        run()
+    times_ms: list[float] = []
+    while len(times_ms) < limit and (len(times_ms) < min_repeats or sum(times_ms) / 1e3 < max_seconds):
+        synchronize()
+        start = clock()
+        run()
+        synchronize()
+        times_ms.append((clock() - start) * 1e3)
+    return sorted(times_ms)
+
+
+def latency_stats(times_ms: Sequence[float]) -> dict[str, float]:
+    """Median, nearest-rank 90th percentile and mean of latencies.
+
+    Args:
+        times_ms: at least one time, in any order (e.g. :func:`time_calls`'s).
+
+    Returns:
+        ``{"median_ms": ..., "p90_ms": ..., "mean_ms": ...}``.
+
+    Raises:
+        ValueError: for no times.
+    """
+    if not times_ms:
+        raise ValueError("latency_stats: no times to summarise.")
+    ordered = sorted(times_ms)
+    n = len(ordered)
+    return {
+        "median_ms": (ordered[(n - 1) // 2] + ordered[n // 2]) / 2,
+        # nearest rank: the smallest time >= 90 % of the times, ceil(0.9 n) in integers (0.9 * n is inexact)
+        "p90_ms": ordered[-(-9 * n // 10) - 1],
+        "mean_ms": sum(ordered) / n,
+    }
 
 
 def measure_latency(
@@ -113,17 +193,8 @@ def measure_latency(
     if repeats < 1 or warmup < 0:
         raise ValueError(f"measure_latency: need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
     x = _example_input(model, input_shape, batch_size, device)
-    synchronize = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-    times_ms = []
-    with _eval_mode(model), torch.inference_mode():
-        for step in range(warmup + repeats):
-            synchronize()
-            start = time.perf_counter()
-            model(x)
-            synchronize()
-            if step >= warmup:
-                times_ms.append((time.perf_counter() - start) * 1e3)
-    times_ms.sort()
-    median = (times_ms[(repeats - 1) // 2] + times_ms[repeats // 2]) / 2
-    p90 = times_ms[max(0, -(-9 * repeats // 10) - 1)]
-    return {"median_ms": median, "p90_ms": p90, "mean_ms": sum(times_ms) / repeats}
+    with eval_mode(model), torch.inference_mode():
+        times_ms = time_calls(
+            lambda: model(x), warmup=warmup, min_repeats=repeats, max_repeats=repeats, device=x.device
+        )
+    return latency_stats(times_ms)

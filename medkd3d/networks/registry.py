@@ -149,6 +149,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """
     model = get_model_entry(name).factory(**kwargs)
     # the resolved build arguments, so a training run can record in its checkpoints what it built and a loader
-    # can compare them with what it builds (medkd3d.workflows.handlers.checkpoint_config)
+    # can compare them with what it builds (medkd3d.bundles.checkpoint_config)
     model.model_args = {"name": name, **kwargs}
     return model

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from medkd3d.workflows.inferers import SliceStackInferer
+from medkd3d.engines.inferers import SliceStackInferer
 
 # The network flattens a [N, 2, 1, 1] stack into its logits [N, 2], so each stack's logits are chosen by hand.
 # Subject 0: stacks with logits (0, 0), (ln 3, 0), (0, 0), i.e. probabilities (1/2, 1/2), (3/4, 1/4), (1/2, 1/2).

@@ -15,8 +15,8 @@ from medkd3d.ablation.runner import (
     student_teacher,
     supported_kd_modes,
 )
+from medkd3d.bundles import find_bundle_root
 from medkd3d.cli import main
-from medkd3d.workflows import find_bundle_root
 
 
 def test_quick_preset_covers_every_student_bundle_and_its_kd_modes(tmp_path) -> None:

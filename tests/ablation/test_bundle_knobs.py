@@ -7,11 +7,10 @@ import pytest
 import torch
 from monai.engines import SupervisedTrainer
 
+from medkd3d.bundles import attach_config, bundle_parser, find_bundle_root, run_config, tiny_overrides
+from medkd3d.bundles.training import UNLABELLED, build_trainer, labelled_pred_and_label
 from medkd3d.engines import DistillationTrainer
-from medkd3d.export.bundle import bundle_parser, tiny_overrides
 from medkd3d.utils import exception_chain
-from medkd3d.workflows import find_bundle_root
-from medkd3d.workflows.training import UNLABELLED, build_trainer, labelled_pred_and_label
 
 STUDENT_BUNDLES = ("brats_student_effnet3d", "brats_student_effnet25d", "brats_hdkd_student3d")
 
@@ -42,6 +41,16 @@ def _parser(bundle: str, data_root, tmp_path, **overrides):
     return bundle_parser(root, settings, config="train.json")
 
 
+def _teacher_checkpoint(teacher: str, data_root, tmp_path):
+    """A tiny teacher checkpoint recording its configuration, as the teacher bundle's training writes it."""
+    parser = _parser(teacher, data_root, tmp_path)
+    network = parser.get_parsed_content("network_def")
+    path = tmp_path / "teacher.pt"
+    config = run_config(teacher, network, parser.get_parsed_content("spatial_size"), ["LGG", "HGG"])
+    torch.save(attach_config(network.state_dict(), config), path)
+    return path
+
+
 @pytest.mark.parametrize("bundle", STUDENT_BUNDLES)
 def test_kd_mode_none_trains_with_cross_entropy_and_builds_no_teacher(bundle, synthetic_brats_root, tmp_path) -> None:
     parser = _parser(bundle, synthetic_brats_root, tmp_path, kd_mode="none")
@@ -65,18 +74,8 @@ def test_kd_mode_logit_needs_the_teacher_checkpoint(synthetic_brats_root, tmp_pa
 
 
 def test_feature_mode_only_where_the_bundle_has_a_feature_loss(synthetic_brats_root, tmp_path) -> None:
-    teacher_parser = _parser("brats_teacher_vggvit3d", synthetic_brats_root, tmp_path)
-    teacher_ckpt = tmp_path / "teacher.pt"
-    torch.save(teacher_parser.get_parsed_content("network_def").state_dict(), teacher_ckpt)
-    overrides = {
-        "kd_mode": "logit+feature",
-        "teacher_ckpt": str(teacher_ckpt),
-        **{
-            f"teacher_def{k[len('network_def') :]}": v
-            for k, v in tiny_overrides(find_bundle_root("brats_teacher_vggvit3d"), 32).items()
-            if k.startswith("network_def#")
-        },
-    }
+    teacher_ckpt = _teacher_checkpoint("brats_teacher_vggvit3d", synthetic_brats_root, tmp_path)
+    overrides = {"kd_mode": "logit+feature", "teacher_ckpt": str(teacher_ckpt)}  # the tiny teacher from its record
     parser = _parser("brats_student_effnet3d", synthetic_brats_root, tmp_path, **overrides)
     with pytest.raises(Exception) as error:
         parser.get_parsed_content("train#trainer")
@@ -104,18 +103,10 @@ def test_train_per_class_and_unlabelled_items(synthetic_brats_root, tmp_path) ->
 
 
 def test_unlabelled_items_train_the_kd_term(synthetic_brats_root, tmp_path) -> None:
-    root = find_bundle_root("brats_hdkd_teacher3d")
-    teacher_parser = _parser("brats_hdkd_teacher3d", synthetic_brats_root, tmp_path)
-    teacher_ckpt = tmp_path / "teacher.pt"
-    torch.save(teacher_parser.get_parsed_content("network_def").state_dict(), teacher_ckpt)
-    teacher_net = {
-        f"teacher_def{k[len('network_def') :]}": v
-        for k, v in tiny_overrides(root, 32).items()
-        if k.startswith("network_def#")
-    }
+    teacher_ckpt = _teacher_checkpoint("brats_hdkd_teacher3d", synthetic_brats_root, tmp_path)
     parser = _parser(
         "brats_hdkd_student3d", synthetic_brats_root, tmp_path, train_per_class=1, unlabelled_train=True,
-        kd_mode="logit", teacher_ckpt=str(teacher_ckpt), **teacher_net,
+        kd_mode="logit", teacher_ckpt=str(teacher_ckpt),
     )  # fmt: skip
     trainer = parser.get_parsed_content("train#trainer")
     assert isinstance(trainer, DistillationTrainer) and trainer.feature_loss is None  # "logit": no feature term

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from medkd3d.workflows.bundle import BUNDLE_NAMES
+from medkd3d.bundles import BUNDLE_NAMES
 
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 SPATIAL = [32, 32, 32]
@@ -74,8 +74,8 @@ class BundleKit:
         }
         teacher = self.teacher_of.get(bundle)
         if teacher:
+            # the student builds its tiny teacher from the teacher checkpoint's record: no teacher overrides
             overrides["teacher_ckpt"] = str(outputs / teacher / "models" / "model.pt")
-            overrides.update(self.network_overrides(teacher, prefix="teacher_def"))
         return overrides
 
     def config_files(self, bundle: str, *names: str) -> list[str]:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from medkd3d.bundles import BUNDLE_NAMES
+from medkd3d.bundles.data import drop_last_batch
 from medkd3d.utils import exception_chain
-from medkd3d.workflows.bundle import BUNDLE_NAMES
-from medkd3d.workflows.data import drop_last_batch
 
 
 def _messages(error: BaseException) -> str:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from ignite.engine import Events
 
+from medkd3d.bundles import prepare_dataset
 from medkd3d.data import DataValidationError
 from medkd3d.utils import FolderInUseError
-from medkd3d.workflows import prepare_dataset
 
 #: Above Linux's largest pid (pid_max <= 2**22), so never a running process.
 DEAD_PID = 2**22 + 777

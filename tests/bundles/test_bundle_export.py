@@ -13,8 +13,8 @@ from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 from monai.data import load_net_with_metadata
 from monai.networks.blocks import MemoryEfficientSwish
 
+from medkd3d.bundles import BUNDLE_NAMES
 from medkd3d.data import discover_brats, write_datalist
-from medkd3d.workflows.bundle import BUNDLE_NAMES
 
 #: The VGG-ViT teacher's position embedding fixes its input size; the metadata says 128^3, the tests run 32^3.
 FIXED_SIZE = {"brats_teacher_vggvit3d": {"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32, 32]}}

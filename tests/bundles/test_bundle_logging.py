@@ -1,4 +1,4 @@
-"""Bundle runs through :func:`medkd3d.workflows.bundle.run_bundle_config` log what matters, not MONAI's defaults."""
+"""Bundle runs through :func:`medkd3d.bundles.run.run_bundle_config` log what matters, not MONAI's defaults."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medkd3d.workflows.bundle import bundle_logging_file, find_bundle_root, run_bundle_config
+from medkd3d.bundles import bundle_logging_file, find_bundle_root, run_bundle_config
 
 
 @pytest.fixture()

@@ -1,6 +1,6 @@
 """``bundle_root`` of a bundle config resolves only that bundle, wherever the bundle lies and is run from.
 
-Every ``configs/*.json`` sets ``bundle_root`` with ``medkd3d.workflows.find_bundle_root``. A copied bundle run from
+Every ``configs/*.json`` sets ``bundle_root`` with ``medkd3d.bundles.find_bundle_root``. A copied bundle run from
 elsewhere must read and write its own folder, never the bundles next to the installed medkd3d sources, and a
 config that names another bundle than the one it lies in is an error.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from medkd3d.bundles import find_bundle_root
 from medkd3d.utils import exception_chain
-from medkd3d.workflows.bundle import find_bundle_root
 
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 TEACHER = "brats_teacher_vggvit3d"
@@ -101,7 +101,7 @@ def test_a_config_naming_another_bundle_is_an_error(tmp_path: Path, monkeypatch)
 def test_a_config_outside_any_bundle_is_an_error(tmp_path: Path, monkeypatch) -> None:
     config = tmp_path / "loose" / "train.json"
     config.parent.mkdir()
-    root = {"_target_": "medkd3d.workflows.find_bundle_root", "name": TEACHER}
+    root = {"_target_": "medkd3d.bundles.find_bundle_root", "name": TEACHER}
     config.write_text(json.dumps({"bundle_root": root, "initialize": ["$@bundle_root"]}))
     monkeypatch.chdir(BUNDLES_DIR.parent)
     workflow = ConfigWorkflow(

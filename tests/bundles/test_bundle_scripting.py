@@ -14,7 +14,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export
 
-from medkd3d.workflows.bundle import BUNDLE_NAMES
+from medkd3d.bundles import BUNDLE_NAMES
 
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from medkd3d.bundles import BUNDLE_NAMES, split_dataset
 from medkd3d.data import discover_brats, write_datalist
-from medkd3d.workflows import split_dataset
-from medkd3d.workflows.bundle import BUNDLE_NAMES
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -55,9 +54,12 @@ def test_train_evaluate_infer(
     assert metrics["num_samples"] == len(predictions) == 2
     assert 0.0 <= metrics["auc"] <= 1.0
     assert sum(map(sum, metrics["confusion_matrix"])) == 2
-    # the metrics and the probabilities CSV describe the same predictions
+    # the metrics and the probabilities CSV describe the same predictions, at the threshold chosen on validation
     correct = sum(row["predicted"] == row["label"] for row in predictions)
     assert metrics["accuracy"] == pytest.approx(correct / 2)
+    threshold = metrics["threshold"]
+    assert isinstance(threshold, float) and 0.0 <= threshold <= 1.0  # the validation side has both classes
+    assert all(row["predicted"] == ("HGG" if float(row["prob_HGG"]) >= threshold else "LGG") for row in predictions)
 
     infer = {**bundle_kit.inference_overrides(bundle, synthetic_brats_root, out), "datalist": str(unlabelled_datalist)}
     infer["output_dir"] = str(tmp_path)

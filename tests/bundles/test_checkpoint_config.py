@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from medkd3d.bundles import load_teacher
 from medkd3d.export.bundle import CONFIG_KEY, checkpoint_config, load_bundle
 from medkd3d.networks import create_model
-from medkd3d.workflows import load_teacher
 
 BUNDLE = "brats_hdkd_teacher3d"
 
@@ -129,10 +129,17 @@ def test_student_teacher_loading_checks_the_config(trained: Path, bundle_kit) ->
     def teacher():
         return create_model(bundle_kit.model_of[BUNDLE], in_channels=4, num_classes=2, **_tiny_network_args(bundle_kit))
 
-    loaded = load_teacher(teacher(), checkpoint, root, spatial_size=bundle_kit.spatial, class_names=["LGG", "HGG"])
+    # built from the teacher bundle plus the checkpoint's record: the tiny network, with nothing repeated
+    loaded = load_teacher(root, checkpoint, spatial_size=bundle_kit.spatial, class_names=["LGG", "HGG"])
     assert not any(p.requires_grad for p in loaded.parameters())
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in teacher().parameters())
     with pytest.raises(ValueError, match=r"trained with spatial_size=\[32, 32, 32\].*\[64, 64, 64\]"):
-        load_teacher(teacher(), checkpoint, root, spatial_size=[64, 64, 64], class_names=["LGG", "HGG"])
+        load_teacher(root, checkpoint, spatial_size=[64, 64, 64], class_names=["LGG", "HGG"])
+    # a teacher architecture built elsewhere is checked against the record too
+    own = load_teacher(root, checkpoint, network=teacher(), spatial_size=bundle_kit.spatial)
+    torch.testing.assert_close(own.state_dict(), loaded.state_dict())
+    with pytest.raises(ValueError, match=r"trained with spatial_size=\[32, 32, 32\].*\[64, 64, 64\]"):
+        load_teacher(root, checkpoint, network=teacher(), spatial_size=[64, 64, 64])
 
 
 def test_checkpoint_without_config_loads_with_a_warning(
@@ -143,7 +150,7 @@ def test_checkpoint_without_config_loads_with_a_warning(
     torch.save(dict(state), old)  # a plain dict, as medkd3d wrote before it recorded the config
     assert checkpoint_config(torch.load(old, weights_only=True)) is None
     overrides = bundle_kit.inference_overrides(BUNDLE, synthetic_brats_root, trained)
-    with caplog.at_level(logging.WARNING, logger="medkd3d.export.bundle"):
+    with caplog.at_level(logging.WARNING, logger="medkd3d.bundles"):
         model = load_bundle(bundle_kit.bundles_dir / BUNDLE, checkpoint=old, overrides=overrides)
     assert model.checkpoint == old
     assert "records no training configuration" in caplog.text

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 from ignite.engine import Engine, Events
 
+from medkd3d.engines.handlers import MetricsStatsHandler, metric_lines
 from medkd3d.engines.metrics import classification_metrics
-from medkd3d.workflows.handlers import MetricsStatsHandler, metric_lines
 
 
 def _report() -> dict:

@@ -9,8 +9,8 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.transforms import RandAffined
 
+from medkd3d.bundles import BundleOutOfMemoryError, is_out_of_memory, run_bundle_config
 from medkd3d.cli import find_refusal, refusal_message
-from medkd3d.workflows.bundle import BundleOutOfMemoryError, is_out_of_memory, run_bundle_config
 
 TEACHER = "brats_teacher_vggvit3d"
 #: What PyTorch's CPU allocator raises on Linux when a 240x240x155 affine resampling does not fit.

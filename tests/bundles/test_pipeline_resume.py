@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from medkd3d.workflows import bundle as bundle_module
-from medkd3d.workflows.pipeline import TRAINING_MARKER, PipelineSettings, run_pipeline
+from medkd3d.bundles import run as bundle_module
+from medkd3d.pipeline.run import TRAINING_MARKER, PipelineSettings, run_pipeline
 
 STUDENT, TEACHER = "brats_student_effnet3d", "brats_teacher_vggvit3d"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medkd3d.workflows.pipeline import QUICK, PipelineSettings, run_pipeline
+from medkd3d.pipeline.run import QUICK, PipelineSettings, run_pipeline
 
 
 @pytest.mark.slow

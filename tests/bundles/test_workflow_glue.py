@@ -1,4 +1,5 @@
-"""The ``medkd3d.workflows`` pieces the bundle configs reference, on real MONAI/Ignite engines."""
+"""The glue the bundle configs reference (``medkd3d.bundles``, the ``medkd3d.engines`` handlers and inferer), on real
+MONAI/Ignite engines."""
 
 from __future__ import annotations
 
@@ -15,18 +16,15 @@ from monai.engines import SupervisedEvaluator
 from monai.transforms import Activationsd
 from torch import nn
 
-from medkd3d.engines import classification_metrics
-from medkd3d.utils import exception_chain
-from medkd3d.workflows import (
+from medkd3d.bundles import BUNDLE_NAMES, ensure_dataset, find_bundle_root
+from medkd3d.engines import (
     AtomicCheckpointSaver,
     ClassProbabilityWriter,
     SliceStackInferer,
     ValidationEarlyStopping,
-    ensure_dataset,
-    find_bundle_root,
+    classification_metrics,
 )
-from medkd3d.workflows.bundle import BUNDLE_NAMES
-from medkd3d.workflows.report import (
+from medkd3d.pipeline.report import (
     NO_KD_ROLE,
     ModelResult,
     add_kd_gains,
@@ -34,6 +32,7 @@ from medkd3d.workflows.report import (
     read_predictions,
     write_report,
 )
+from medkd3d.utils import exception_chain
 
 
 def _linear(weight: float) -> nn.Module:
@@ -117,6 +116,17 @@ def test_probability_writer_writes_softmax_per_subject(tmp_path: Path) -> None:
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     assert [r["predicted"] for r in rows] == ["LGG" if p[0] > p[1] else "HGG" for p in expected.tolist()]
 
+    # at a decision threshold just above the lowest P(HGG), every other subject is called HGG
+    threshold = float(expected[:, 1].min()) + 1e-4
+    ClassProbabilityWriter(
+        tmp_path, class_names=["LGG", "HGG"], filename="at_threshold.csv", threshold=threshold
+    ).attach(evaluator)
+    evaluator.run()
+    with (tmp_path / "at_threshold.csv").open(newline="") as stream:
+        predicted = [r["predicted"] for r in csv.DictReader(stream)]
+    assert predicted == ["HGG" if p[1] >= threshold else "LGG" for p in expected.tolist()]
+    assert predicted.count("LGG") == 1
+
 
 def test_slice_stack_inferer_averages_stack_logits() -> None:
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
@@ -131,7 +141,7 @@ def test_slice_stack_inferer_averages_stack_logits() -> None:
 
 def test_ensure_dataset_generates_once_into_place(tmp_path: Path, caplog) -> None:
     target = tmp_path / "brats"
-    with caplog.at_level(logging.WARNING, logger="medkd3d.workflows.data"):
+    with caplog.at_level(logging.WARNING, logger="medkd3d.bundles.data"):
         root = ensure_dataset(target, {"n_hgg": 1, "n_lgg": 1, "shape": (24, 24, 20)})
     assert root == target.resolve() and len(list(root.rglob("*_flair.nii.gz"))) == 2
     assert "does not exist: generating a synthetic BraTS dataset" in caplog.text
@@ -144,7 +154,7 @@ def test_ensure_dataset_generates_once_into_place(tmp_path: Path, caplog) -> Non
 def test_ensure_dataset_does_not_warn_about_a_folder_nobody_named(tmp_path: Path, caplog) -> None:
     """``medkd3d pipeline --quick`` without --dataset-dir: the default location is generated without a warning
     that "--dataset-dir ... does not exist"."""
-    with caplog.at_level(logging.INFO, logger="medkd3d.workflows.data"):
+    with caplog.at_level(logging.INFO, logger="medkd3d.bundles.data"):
         ensure_dataset(tmp_path / "d", {"n_hgg": 1, "n_lgg": 1, "shape": (24, 24, 20)}, "--dataset-dir", given=False)
     assert "does not exist" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "No dataset given: generating the embedded synthetic BraTS default" in caplog.text

@@ -73,7 +73,7 @@ def test_datalist_fails_listing_subjects_with_missing_modalities(
     assert f"{t1ce.parent.name}: {t1ce.parent}: missing modality t1ce" in capsys.readouterr().err
     assert not out.exists()
     assert main(["check-data", str(tmp_path / "nowhere.json")]) == 1
-    assert "not found" in capsys.readouterr().err
+    assert "nowhere.json does not exist; pass a datalist JSON" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
+from medkd3d.bundles.data import split_dataset, split_side
 from medkd3d.data.splits import make_splits, write_splits
-from medkd3d.workflows.data import split_dataset, split_side
 
 
 def _datalist(n_hgg: int = 15, n_lgg: int = 10) -> dict:

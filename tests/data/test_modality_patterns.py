@@ -102,3 +102,20 @@ def test_datalist_command_with_modality_patterns(tmp_path: Path, capsys: pytest.
     # a malformed item is one error line, not a traceback
     assert main(["datalist", str(root), "--out", str(out), "--modality", "t1ce"]) == 1
     assert "write NAME=GLOB" in capsys.readouterr().err
+
+
+def test_check_data_command_takes_the_same_modality_patterns(
+    synthetic_brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    root = Path(shutil.copytree(synthetic_brats_root, tmp_path / "data"))
+    for t1ce in root.glob("*/*/*_t1ce.nii.gz"):  # own data: contrast-enhanced T1 without a BraTS token
+        t1ce.rename(t1ce.with_name(t1ce.name.replace("_t1ce", "_gd")))
+    assert main(["check-data", str(root)]) == 1
+    assert "missing modality t1ce" in capsys.readouterr().out
+    assert main(["check-data", str(root), "--modality", "t1ce=*_gd.nii.gz"]) == 0
+    assert "OK" in capsys.readouterr().out
+    # parsed by the same code as `medkd3d datalist --modality`: a malformed item is one error line
+    assert main(["check-data", str(root), "--modality", "t1ce"]) == 1
+    assert "write NAME=GLOB" in capsys.readouterr().err

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from medkd3d.data.cli import register
 from medkd3d.data.splits import (
     load_splits,
     make_splits,
     per_class_subset,
-    register,
     split_records,
     stratified_kfold,
     train_val_test_split,

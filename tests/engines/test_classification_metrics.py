@@ -14,7 +14,15 @@ from monai.engines import SupervisedEvaluator
 from sklearn import metrics as skm
 from torch import nn
 
-from medkd3d.engines import ClassificationMetric, classification_metrics, evaluate_classifier, write_metrics
+from medkd3d.engines import (
+    ClassificationMetric,
+    ClassificationReport,
+    OperatingPoint,
+    classification_metrics,
+    evaluate_classifier,
+    write_metrics,
+    youden_threshold,
+)
 
 # Binary: ties between positives and negatives in the scores (AUC counts them one half), one of each error kind.
 BINARY_LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -117,3 +125,56 @@ def test_nan_is_written_as_null(tmp_path):
     assert "auc," in csv_path.read_text()
     with pytest.raises(ValueError, match="plain file stem"):
         write_metrics({}, tmp_path, "a/b")
+
+
+def test_youden_threshold_by_hand():
+    # P(HGG) of 4 LGG and 4 HGG subjects; the argmax (0.5) calls one HGG at 0.45 LGG: J = 1 + 3/4 - 1.
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p1 = np.array([0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.7, 0.9])
+    probabilities = np.stack([1 - p1, p1], axis=1)
+    # cutting between 0.3 and 0.45 separates the classes: J = 1 at the midpoint 0.375 only
+    assert youden_threshold(probabilities, labels) == pytest.approx(0.375)
+    at_argmax = classification_metrics(probabilities, labels)
+    at_threshold = classification_metrics(probabilities, labels, threshold=0.375)
+    assert at_argmax["balanced_accuracy"] == pytest.approx((1 + 3 / 4) / 2) and at_argmax["threshold"] is None
+    assert at_threshold["balanced_accuracy"] == 1.0 and at_threshold["threshold"] == pytest.approx(0.375)
+    assert at_threshold["auc"] == at_argmax["auc"] == 1.0  # AUC ignores the threshold
+
+
+def test_youden_threshold_ties_keep_the_argmax_and_undefined_cases():
+    # J = 1/3 at the cuts 0.15, 0.5 and 0.85 (0 at 0.325 and 0.675): the one nearest the argmax's 0.5 wins
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    p1 = np.array([0.1, 0.2, 0.45, 0.55, 0.8, 0.9])
+    assert youden_threshold(np.stack([1 - p1, p1], axis=1), labels) == pytest.approx(0.5)
+    assert youden_threshold(np.stack([1 - p1, p1], axis=1), np.ones(6, dtype=int)) is None  # one class
+    assert youden_threshold(MULTI_PROBS, MULTI_LABELS) is None  # more than two classes
+    with pytest.raises(ValueError, match="two classes"):
+        classification_metrics(MULTI_PROBS, MULTI_LABELS, threshold=0.5)
+
+
+def test_operating_point_from_validation_applies_to_test():
+    # validation: the best cut is 0.375 (as above); test: one HGG at 0.4 that the argmax calls LGG
+    val_labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    val_p1 = np.array([0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.7, 0.9])
+    test_labels = np.array([0, 0, 1, 1])
+    test_p1 = np.array([0.1, 0.35, 0.4, 0.8])
+
+    def evaluator(p1, labels, metrics):
+        logits = np.log(np.stack([1 - p1, p1], axis=1))
+        return SupervisedEvaluator("cpu", _index_loader(labels), FixedLogits(logits), key_val_metric=metrics)
+
+    point = OperatingPoint()
+    report = ClassificationReport(threshold=point)
+    assert point.threshold is None  # before validation: the argmax
+    validation = evaluator(val_p1, val_labels, {"threshold": point})
+    validation.run()
+    assert validation.state.metrics["threshold"] == pytest.approx(0.375) == point.threshold
+    test = evaluator(test_p1, test_labels, {"report": report})
+    test.run()
+    result = test.state.metrics["report"]
+    assert result["threshold"] == pytest.approx(0.375)
+    assert result["confusion_matrix"] == [[2, 0], [0, 2]]  # 0.4 >= 0.375: HGG; the argmax would miss it
+    assert classification_metrics(np.stack([1 - test_p1, test_p1], axis=1), test_labels)["confusion_matrix"] == [
+        [2, 0],
+        [1, 1],
+    ]

@@ -65,5 +65,5 @@ def test_unusable_files(tiny_net, tmp_path):
     with pytest.raises(ValueError, match=r"two\.pt.*Pass key="):
         load_teacher_checkpoint(tiny_net(), tmp_path / "two.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match=r"Cannot read teacher checkpoint .*text\.pt"):
+    with pytest.raises(ValueError, match=r"Cannot read checkpoint .*text\.pt"):
         load_teacher_checkpoint(tiny_net(), tmp_path / "text.pt")

@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medkd3d.bundles.data import split_dataset
 from medkd3d.engines import DEFAULT_PERCENTILES, evaluate_trivial_baseline, intensity_features, trivial_baseline
 from medkd3d.engines.baseline import _file_features
-from medkd3d.workflows.data import split_dataset
 
 SHAPE = (10, 10, 8)
 
@@ -44,7 +44,10 @@ def _records(root: Path, n_per_class: int = 12, seed: int = 0) -> list[dict]:
 def test_features_are_percentiles_of_the_z_scored_brain(tmp_path: Path) -> None:
     volume = np.zeros(SHAPE)
     volume[2:6, 2:6, 2:6] = np.arange(64).reshape(4, 4, 4) + 1.0  # 64 brain voxels, values 1..64
-    record = {"subject": "s", "image": [_write(tmp_path / "a.nii.gz", volume), _write(tmp_path / "b.nii.gz", volume * 3)]}
+    record = {
+        "subject": "s",
+        "image": [_write(tmp_path / "a.nii.gz", volume), _write(tmp_path / "b.nii.gz", volume * 3)],
+    }
     features = intensity_features(record)
     values = np.arange(1.0, 65.0)
     expected = np.percentile((values - values.mean()) / values.std(), DEFAULT_PERCENTILES)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from medkd3d.bundles import bundle_parser
 from medkd3d.data import discover_brats
 from medkd3d.explain import cli
-from medkd3d.explain.bundle import bundle_config
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
@@ -67,7 +67,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = {}
     for name, overrides in TINY.items():
         torch.manual_seed(0)
-        network = bundle_config(BUNDLES / name, dict(cli._override(o) for o in overrides)).get_parsed_content(
+        network = bundle_parser(BUNDLES / name, dict(cli._override(o) for o in overrides)).get_parsed_content(
             "network_def"
         )
         paths[name] = folder / f"{name}.pt"
@@ -161,7 +161,7 @@ def test_errors_name_the_problem(
     common = ["--dataset-dir", str(synthetic_brats_root), "--out", str(tmp_path), "--device", "cpu"]
     cases = {
         "subject 'BraTS19_nobody' is not in dataset": [*model, "--subject", "BraTS19_nobody"],
-        "--checkpoint PATH": [
+        "not found: train the model first": [
             "--bundle", str(BUNDLES / "brats_student_effnet3d"), "--checkpoint", str(tmp_path / "x.pt"),
             "--subject", subject["subject"],
         ],

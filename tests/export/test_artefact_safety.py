@@ -105,7 +105,7 @@ def _exported_copy(exported, name: str, fmt: str, directory: Path) -> Path:
 def _plant_onnx(path: Path, document: dict) -> None:
     import onnx
 
-    from medkd3d.export.onnx import set_onnx_metadata
+    from medkd3d.export.embedded import set_onnx_metadata
 
     model = onnx.load(str(path))
     set_onnx_metadata(model, {INFERENCE_FILE: json.dumps(document)})
@@ -115,7 +115,7 @@ def _plant_onnx(path: Path, document: dict) -> None:
 def _plant_torchscript(path: Path, document: dict) -> None:
     import torch
 
-    from medkd3d.export.torchscript import read_torchscript_extra_files
+    from medkd3d.export.embedded import read_torchscript_extra_files
 
     files = read_torchscript_extra_files(path)
     files[INFERENCE_FILE] = json.dumps(document)
@@ -158,7 +158,7 @@ def test_configs_beside_an_engine_are_validated(exported, tmp_path: Path) -> Non
 
 def test_export_carries_declarative_preprocessing(exported) -> None:
     """What an export writes passes the validation, and holds the bundle's resolved values only."""
-    from medkd3d.export.onnx import read_onnx_metadata
+    from medkd3d.export.embedded import read_onnx_metadata
 
     document = json.loads(read_onnx_metadata(exported["brats_student_effnet25d"]["onnx"].path)[INFERENCE_FILE])
     assert validate_document(document, "model.onnx")["format"] == DOCUMENT_FORMAT

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medkd3d.export.backends import BackendUnavailableError
 from medkd3d.export.deployment import DeploymentConfig
 from medkd3d.export.inputs import CalibrationBatches, load_records, network_inputs
-from medkd3d.export.runtime import BackendUnavailableError
 from medkd3d.export.tensorrt import make_entropy_calibrator, summarize_layer_precisions, tensorrt_status
 
 

@@ -55,7 +55,7 @@ def test_metadata_round_trip(name, exported, tiny_bundles, tmp_path):
     from monai.bundle import ConfigParser
     from monai.data import load_net_with_metadata
 
-    from medkd3d.export.onnx import read_onnx_metadata
+    from medkd3d.export.embedded import read_onnx_metadata
 
     root = tiny_bundles[name].root
     metadata = json.loads((root / "configs" / "metadata.json").read_text())

@@ -20,8 +20,8 @@ def _read_predictions(path: Path) -> dict[str, dict[str, str]]:
 def test_infer_equals_bundle_inference(
     name, backend, as_datalist, tiny_bundles, exported, synthetic_brats_root, tmp_path, run_cli
 ):
+    from medkd3d.bundles import run_bundle_config
     from medkd3d.data import discover_brats, write_datalist
-    from medkd3d.workflows import run_bundle_config
 
     tiny = tiny_bundles[name]
     bundle_out = tmp_path / "bundle"

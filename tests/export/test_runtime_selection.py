@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medkd3d.export.runtime import BackendUnavailableError, backend_status, load_runtime
+from medkd3d.export.backends import BackendUnavailableError
+from medkd3d.export.runtime import backend_status, load_runtime
 from medkd3d.export.tensorrt import tensorrt_status
 
 TENSORRT_AVAILABLE = tensorrt_status()[0]

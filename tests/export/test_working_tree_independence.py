@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medkd3d.export.bench import load_bench_bundle, run_benchmark, run_worker
+from medkd3d.export.bench import run_benchmark
+from medkd3d.export.bench_worker import BenchSettings, WorkerSpec, load_bench_bundle, run_worker
 from medkd3d.export.bundle import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,27 +41,34 @@ def test_random_weights_never_read_the_bundle_checkpoint(tmp_path: Path) -> None
     model = load_bench_bundle(copy, overrides, None)
     assert model.checkpoint is None and model.deployment.export_info["checkpoint"] is None
     # the measuring worker (eager) builds its network the same way
-    spec = {
-        "runtime": "eager", "device": "cpu", "threads": 1, "bundle_root": str(copy), "overrides": overrides,
-        "checkpoint": None, "artefact": "", "input_shape": [4, 32, 32, 32], "subject_batch": 1, "batch": 1,
-        "warmup": 0, "min_repeats": 1, "max_repeats": 1, "max_seconds": 1.0,
-    }  # fmt: skip
+    settings = BenchSettings(threads=1, batch=1, warmup=0, min_repeats=1, max_repeats=1, max_seconds=1.0)
+    spec = WorkerSpec("eager", str(copy), (4, 32, 32, 32), settings=settings, overrides=overrides)
     assert run_worker(spec)["repeats"] == 1
     # ... and an explicit checkpoint is still loaded (and refused when it does not fit)
-    with pytest.raises(RuntimeError, match="does not fit"):
+    with pytest.raises(RuntimeError, match="does not match"):
         load_bench_bundle(copy, overrides, copy / "models" / "model.pt")
 
 
 def test_checkpoint_weights_are_opt_in(tmp_path: Path) -> None:
     """``--weights checkpoint`` measures the trained checkpoint, so it reads it, and a missing one is an error."""
-    with pytest.raises(RuntimeError, match="does not fit"):
-        run_benchmark([_trained_copy(tmp_path / "a")], ["eager"], tmp_path / "out", size="tiny", weights="checkpoint")
-    with pytest.raises(FileNotFoundError, match="train it first"):
+    with pytest.raises(RuntimeError, match="does not match"):
         run_benchmark(
-            [_trained_copy(tmp_path / "b", checkpoint=False)], ["eager"], tmp_path, size="tiny", weights="checkpoint"
+            [_trained_copy(tmp_path / "a")],
+            runtimes=["eager"],
+            out_dir=tmp_path / "out",
+            size="tiny",
+            weights="checkpoint",
+        )
+    with pytest.raises(FileNotFoundError, match="not found: train the model first"):
+        run_benchmark(
+            [_trained_copy(tmp_path / "b", checkpoint=False)],
+            runtimes=["eager"],
+            out_dir=tmp_path,
+            size="tiny",
+            weights="checkpoint",
         )
     with pytest.raises(ValueError, match="weights must be one of random, checkpoint"):
-        run_benchmark([REPO / "bundles" / STUDENT], ["eager"], tmp_path, weights="trained")
+        run_benchmark([REPO / "bundles" / STUDENT], runtimes=["eager"], out_dir=tmp_path, weights="trained")
 
 
 def test_test_fixture_ignores_a_trained_checkpoint(tiny_bundle_class, synthetic_brats_root: Path, tmp_path: Path):

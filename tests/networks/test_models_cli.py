@@ -180,3 +180,11 @@ def test_models_command_prints_the_compression_of_profiled_pairs(capsys) -> None
     reduction = 100 * (1 - student["params"] / teacher["params"])
     assert f"hdkd_student3d vs hdkd_teacher3d: {reduction:.1f}% fewer parameters" in out
     assert "efficientnet3d_b0 vs" not in out  # its teacher was filtered out
+
+
+def test_compression_summary_says_as_many_when_the_ratio_rounds_to_one() -> None:
+    volume = (4, 16, 16, 16)
+    rows = {"hdkd_teacher3d": _row(volume, 100, 1.00, 2.0), "hdkd_student3d": _row(volume, 93, 1.04, 1.96)}
+    assert compression_summary(rows) == [
+        "hdkd_student3d vs hdkd_teacher3d: 7.0% fewer parameters, as many GFLOPs (within 5%), as fast (within 5%)"
+    ]  # never "1.0x more GFLOPs"

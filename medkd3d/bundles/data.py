@@ -133,14 +133,14 @@ def prepare_dataset(
         medkd3d.data.DataValidationError: listing every problem found, with subject, file and fix.
         ValueError: if the dataset's class names differ from ``class_names``.
     """
-    from medkd3d.data import assert_data_valid, discover_brats, load_datalist
+    from medkd3d.data import assert_data_valid, read_datalist
 
     source = Path(datalist) if datalist else ensure_dataset(dataset_dir, synthetic)
     labels = {"labels_csv": labels_csv, "label_column": label_column} if not datalist else {}
     if validate:
         data = assert_data_valid(source, require_labels=require_labels, **labels)
     else:
-        data = load_datalist(source) if datalist else discover_brats(source, **labels)
+        data = read_datalist(source, **labels)
     if class_names is not None and list(data["class_names"]) != list(class_names):
         raise ValueError(
             f"The dataset {source} has classes {data['class_names']} but the bundle predicts {list(class_names)}; "
@@ -278,7 +278,7 @@ def inference_records(datalist: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The records of a datalist prepared for inference, where subjects may have no label.
 
     MONAI's collation cannot batch ``None``, so a missing label becomes ``-1`` (written as an empty label by
-    :class:`~medkd3d.workflows.handlers.ClassProbabilityWriter`).
+    :class:`~medkd3d.engines.handlers.ClassProbabilityWriter`).
 
     Args:
         datalist: a datalist dictionary (``training`` records, as returned by :func:`prepare_dataset`).

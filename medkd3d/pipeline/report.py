@@ -14,7 +14,6 @@ KD gain, paired on the same test subjects: AUC and balanced accuracy of the stud
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from medkd3d.utils import atomic_write_text
+from medkd3d.reporting import format_interval, format_value, markdown_table, write_csv, write_markdown
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -38,11 +37,14 @@ __all__ = [
     "write_report",
 ]
 
-#: Evaluation metrics shown per model (keys of :func:`medkd3d.engines.classification_metrics`).
-METRIC_COLUMNS: tuple[str, ...] = ("auc", "balanced_accuracy", "accuracy", "f1", "sensitivity", "specificity")
+#: Evaluation metrics shown per model (keys of :func:`medkd3d.engines.classification_metrics`; ``threshold`` is the
+#: decision threshold the others used, chosen on the validation subjects by the bundles' ``evaluate.json``).
+METRIC_COLUMNS: tuple[str, ...] = (
+    "auc", "balanced_accuracy", "accuracy", "f1", "sensitivity", "specificity", "threshold",
+)  # fmt: skip
 
 #: Column titles of the Markdown report.
-_LABELS = {"balanced_accuracy": "balanced accuracy", "f1": "F1"}
+_LABELS = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "threshold": "decision threshold"}
 
 #: Role of the trivial baseline's row.
 BASELINE_ROLE = "baseline"
@@ -98,7 +100,7 @@ class ModelResult:
 
 
 def read_predictions(path: str | os.PathLike) -> tuple[list[list[float]], list[int], list[str]]:
-    """Read the per-subject probabilities written by :class:`~medkd3d.workflows.ClassProbabilityWriter`.
+    """Read the per-subject probabilities written by :class:`~medkd3d.engines.ClassProbabilityWriter`.
 
     Args:
         path: ``evaluation_predictions.csv`` (columns ``subject``, ``prob_<class>``..., ``predicted``, ``label``).
@@ -292,18 +294,6 @@ def _ratio(numerator: float | None, denominator: float | None) -> float:
     return float(numerator) / float(denominator)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _fmt_ci(ci: tuple[float, float]) -> str:
-    return "n/a" if any(math.isnan(v) for v in ci) else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
 _ROW_EXCLUDED = (
     "metrics", "ratios", "exports", "export_max_abs_diff", "probabilities", "labels", "auc_ci", "flags", "kd_gain"
 )  # fmt: skip
@@ -331,15 +321,6 @@ def _ratio_columns(results: Sequence[ModelResult]) -> list[str]:
 
 def _kd_gain_columns(results: Sequence[ModelResult]) -> list[str]:
     return list(KD_GAIN_COLUMNS) if any(r.kd_gain for r in results) else []
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _test_labels(results: Sequence[ModelResult]) -> tuple[list[int], list[str]] | None:
@@ -371,6 +352,16 @@ def _chance_context(results: Sequence[ModelResult], evaluate_split: str) -> dict
     }
 
 
+def _model_cells(r: ModelResult) -> list[str]:
+    """One row of the report's model table."""
+    metrics = [format_value(r.metrics.get(m)) for m in METRIC_COLUMNS]
+    return [
+        r.bundle, r.role, r.network, r.input_per_subject, format_value(r.metrics.get("num_samples")),
+        metrics[0], format_interval(*r.auc_ci), *metrics[1:],
+        f"{r.parameters:,}", format_value(r.gflops, 2), format_value(r.latency_ms, 1),
+    ]  # fmt: skip
+
+
 def _markdown(results: Sequence[ModelResult], context: Mapping[str, Any], evaluate_split: str) -> str:
     lines = ["# medkd3d: teacher vs student comparison", ""]
     lines += [f"- {key}: {value}" for key, value in {**_chance_context(results, evaluate_split), **context}.items()]
@@ -380,7 +371,10 @@ def _markdown(results: Sequence[ModelResult], context: Mapping[str, Any], evalua
         "## Models",
         "",
         f"Metrics are on the held-out {evaluate_split} subjects, the same for every model; the AUC interval is a "
-        "stratified bootstrap of the subjects (2,000 resamples). "
+        "stratified bootstrap of the subjects (2,000 resamples). Balanced accuracy, accuracy, F1, sensitivity and "
+        "specificity call a subject class 1 when its probability reaches the decision threshold, chosen for each "
+        "model on the validation subjects (maximal sensitivity + specificity, Youden's J; n/a: the argmax); AUC "
+        "does not depend on it. "
         + (
             "The trivial baseline is a logistic regression on per-modality intensity percentiles of the brain, fitted "
             "on the other subjects of the same split (training and validation). "
@@ -397,16 +391,9 @@ def _markdown(results: Sequence[ModelResult], context: Mapping[str, Any], evalua
             else ""
         ),
         "",
-        "| bundle | role | network | input per subject | n | " + " | ".join(shown) + " | parameters | GFLOPs"
-        " | CPU latency (ms) |",
-        "|" + "---|" * (8 + len(shown)),
     ]
-    for r in results:
-        metrics = [_fmt(r.metrics.get("auc")), _fmt_ci(r.auc_ci), *(_fmt(r.metrics.get(m)) for m in METRIC_COLUMNS[1:])]
-        lines.append(
-            f"| {r.bundle} | {r.role} | {r.network} | {r.input_per_subject} | {_fmt(r.metrics.get('num_samples'))} "
-            f"| {' | '.join(metrics)} | {r.parameters:,} | {_fmt(r.gflops, 2)} | {_fmt(r.latency_ms, 1)} |"
-        )
+    header = ["bundle", "role", "network", "input per subject", "n", *shown, "parameters", "GFLOPs", "CPU latency (ms)"]
+    lines += markdown_table(header, [_model_cells(r) for r in results])
     lines += ["", "## Flags", ""]
     flagged = [r for r in results if r.flags]
     lines += [f"- {r.bundle}: {'; '.join(r.flags)}" for r in flagged] or ["No model is flagged."]
@@ -430,18 +417,29 @@ def _markdown(results: Sequence[ModelResult], context: Mapping[str, Any], evalua
                 else ""
             ),
             "",
-            "| student | teacher | " + " | ".join([*columns, *gains]) + " |",
-            "|" + "---|" * (2 + len(columns) + len(gains)),
         ]
-        for r in students:
-            values = [*(r.ratios[c] for c in columns), *(r.kd_gain.get(c) for c in gains)]
-            lines.append(f"| {r.bundle} | {r.teacher} | " + " | ".join(_fmt(v) for v in values) + " |")
+        table = [
+            [
+                r.bundle,
+                r.teacher,
+                *(format_value(v) for v in [*(r.ratios[c] for c in columns), *(r.kd_gain.get(c) for c in gains)]),
+            ]
+            for r in students
+        ]
+        lines += markdown_table(["student", "teacher", *columns, *gains], table)
     exported = [r for r in results if r.exports]
     if exported:
-        lines += ["", "## Exports", "", "| bundle | format | file | max abs logit diff vs eager |", "|---|---|---|---|"]
-        for r in exported:
-            for fmt, path in r.exports.items():
-                lines.append(f"| {r.bundle} | {fmt} | {path} | {_fmt(r.export_max_abs_diff.get(fmt), 6)} |")
+        table = [
+            [r.bundle, fmt, path, format_value(r.export_max_abs_diff.get(fmt), 6)]
+            for r in exported
+            for fmt, path in r.exports.items()
+        ]
+        lines += [
+            "",
+            "## Exports",
+            "",
+            *markdown_table(["bundle", "format", "file", "max abs logit diff vs eager"], table),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -471,6 +469,6 @@ def write_report(
     add_teacher_ratios(rows)
     add_kd_gains(rows)
     out_dir = Path(out_dir)
-    markdown = atomic_write_text(out_dir / "report.md", _markdown(rows, dict(context or {}), evaluate_split))
-    table = atomic_write_text(out_dir / "report.csv", _csv(_rows(rows)))
+    markdown = write_markdown(out_dir / "report.md", _markdown(rows, dict(context or {}), evaluate_split))
+    table = write_csv(out_dir / "report.csv", _rows(rows))
     return markdown, table

@@ -20,7 +20,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver, EarlyStopHandler, StatsHandler
 from monai.utils import evenly_divisible_all_gather, string_list_all_gather
 
-from medkd3d.export.bundle import attach_config
+from medkd3d.bundles.io import attach_config
 from medkd3d.utils import atomic_path, atomic_write_text, lock_folder, remove_stale_temp_files, unlock_folder
 
 __all__ = [
@@ -97,6 +97,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
         **kwargs: Any,
     ) -> None:
         super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
+        # MONAI offers no public way to choose the saver of its three ignite ``Checkpoint``s, so their private
+        # attributes are used; tests/misc/test_monai_private_api.py fails when a MONAI release renames them.
         fixed_names = {
             "_final_checkpoint": kwargs.get("final_filename"),
             "_key_metric_checkpoint": kwargs.get("key_metric_filename"),
@@ -378,7 +380,7 @@ class ClassificationMetricsWriter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from medkd3d.engines import write_metrics
+        from medkd3d.engines.evaluation import write_metrics
 
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
             return
@@ -461,8 +463,9 @@ class ClassProbabilityWriter:
     """Write one CSV row per subject with the predicted class probabilities, on labelled or unlabelled data.
 
     Attach it to a MONAI evaluator whose postprocessing turns ``pred`` into probabilities (``Activationsd``
-    with ``softmax=True``). Columns: ``subject``, ``prob_<class>`` for each class, ``predicted`` (class name)
-    and, when the batch carries labels, ``label`` (class name). Under DDP the rows of all ranks are gathered
+    with ``softmax=True``). Columns: ``subject``, ``prob_<class>`` for each class, ``predicted`` (class name: the
+    argmax, or at ``threshold``, as :func:`medkd3d.engines.predicted_classes`) and, when the batch carries labels,
+    ``label`` (class name). Under DDP the rows of all ranks are gathered
     and ``save_rank`` writes the file. The file is replaced atomically at the end of each run.
 
     Args:
@@ -473,6 +476,8 @@ class ClassProbabilityWriter:
         label_key: batch key with the integer label; missing or ``None``/negative labels are left empty.
         pred_key: output key with the class probabilities.
         save_rank: rank that writes the file under DDP.
+        threshold: the two-class decision threshold (a number or a :class:`medkd3d.engines.OperatingPoint`, read
+            when the file is written), ``None`` for the argmax.
     """
 
     def __init__(
@@ -484,6 +489,7 @@ class ClassProbabilityWriter:
         label_key: str = "label",
         pred_key: str = "pred",
         save_rank: int = 0,
+        threshold: Any = None,
     ) -> None:
         self.path = Path(output_dir) / filename
         self.class_names = list(class_names)
@@ -491,6 +497,7 @@ class ClassProbabilityWriter:
         self.label_key = label_key
         self.pred_key = pred_key
         self.save_rank = save_rank
+        self.threshold = threshold
         self._subjects: list[str] = []
         self._probabilities: list[torch.Tensor] = []
         self._labels: list[int] = []
@@ -534,9 +541,12 @@ class ClassProbabilityWriter:
         engine.logger.info(f"Wrote class probabilities of {len(subjects)} subjects to {self.path}.")
 
     def _to_csv(self, subjects: list[str], probabilities: torch.Tensor, labels: list[int]) -> str:
+        from medkd3d.engines.metrics import predicted_classes
+
         rows = [["subject", *(f"prob_{name}" for name in self.class_names), "predicted", "label"]]
-        for subject, probs, label in zip(subjects, probabilities.tolist(), labels):
-            predicted = self.class_names[max(range(len(probs)), key=probs.__getitem__)]
+        predicted_indices = predicted_classes(probabilities.reshape(-1, len(self.class_names)), self.threshold)
+        for subject, probs, index, label in zip(subjects, probabilities.tolist(), predicted_indices, labels):
+            predicted = self.class_names[index]
             rows.append(
                 [subject, *(f"{p:.6f}" for p in probs), predicted, self.class_names[label] if label >= 0 else ""]
             )

@@ -1,4 +1,5 @@
-"""``medkd3d pipeline``: the whole distillation job, run through the MONAI bundles.
+"""The whole distillation job, run through the MONAI bundles (the ``medkd3d pipeline`` command is in
+:mod:`medkd3d.pipeline.cli`).
 
 (synthesise the dataset if needed) -> validate it once -> train each teacher -> distill each student, and train it
 again without KD (``kd_mode=none``: its no-KD twin) -> evaluate every model on the same held-out test subjects
@@ -19,6 +20,7 @@ KEY=VALUE`` (every bundle), ``--override BUNDLE:KEY=VALUE``; the pipeline's own 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -26,13 +28,14 @@ import os
 import platform
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from medkd3d.workflows.report import ModelResult
+    from medkd3d.pipeline.report import ModelResult
 
 __all__ = [
     "MODELS",
@@ -40,8 +43,9 @@ __all__ = [
     "QUICK",
     "PipelineModel",
     "PipelineSettings",
+    "StepClock",
+    "format_duration",
     "parse_bundle_override",
-    "register",
     "run_pipeline",
 ]
 
@@ -57,16 +61,22 @@ class PipelineModel:
 
     Args:
         bundle: bundle directory name under ``bundles/``.
-        teacher: bundle of its teacher (students only); trained first, and its checkpoint is passed on.
         slice_stacks: the network classifies 2.5D slice stacks (a subject takes ``num_stacks`` of them).
         kd: ``False`` runs a student's bundle with the override ``kd_mode=none`` (its teacher is not loaded): the
             no-KD twin each distilled student's KD gain is measured against. Ignored for teachers.
     """
 
     bundle: str
-    teacher: str | None = None
     slice_stacks: bool = False
     kd: bool = True
+
+    @cached_property
+    def teacher(self) -> str | None:
+        """The bundle of its teacher (students only), as the student's ``train.json`` names it
+        (:func:`medkd3d.bundles.teacher_of`); trained first, and its checkpoint is passed on."""
+        from medkd3d.bundles import find_bundle_root, teacher_of
+
+        return teacher_of(find_bundle_root(self.bundle))
 
     @property
     def name(self) -> str:
@@ -76,18 +86,18 @@ class PipelineModel:
     @property
     def role(self) -> str:
         """The run's role in the report: ``"teacher"``, ``"student"`` or ``"student (no KD)"``."""
-        from medkd3d.workflows.report import NO_KD_ROLE
+        from medkd3d.pipeline.report import NO_KD_ROLE
 
         return "teacher" if self.teacher is None else ("student" if self.kd else NO_KD_ROLE)
 
 
-#: The bundles in training order: each teacher before its students.
+#: The bundles in training order: each teacher before its students (whose ``train.json`` names their teacher).
 MODELS: tuple[PipelineModel, ...] = (
     PipelineModel("brats_teacher_vggvit3d"),
-    PipelineModel("brats_student_effnet3d", teacher="brats_teacher_vggvit3d"),
-    PipelineModel("brats_student_effnet25d", teacher="brats_teacher_vggvit3d", slice_stacks=True),
+    PipelineModel("brats_student_effnet3d"),
+    PipelineModel("brats_student_effnet25d", slice_stacks=True),
     PipelineModel("brats_hdkd_teacher3d"),
-    PipelineModel("brats_hdkd_student3d", teacher="brats_hdkd_teacher3d"),
+    PipelineModel("brats_hdkd_student3d"),
 )
 
 
@@ -102,7 +112,7 @@ class PipelineSettings:
         dataset_dir: dataset root; a synthetic BraTS dataset is generated there when it does not exist.
             Default: ``<out_dir>/data/synthetic_brats2019``.
         datalist: a datalist JSON to use instead of discovering ``dataset_dir``.
-        synthetic: overrides of :data:`medkd3d.workflows.data.SYNTHETIC_DEFAULT` for a generated dataset.
+        synthetic: overrides of :data:`medkd3d.bundles.data.SYNTHETIC_DEFAULT` for a generated dataset.
         profiles: bundle profiles (``configs/profiles/<name>.json``, e.g. ``"quick"``, ``"cpu"``, ``"gpu"``) merged
             in order after ``train.json`` of every bundle that has them; each must exist in at least one bundle.
         epochs: training epochs of every bundle; ``None`` keeps each bundle's (after its profiles).
@@ -117,13 +127,16 @@ class PipelineSettings:
             row and each student's KD gain over it. Costs one more student training and evaluation per student; the
             twin shares its student's network, so it is neither exported nor timed.
         overrides: config overrides of every bundle (``{"learning_rate": 3e-4}``), over the profiles and shorthands.
-        bundle_overrides: config overrides per bundle, over ``overrides``, e.g. smaller networks. A teacher's
-            ``network_def#...`` overrides (its own or from ``overrides``) are given to its students as
-            ``teacher_def#...``, so a student always builds the teacher that was trained.
+        bundle_overrides: config overrides per bundle, over ``overrides``, e.g. smaller networks. A student builds
+            its teacher from the teacher's checkpoint, which records the teacher's network, so a teacher's
+            ``network_def#...`` overrides need no repeating for its students.
         tracking: ``"mlflow"`` to track every run with MONAI's MLflow integration.
         latency_repeats: timed forward passes per model for the CPU latency.
         export_formats: formats of :data:`medkd3d.export.FORMATS` every model is exported to (``<bundle>/export/``);
             each artefact passes its parity check or the pipeline fails.
+        jobs: trainings run at once, each in a worker process with its share of the CPU threads and its output
+            in ``<out_dir>/<run>/train.log`` (:mod:`medkd3d.pipeline.scheduler`); a distilled student still waits
+            for its teacher. 1: one after the other in this process.
     """
 
     out_dir: Path = Path("runs/pipeline")
@@ -144,12 +157,14 @@ class PipelineSettings:
     tracking: str | None = None
     latency_repeats: int = 5
     export_formats: Sequence[str] = ("torchscript", "onnx")
+    jobs: int = 1
 
 
 #: ``--quick``: the ``quick`` profile of every bundle (``configs/profiles/quick.json``: 32^3 volumes, 16 epochs,
 #: batch 8, a slimmer VGG-ViT teacher - a quarter of the VGG width, a 4-block ViT; the 160M-parameter default is made
-#: for GPUs - and ResNet 3D/2.5D students) plus a small synthetic dataset, fewer folds and latency repeats: about 12
-#: minutes on two idle CPU cores, in which the VGG-ViT teacher and its students learn the synthetic task (README).
+#: for GPUs - and ResNet 3D/2.5D students) plus a small synthetic dataset, fewer folds and latency repeats, and two
+#: trainings at a time: about 9 minutes on two idle CPU cores, in which the VGG-ViT teacher and its students learn
+#: the synthetic task (README).
 QUICK: dict[str, Any] = {
     # 200 subjects, so the 20% held-out test split has 40 (the fewest an honest report may rest on); the quick
     # profile's 32^3 volumes need no more than this source resolution
@@ -157,6 +172,9 @@ QUICK: dict[str, Any] = {
     "profiles": ("quick",),
     "num_folds": 4,
     "latency_repeats": 3,
+    # two trainings at a time, one thread each: 1.2x-1.4x more training per second than one with two threads on the
+    # quick networks (a small 3D network does not keep two cores busy)
+    "jobs": min(2, os.cpu_count() or 1),
 }
 
 #: Config ids the pipeline sets itself, and the option that changes each; ``--override`` cannot set them.
@@ -205,7 +223,7 @@ def _bundle_profiles(roots: Mapping[str, Path], profiles: Sequence[str]) -> dict
     Raises:
         ValueError: for a profile that none of the bundles has, listing the available ones.
     """
-    from medkd3d.workflows.bundle import list_profiles
+    from medkd3d.bundles import list_profiles
 
     available = {bundle: list_profiles(root) for bundle, root in roots.items()}
     every = sorted({p for names in available.values() for p in names})
@@ -223,16 +241,12 @@ def _bundle_profiles(roots: Mapping[str, Path], profiles: Sequence[str]) -> dict
 
 
 def _overrides(model: PipelineModel, settings: PipelineSettings, shared: Mapping[str, Any]) -> dict[str, Any]:
-    """The config overrides of one run, lowest first: shared knobs, ``overrides``, its teacher's network, its
-    bundle's ``bundle_overrides``, ``kd_mode=none`` for a no-KD twin, and the pipeline's data, folders and teacher
-    checkpoint (unused by a twin, whose bundle does not load its teacher)."""
+    """The config overrides of one run, lowest first: shared knobs, ``overrides``, its bundle's
+    ``bundle_overrides``, ``kd_mode=none`` for a no-KD twin, and the pipeline's data, folders and teacher checkpoint
+    (unused by a twin, whose bundle does not load its teacher). A student builds its teacher as the teacher's
+    checkpoint records it was trained, so the teacher's own overrides are not repeated here."""
     out = settings.out_dir / model.name
     overrides = {**{k: v for k, v in shared.items() if k not in _PIPELINE_KEYS}, **settings.overrides}
-    if model.teacher:
-        teacher_net = {**settings.overrides, **settings.bundle_overrides.get(model.teacher, {})}
-        overrides.update(
-            {f"teacher_def{k[len('network_def') :]}": v for k, v in teacher_net.items() if k.startswith("network_def#")}
-        )
     overrides.update(settings.bundle_overrides.get(model.bundle, {}))
     if not model.kd and model.teacher:  # the twin: the same run with one override, over the user's kd_mode
         overrides["kd_mode"] = "none"
@@ -245,15 +259,9 @@ def _overrides(model: PipelineModel, settings: PipelineSettings, shared: Mapping
 
 def _train_value(bundle_root: Path, profiles: Sequence[str], overrides: Mapping[str, Any], key: str) -> Any:
     """The value of a plain config id (``epochs``, ``spatial_size``) of ``train.json`` under profiles and overrides."""
-    from monai.bundle import ConfigParser
+    from medkd3d.bundles import bundle_parser
 
-    from medkd3d.workflows.bundle import profile_configs
-
-    configs = bundle_root / "configs"
-    parser = ConfigParser()
-    parser.read_config([str(configs / c) for c in ["train.json", *profile_configs(bundle_root, profiles)]])
-    parser.update({"bundle_root": str(bundle_root), **dict(overrides)})
-    return parser.get_parsed_content(key)
+    return bundle_parser(bundle_root, overrides, "train.json", profiles).get_parsed_content(key)
 
 
 def _same_or_each(values: Mapping[str, Any]) -> Any:
@@ -264,20 +272,27 @@ def _same_or_each(values: Mapping[str, Any]) -> Any:
 
 def _subject_input(bundle_root: Path, overrides: Mapping[str, Any], slice_stacks: bool) -> tuple[list[int], int]:
     """Network input shape (no batch axis) and number of network inputs per subject."""
-    from medkd3d.export.bundle import bundle_parser
+    from medkd3d.bundles import bundle_parser
+    from medkd3d.data import network_input_shape
 
     parser = bundle_parser(bundle_root, overrides)
     size = [int(s) for s in parser.get_parsed_content("spatial_size")]
     if not slice_stacks:
-        return [4, *size], 1
-    axis = int(parser.get_parsed_content("slice_axis"))
-    plane = [s for i, s in enumerate(size) if i != axis]
-    stack = [4 * int(parser.get_parsed_content("num_slices")), *plane]
-    stacks = int(parser.get_parsed_content("num_stacks"))
+        shape, count = network_input_shape(size)
+        return list(shape), count
     inferer = parser.get("inferer") or {}
-    if str(inferer.get("_target_", "") if isinstance(inferer, Mapping) else "").endswith("SliceStackInferer"):
-        return stack, stacks  # a single-stack network sees a subject's stacks as a batch
-    return [stacks, *stack], 1  # a multiple-instance network takes a subject's stacks as one input
+    # a single-stack network sees a subject's stacks as a batch; a multiple-instance network takes them as one input
+    stacks_as_batch = str(inferer.get("_target_", "") if isinstance(inferer, Mapping) else "").endswith(
+        "SliceStackInferer"
+    )
+    shape, count = network_input_shape(
+        size,
+        num_slices=int(parser.get_parsed_content("num_slices")),
+        slice_axis=int(parser.get_parsed_content("slice_axis")),
+        num_stacks=int(parser.get_parsed_content("num_stacks")),
+        stacks_as_batch=stacks_as_batch,
+    )
+    return list(shape), count
 
 
 #: Top-level knobs ``inference.json`` shares with ``train.json`` (others, e.g. ``epochs``, exist only in training).
@@ -298,8 +313,8 @@ _INFERENCE_KNOBS = frozenset(
 
 def _evaluation(model: PipelineModel, settings: PipelineSettings) -> dict[str, Any]:
     """The test metrics of a run and its per-subject test probabilities (the report's AUC interval, one-class flag
-    and KD gain come from them), as :class:`~medkd3d.workflows.report.ModelResult` fields."""
-    from medkd3d.workflows.report import read_predictions
+    and KD gain come from them), as :class:`~medkd3d.pipeline.report.ModelResult` fields."""
+    from medkd3d.pipeline.report import read_predictions
 
     out = settings.out_dir / model.name / "eval"
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
@@ -318,7 +333,7 @@ def _measure(
     """
     from medkd3d.export import export_model, load_bundle
     from medkd3d.networks.profile import count_gflops, count_parameters, measure_latency
-    from medkd3d.workflows.report import ModelResult
+    from medkd3d.pipeline.report import ModelResult
 
     out = settings.out_dir / model.name
     infer_overrides = {k: v for k, v in overrides.items() if k in _INFERENCE_KNOBS or k.startswith("network_def#")}
@@ -387,6 +402,158 @@ def _training_state(marker: Path, identity: Mapping[str, Any]) -> str | None:
     return state if state in ("started", "finished") else None
 
 
+def format_duration(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 05 s"`` or ``"1 h 02 min"``: a duration as a person reads it in a log."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class StepClock:
+    """Step count, elapsed time and a rough time left for the pipeline's phases, for its log lines.
+
+    The time left of a phase (trainings, evaluations, exports) is the mean duration of its finished steps times
+    the steps still to finish, shared by the workers running them: a guess, since steps differ (a teacher trains
+    longer than a student), said as "about".
+
+    Args:
+        started: ``time.perf_counter()`` when the pipeline started.
+        clock: the time source (a test passes a fake one).
+    """
+
+    def __init__(self, started: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.started = started
+        self.clock = clock
+        self.phase("", 0)
+
+    def phase(self, name: str, total: int, workers: int = 1) -> None:
+        """Start a phase of ``total`` steps run ``workers`` at a time, e.g. ``phase("trainings", 8)``."""
+        self._phase, self._total, self._workers = name, total, max(1, workers)
+        self._started_steps = 0
+        self._durations: list[float] = []
+
+    def start(self) -> str:
+        """Count a step as started and return its log prefix."""
+        self._started_steps += 1
+        text = f"[{self._phase} {self._started_steps}/{self._total}, {format_duration(self.clock() - self.started)} elapsed"
+        if self._durations:
+            mean = sum(self._durations) / len(self._durations)
+            left = mean * (self._total - len(self._durations)) / self._workers
+            text += f", about {format_duration(left)} left for the {self._phase}"
+        return text + "]"
+
+    def finish(self, seconds: float) -> None:
+        """Record the duration of a finished step."""
+        self._durations.append(seconds)
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[str]:
+        """A step run here: yields its log prefix and records its duration when the block ends."""
+        started = self.clock()
+        yield self.start()
+        self.finish(self.clock() - started)
+
+
+def _train_all(
+    models: Sequence[PipelineModel],
+    roots: Mapping[str, Path],
+    profiles: Mapping[str, list[str]],
+    runs: Mapping[str, dict[str, Any]],
+    settings: PipelineSettings,
+    clock: StepClock,
+) -> None:
+    """Train every model whose training has not finished in an earlier run, ``settings.jobs`` at a time.
+
+    A rerun after a kill skips the runs whose training finished (their marker file says so, with the same
+    settings) and resumes the one that was in flight. With ``jobs > 1`` the trainings run in worker processes
+    (:mod:`medkd3d.pipeline.scheduler`: each teacher before its distilled students, each run's output in its
+    ``train.log``); with one job they run here, their output in this log.
+    """
+    from medkd3d.bundles import run_bundle_config
+    from medkd3d.pipeline.scheduler import TrainingJob, run_training_jobs, threads_per_job
+    from medkd3d.utils import atomic_write_text
+
+    markers = {m.name: Path(runs[m.name]["ckpt_dir"]) / TRAINING_MARKER for m in models}
+    identities = {m.name: _training_identity(runs[m.name], profiles[m.bundle]) for m in models}
+    states = {m.name: _training_state(markers[m.name], identities[m.name]) for m in models}
+    for name, state in states.items():
+        if state == "finished":
+            logger.info("=== %s: trained by an earlier run with these settings (%s), skipped ===", name, markers[name])
+    todo = [m for m in models if states[m.name] != "finished"]
+    workers = max(1, min(settings.jobs, len(todo)))
+    clock.phase("trainings", len(todo), workers)
+
+    def mark(model: PipelineModel, state: str) -> None:
+        text = json.dumps({"state": state, "settings": identities[model.name]}, indent=2) + "\n"
+        atomic_write_text(markers[model.name], text)
+
+    def announce(model: PipelineModel, where: str = "") -> None:
+        verb = "resuming" if states[model.name] == "started" else "training"
+        logger.info(
+            "=== %s %s %s (profiles %s)%s ===", clock.start(), verb, model.name, profiles[model.bundle], where
+        )  # fmt: skip
+        mark(model, "started")
+
+    def overrides(model: PipelineModel) -> dict[str, Any]:
+        return {**runs[model.name], "resume": states[model.name] == "started"}
+
+    if workers == 1:
+        for model in todo:
+            began = clock.clock()
+            announce(model)
+            run_bundle_config(
+                roots[model.bundle], "train.json", tracking=settings.tracking, profiles=profiles[model.bundle],
+                **overrides(model),
+            )  # fmt: skip
+            clock.finish(clock.clock() - began)
+            mark(model, "finished")
+        return
+    by_name = {m.name: m for m in todo}
+    kd_teachers = {m.name: m.teacher for m in todo if m.kd and m.teacher}
+    jobs = [
+        TrainingJob(
+            name=m.name,
+            bundle_root=str(roots[m.bundle]),
+            profiles=tuple(profiles[m.bundle]),
+            overrides=overrides(m),
+            log_path=str(settings.out_dir / m.name / "train.log"),
+            after=kd_teachers[m.name] if kd_teachers.get(m.name) in by_name else None,
+            priority=0 if not m.teacher else 1 if m.kd else 2,  # the longest chain first
+            tracking=settings.tracking,
+        )
+        for m in todo
+    ]
+    logger.info(
+        "Training %d runs, %d at a time in worker processes (%d PyTorch threads each; --jobs); each run's output "
+        "goes to <out>/<run>/train.log.", len(jobs), workers, threads_per_job(workers),
+    )  # fmt: skip
+
+    def finished(job: TrainingJob, seconds: float) -> None:
+        clock.finish(seconds)
+        mark(by_name[job.name], "finished")
+        logger.info("=== %s trained in %s ===", job.name, format_duration(seconds))
+
+    run_training_jobs(
+        jobs,
+        workers,
+        on_start=lambda job: announce(by_name[job.name], f" in a worker, log {job.log_path}"),
+        on_finish=finished,
+        skipped={m.name for m in models if states[m.name] == "finished"},
+    )
+
+
+def _training_threads(jobs: int) -> int:
+    """PyTorch threads of each training: this process's with one job, a share of the CPUs with several."""
+    import torch
+
+    from medkd3d.pipeline.scheduler import threads_per_job
+
+    return torch.get_num_threads() if jobs <= 1 else threads_per_job(jobs)
+
+
 def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     """Run the whole job through the bundles and write the comparison report.
 
@@ -406,11 +573,10 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     """
     import torch
 
+    from medkd3d.bundles import find_bundle_root, read_profiles, run_bundle_config
+    from medkd3d.bundles.data import ensure_dataset, prepare_dataset
     from medkd3d.data import write_datalist
-    from medkd3d.utils import atomic_write_text
-    from medkd3d.workflows.bundle import find_bundle_root, read_profiles, run_bundle_config
-    from medkd3d.workflows.data import ensure_dataset, prepare_dataset
-    from medkd3d.workflows.report import baseline_result, bundle_evaluation_split, write_report
+    from medkd3d.pipeline.report import baseline_result, bundle_evaluation_split, write_report
 
     started = time.perf_counter()
     out = settings.out_dir
@@ -442,40 +608,28 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     }
     shared.update({k: v for k, v in shorthands.items() if v is not None})
     runs = {m.name: _overrides(m, settings, shared) for m in models}
+    clock = StepClock(started)
+    _train_all(models, roots, profiles, runs, settings, clock)
+    clock.phase("evaluations", len(models))
     for model in models:
-        # a rerun after a kill skips the runs whose training finished and resumes the one that was in flight
-        marker = Path(runs[model.name]["ckpt_dir"]) / TRAINING_MARKER
-        identity = _training_identity(runs[model.name], profiles[model.bundle])
-        state = _training_state(marker, identity)
-        if state == "finished":
-            logger.info("=== %s: trained by an earlier run with these settings (%s), skipped ===", model.name, marker)
-            continue
-        resume = state == "started"
-        logger.info(
-            "=== %s %s (profiles %s) ===", "resuming" if resume else "training", model.name, profiles[model.bundle]
-        )
-        atomic_write_text(marker, json.dumps({"state": "started", "settings": identity}, indent=2) + "\n")
-        run_bundle_config(
-            roots[model.bundle], "train.json", tracking=settings.tracking, profiles=profiles[model.bundle],
-            **{**runs[model.name], "resume": resume},
-        )  # fmt: skip
-        atomic_write_text(marker, json.dumps({"state": "finished", "settings": identity}, indent=2) + "\n")
-    for model in models:
-        logger.info("=== evaluating %s ===", model.name)
-        run_bundle_config(
-            roots[model.bundle], ["train.json", "evaluate.json"], workflow_type="infer",
-            profiles=profiles[model.bundle], **runs[model.name],
-        )  # fmt: skip
+        with clock.step() as progress:
+            logger.info("=== %s evaluating %s ===", progress, model.name)
+            run_bundle_config(
+                roots[model.bundle], ["train.json", "evaluate.json"], workflow_type="infer",
+                profiles=profiles[model.bundle], **runs[model.name],
+            )  # fmt: skip
     # what the runs got from their profiles, for the configs the profiles are not merged into (inference.json)
     overrides = {m.name: {**read_profiles(roots[m.bundle], profiles[m.bundle]), **runs[m.name]} for m in models}
     results: dict[str, ModelResult] = {}
+    clock.phase("exports", sum(m.kd or not m.teacher for m in models))
     for model in models:  # a twin comes after its student, whose network it shares
         if not model.kd and model.teacher:
             results[model.bundle].no_kd_twin = model.name  # the report measures the student's KD gain against it
             results[model.name] = _no_kd_result(model, results[model.bundle], settings)
             continue
-        logger.info("=== exporting and profiling %s ===", model.name)
-        results[model.name] = _measure(model, roots[model.bundle], overrides[model.name], settings, datalist)
+        with clock.step() as progress:
+            logger.info("=== %s exporting and profiling %s ===", progress, model.name)
+            results[model.name] = _measure(model, roots[model.bundle], overrides[model.name], settings, datalist)
     # the trivial baseline on exactly the subjects the bundles trained, selected and tested on
     split, evaluate_split = bundle_evaluation_split(roots[models[0].bundle], overrides[models[0].name])
     try:
@@ -494,8 +648,8 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
             )
             for key in ("epochs", "spatial_size", "batch_size")
         },
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "trainings": f"{settings.jobs} at a time, {_training_threads(settings.jobs)} torch threads each",
         "total time": f"{time.perf_counter() - started:.0f} s",
     }
     return write_report(list(results.values()), out, context, baseline=baseline, evaluate_split=evaluate_split)
@@ -529,118 +683,3 @@ def parse_bundle_override(text: str) -> tuple[str | None, str, Any]:
             f"{text!r}: {match['bundle']!r} is not a bundle of the pipeline; BUNDLE:KEY=VALUE takes one of {known}."
         )
     return match["bundle"], match["key"], value
-
-
-def _profile_name(text: str) -> str:
-    """Argparse type of ``--profile``: a profile that at least one bundle of the pipeline has."""
-    from medkd3d.workflows.bundle import find_bundle_root, list_profiles
-
-    available: set[str] = set()
-    for model in MODELS:
-        try:
-            available.update(list_profiles(find_bundle_root(model.bundle)))
-        except FileNotFoundError:  # run_pipeline reports a missing bundle with its own message
-            continue
-    if text not in available:
-        raise argparse.ArgumentTypeError(
-            f"unknown profile {text!r}; the bundles have {sorted(available)} (configs/profiles/<name>.json)"
-        )
-    return text
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``medkd3d pipeline`` to the command line."""
-    parser = subparsers.add_parser(
-        "pipeline",
-        help="train teachers, distill students, evaluate, export and compare - all through the MONAI bundles",
-        description="(synthesise the dataset if needed) -> train each teacher -> distill each student, and train it "
-        "again without KD (kd_mode=none) -> evaluate every model on the same held-out test subjects -> export -> "
-        "comparison report (Markdown + CSV: chance level, trivial baseline, flags, retention, each student's KD gain "
-        "over its no-KD twin), each step a MONAI bundle run. "
-        "Rerunning the same command after an interruption skips finished trainings and resumes the interrupted one.",
-    )
-    parser.add_argument(
-        "--dataset-dir",
-        type=Path,
-        default=None,
-        help="BraTS dataset root (2018/2019/2020 layouts); a synthetic dataset is generated there if it does not "
-        "exist (default: OUT/data/synthetic_brats2019)",
-    )
-    parser.add_argument("--datalist", type=Path, default=None, help="datalist JSON (`medkd3d datalist`) to use instead")
-    parser.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="output folder (default: %(default)s)")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="--profile quick (32^3 volumes, 16 epochs, a slimmer teacher, ResNet students) plus a small synthetic "
-        "dataset: the whole job in about 12 minutes on 2 idle CPU cores",
-    )
-    parser.add_argument(
-        "--profile",
-        action="append",
-        default=[],
-        type=_profile_name,
-        metavar="NAME",
-        help="merge configs/profiles/NAME.json after train.json of every bundle that has it (repeatable, in order; "
-        "the bundles ship quick, cpu and gpu)",
-    )
-    parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        type=parse_bundle_override,
-        metavar="[BUNDLE:]KEY=VALUE",
-        help="bundle config override over the profiles, VALUE parsed as JSON when it parses, e.g. learning_rate=3e-4 "
-        "or brats_teacher_vggvit3d:network_def#vit_layers=6 for one bundle (its students get the teacher's "
-        "network_def# values as teacher_def#) (repeatable)",
-    )
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: each bundle's)")
-    parser.add_argument("--spatial-size", type=int, default=None, help="volume edge (default: each bundle's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: each bundle's)")
-    parser.add_argument("--num-workers", type=int, default=None, help="data-loading workers (default: each bundle's)")
-    parser.add_argument("--fold", type=int, default=0, help="cross-validation fold (default: %(default)s)")
-    parser.add_argument("--num-folds", type=int, default=None, help="number of folds (default: 5, quick: 4)")
-    parser.add_argument(
-        "--bundles",
-        nargs="+",
-        default=None,
-        metavar="BUNDLE",
-        choices=[m.bundle for m in MODELS],
-        help="run only these bundles (and their teachers)",
-    )
-    parser.add_argument(
-        "--no-kd-baselines",
-        dest="kd_baselines",
-        action="store_false",
-        help="do not train the students without KD: by default each student bundle is also trained with "
-        "kd_mode=none into OUT/<bundle>_no_kd/ and evaluated on the same test subjects, and the report shows its row "
-        "and the student's KD gain over it (one more student training per student)",
-    )
-    parser.add_argument("--tracking", choices=["mlflow"], default=None, help="track the training runs with MLflow")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    settings = replace(PipelineSettings(out_dir=args.out), **(QUICK if args.quick else {}))
-    profiles = [*settings.profiles, *(p for p in args.profile if p not in settings.profiles)]
-    bundle_overrides: dict[str, dict[str, Any]] = {}
-    for bundle, key, value in args.override:
-        if bundle is not None:
-            bundle_overrides.setdefault(bundle, {})[key] = value
-    overrides = {key: value for bundle, key, value in args.override if bundle is None}
-    settings = replace(settings, profiles=profiles, overrides=overrides, bundle_overrides=bundle_overrides)
-    chosen = {
-        "dataset_dir": args.dataset_dir,
-        "datalist": args.datalist,
-        "epochs": args.epochs,
-        "spatial_size": args.spatial_size,
-        "batch_size": args.batch_size,
-        "num_workers": args.num_workers,
-        "num_folds": args.num_folds,
-        "bundles": args.bundles,
-        "tracking": args.tracking,
-        "kd_baselines": args.kd_baselines,
-    }
-    settings = replace(settings, fold=args.fold, **{k: v for k, v in chosen.items() if v is not None})
-    markdown, table = run_pipeline(settings)
-    print(f"report: {markdown}\ntable:  {table}")
-    return 0
