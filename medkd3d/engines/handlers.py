@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import random
@@ -21,6 +19,8 @@ from monai.handlers import CheckpointLoader, CheckpointSaver, EarlyStopHandler, 
 from monai.utils import evenly_divisible_all_gather, string_list_all_gather
 
 from medkd3d.bundles.io import attach_config
+from medkd3d.engines.metrics import predicted_classes
+from medkd3d.reporting import csv_text
 from medkd3d.utils import atomic_path, atomic_write_text, lock_folder, remove_stale_temp_files, unlock_folder
 
 __all__ = [
@@ -541,16 +541,19 @@ class ClassProbabilityWriter:
         engine.logger.info(f"Wrote class probabilities of {len(subjects)} subjects to {self.path}.")
 
     def _to_csv(self, subjects: list[str], probabilities: torch.Tensor, labels: list[int]) -> str:
-        from medkd3d.engines.metrics import predicted_classes
-
-        rows = [["subject", *(f"prob_{name}" for name in self.class_names), "predicted", "label"]]
-        predicted_indices = predicted_classes(probabilities.reshape(-1, len(self.class_names)), self.threshold)
-        for subject, probs, index, label in zip(subjects, probabilities.tolist(), predicted_indices, labels):
-            predicted = self.class_names[index]
-            rows.append(
-                [subject, *(f"{p:.6f}" for p in probs), predicted, self.class_names[label] if label >= 0 else ""]
+        columns = ["subject", *(f"prob_{name}" for name in self.class_names), "predicted", "label"]
+        predicted = predicted_classes(probabilities, self.threshold)
+        rows = [
+            dict(
+                zip(
+                    columns,
+                    [subject, *(f"{p:.6f}" for p in probs), self.class_names[index],
+                     self.class_names[label] if label >= 0 else ""],
+                )
             )
-        return _csv_text(rows)
+            for subject, probs, index, label in zip(subjects, probabilities.tolist(), predicted, labels)
+        ]  # fmt: skip
+        return csv_text(rows, columns)
 
 
 def _label_index(label: Any) -> int:
@@ -562,10 +565,3 @@ def _label_index(label: Any) -> int:
         return -1
     # one-hot labels (after AsDiscreted(to_onehot=...)) hold the index as their argmax
     return int(value.argmax()) if value.numel() > 1 else int(value.item())
-
-
-def _csv_text(rows: list[list[Any]]) -> str:
-    """Render rows as CSV text with ``\\n`` line endings."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()

@@ -212,9 +212,9 @@ def _check_overrides(settings: PipelineSettings) -> None:
         raise ValueError(f"Overrides for unknown bundle(s) {unknown}; the pipeline runs {known}.")
     for where, overrides in [("--override", settings.overrides), *settings.bundle_overrides.items()]:
         for key in overrides:
-            if key.split("#")[0].split("::")[0] in _PIPELINE_KEYS:
-                option = _PIPELINE_KEYS[key.split("#")[0].split("::")[0]]
-                raise ValueError(f"{where}: {key} is set by the pipeline itself; use {option} instead.")
+            root = key.split("#")[0].split("::")[0]
+            if root in _PIPELINE_KEYS:
+                raise ValueError(f"{where}: {key} is set by the pipeline itself; use {_PIPELINE_KEYS[root]} instead.")
 
 
 def _bundle_profiles(roots: Mapping[str, Path], profiles: Sequence[str]) -> dict[str, list[str]]:
@@ -464,13 +464,16 @@ def _train_all(
     runs: Mapping[str, dict[str, Any]],
     settings: PipelineSettings,
     clock: StepClock,
-) -> None:
+) -> int:
     """Train every model whose training has not finished in an earlier run, ``settings.jobs`` at a time.
 
     A rerun after a kill skips the runs whose training finished (their marker file says so, with the same
     settings) and resumes the one that was in flight. With ``jobs > 1`` the trainings run in worker processes
     (:mod:`medkd3d.pipeline.scheduler`: each teacher before its distilled students, each run's output in its
     ``train.log``); with one job they run here, their output in this log.
+
+    Returns:
+        How many trainings ran at a time (1 when they ran here).
     """
     from medkd3d.bundles import run_bundle_config
     from medkd3d.pipeline.scheduler import TrainingJob, run_training_jobs, threads_per_job
@@ -490,11 +493,9 @@ def _train_all(
         text = json.dumps({"state": state, "settings": identities[model.name]}, indent=2) + "\n"
         atomic_write_text(markers[model.name], text)
 
-    def announce(model: PipelineModel, where: str = "") -> None:
+    def announce(model: PipelineModel, progress: str, where: str = "") -> None:
         verb = "resuming" if states[model.name] == "started" else "training"
-        logger.info(
-            "=== %s %s %s (profiles %s)%s ===", clock.start(), verb, model.name, profiles[model.bundle], where
-        )  # fmt: skip
+        logger.info("=== %s %s %s (profiles %s)%s ===", progress, verb, model.name, profiles[model.bundle], where)
         mark(model, "started")
 
     def overrides(model: PipelineModel) -> dict[str, Any]:
@@ -502,17 +503,15 @@ def _train_all(
 
     if workers == 1:
         for model in todo:
-            began = clock.clock()
-            announce(model)
-            run_bundle_config(
-                roots[model.bundle], "train.json", tracking=settings.tracking, profiles=profiles[model.bundle],
-                **overrides(model),
-            )  # fmt: skip
-            clock.finish(clock.clock() - began)
+            with clock.step() as progress:
+                announce(model, progress)
+                run_bundle_config(
+                    roots[model.bundle], "train.json", tracking=settings.tracking, profiles=profiles[model.bundle],
+                    **overrides(model),
+                )  # fmt: skip
             mark(model, "finished")
-        return
+        return workers
     by_name = {m.name: m for m in todo}
-    kd_teachers = {m.name: m.teacher for m in todo if m.kd and m.teacher}
     jobs = [
         TrainingJob(
             name=m.name,
@@ -520,7 +519,7 @@ def _train_all(
             profiles=tuple(profiles[m.bundle]),
             overrides=overrides(m),
             log_path=str(settings.out_dir / m.name / "train.log"),
-            after=kd_teachers[m.name] if kd_teachers.get(m.name) in by_name else None,
+            after=m.teacher if m.kd and m.teacher in by_name else None,  # a teacher trained earlier is no wait
             priority=0 if not m.teacher else 1 if m.kd else 2,  # the longest chain first
             tracking=settings.tracking,
         )
@@ -539,10 +538,11 @@ def _train_all(
     run_training_jobs(
         jobs,
         workers,
-        on_start=lambda job: announce(by_name[job.name], f" in a worker, log {job.log_path}"),
+        on_start=lambda job: announce(by_name[job.name], clock.start(), f" in a worker, log {job.log_path}"),
         on_finish=finished,
         skipped={m.name for m in models if states[m.name] == "finished"},
     )
+    return workers
 
 
 def _training_threads(jobs: int) -> int:
@@ -609,7 +609,7 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     shared.update({k: v for k, v in shorthands.items() if v is not None})
     runs = {m.name: _overrides(m, settings, shared) for m in models}
     clock = StepClock(started)
-    _train_all(models, roots, profiles, runs, settings, clock)
+    workers = _train_all(models, roots, profiles, runs, settings, clock)
     clock.phase("evaluations", len(models))
     for model in models:
         with clock.step() as progress:
@@ -649,7 +649,7 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
             for key in ("epochs", "spatial_size", "batch_size")
         },
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "trainings": f"{settings.jobs} at a time, {_training_threads(settings.jobs)} torch threads each",
+        "trainings": f"{workers} at a time, {_training_threads(workers)} torch threads each",
         "total time": f"{time.perf_counter() - started:.0f} s",
     }
     return write_report(list(results.values()), out, context, baseline=baseline, evaluate_split=evaluate_split)
