@@ -51,6 +51,7 @@ from medkd3d.ablation.grid import KD_MODES, ResultStore, RunSpec, parse_size, si
 from medkd3d.ablation.runner import STUDENTS, student_teacher
 from medkd3d.ablation.stats import bootstrap_ci, kd_gains
 from medkd3d.engines.honesty import auc_ratio, margin_retention
+from medkd3d.export.cli import parse_override
 from medkd3d.utils import atomic_path
 
 #: The full study's synthetic dataset: 150 + 150 subjects, so a test fraction of 0.2 holds out 60 test subjects and
@@ -81,6 +82,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: --epochs, quick: 3)")
     parser.add_argument("--spatial-size", type=int, help="volume edge (default: the --profile's, else 64; quick: 32)")
     parser.add_argument("--profile", action="append", dest="profiles", help="bundle config overlay (repeatable)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        type=parse_override,
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="config override for every bundle run, JSON value (repeatable), e.g. --override amp=false",
+    )
     parser.add_argument("--device", help="training device (default: the bundles' choice; quick: cpu)")
     parser.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's; quick: 1)")
     parser.add_argument(
@@ -124,6 +133,7 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
         "spatial_size": args.spatial_size or (32 if quick else None if args.profiles else 64),
         "tiny": quick,
         "profiles": tuple(args.profiles or ()),
+        "overrides": dict(args.overrides or ()),
         "batch_size": 2 if quick else None,
         "device": args.device or ("cpu" if quick else None),
         "threads": args.threads or (1 if quick else None),
@@ -299,8 +309,10 @@ def format_markdown(
         "",
         f"Every model is its bundle's `train.json` run with overrides (medkd3d.ablation) and evaluated by its "
         f"`evaluate.json` on the same **{n_test} held-out test subjects** (test fraction {config.test_fraction}); the "
-        f"checkpoint is selected on the fold's validation subjects. Seeds {list(config.seeds)} x {config.folds} folds; "
+        f"checkpoint is selected on the fold's validation subjects, and so is the decision threshold behind the "
+        f"balanced accuracy (Youden's J; AUC does not depend on it). Seeds {list(config.seeds)} x {config.folds} folds; "
         f"profiles {list(config.profiles) or 'none'}; "
+        f"{f'overrides {dict(config.overrides)}; ' if config.overrides else ''}"
         f"spatial size {config.spatial_size or 'the profile default'}; epochs {config.epochs or 'bundle default'} (teachers "
         f"{config.teacher_epochs or config.epochs or 'bundle default'}). Chance: balanced accuracy 0.5, AUC 0.5. "
         "Intervals are 95% percentile bootstraps over the (seed, fold) runs; folds share subjects, so they describe "

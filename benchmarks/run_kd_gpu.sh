@@ -15,6 +15,7 @@
 # CPU rehearsal (small dataset made beforehand, 1 epoch, one fold, a short budget):
 #   DEVICE=cpu INSTALL_WHEELS=0 OUT=/tmp/kd_out STUDY=/tmp/kd_study DATASET_DIR=/tmp/kd_data BUDGET_S=200 SEEDS=0 \
 #   RUN_FOLDS=0 EXTRA="--epochs 1 --teacher-epochs 1 --labelled-per-class 4" bash benchmarks/run_kd_gpu.sh
+# Without mixed precision (the bundles turn AMP on wherever CUDA is): EXTRA="--override amp=false" ...
 # Writes to $OUT (flat): kd_synthetic.md, kd_synthetic.csv, kd_gpu.log, kd_runs.tar.gz (every result JSON).
 set -u
 START=$(date +%s)

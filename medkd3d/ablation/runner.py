@@ -357,6 +357,8 @@ def _read_evaluation(eval_dir: Path) -> dict[str, Any]:
     return {
         **{key: metrics.get(key) for key in METRIC_KEYS},
         "test_subjects": metrics.get("num_samples"),
+        # the decision threshold evaluate.json chose on the validation subjects (behind the balanced accuracy)
+        "threshold": metrics.get("threshold"),
         "predicted_classes": len(predicted),
         # the class a run predicts for every test subject (None when it predicts several): flagged by the report
         "one_class": next(iter(predicted)) if len(predicted) == 1 else None,
@@ -421,7 +423,7 @@ class _Study:
         config = self.config
         overrides: dict[str, Any] = {}
         if config.tiny:
-            overrides.update(tiny_overrides(self.roots[bundle], config.spatial_size or 32))
+            overrides.update(tiny_overrides(self.roots[bundle], config.spatial_size or 32, config.profiles))
         overrides.update(config.bundle_overrides.get(bundle, {}))
         return overrides
 

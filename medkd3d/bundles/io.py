@@ -285,12 +285,14 @@ def bundle_command(bundle_root: str | os.PathLike, config: str | Sequence[str] =
     return f'python -m monai.bundle run --config_file "[{",".join(repr(f) for f in files)}]"'
 
 
-def tiny_overrides(bundle_root: str | os.PathLike, spatial: int = 32) -> dict[str, Any]:
+def tiny_overrides(bundle_root: str | os.PathLike, spatial: int = 32, profiles: Sequence[str] = ()) -> dict[str, Any]:
     """Config overrides that make a bundle's network tiny (the registry's ``tiny_kwargs``), for tests and smoke runs.
 
     Args:
         bundle_root: a bundle whose ``network_def`` builds a registered model (``_target_`` ``create_model``).
         spatial: edge of the cubic ``spatial_size``.
+        profiles: the bundle profiles the run merges; their ``network_def#name`` (e.g. the ``quick`` profile's
+            ResNet) decides which model's tiny arguments apply.
 
     Returns:
         ``{"spatial_size": [...], "network_def#<arg>": value, ...}``.
@@ -300,8 +302,7 @@ def tiny_overrides(bundle_root: str | os.PathLike, spatial: int = 32) -> dict[st
     """
     from medkd3d.networks import get_model_entry
 
-    network_def = json.loads((Path(bundle_root) / "configs" / "inference.json").read_text(encoding="utf-8"))
-    network_def = network_def["network_def"]
+    network_def = bundle_parser(bundle_root, profiles=profiles).get("network_def")
     if not str(network_def.get("_target_", "")).endswith("create_model"):
         raise ValueError(
             f"{bundle_root}: network_def is not built by medkd3d.networks.create_model; no tiny configuration."

@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="--profile quick (32^3 volumes, 16 epochs, a slimmer teacher, ResNet students) plus a small synthetic "
+        help="--profile quick (32^3 volumes, 16-24 epochs, a slimmer teacher, ResNet students) plus a small synthetic "
         "dataset and --jobs 2: the whole job in about 9 minutes on 2 idle CPU cores",
     )
     parser.add_argument(

@@ -160,11 +160,11 @@ class PipelineSettings:
     jobs: int = 1
 
 
-#: ``--quick``: the ``quick`` profile of every bundle (``configs/profiles/quick.json``: 32^3 volumes, 16 epochs,
-#: batch 8, a slimmer VGG-ViT teacher - a quarter of the VGG width, a 4-block ViT; the 160M-parameter default is made
-#: for GPUs - and ResNet 3D/2.5D students) plus a small synthetic dataset, fewer folds and latency repeats, and two
-#: trainings at a time: about 9 minutes on two idle CPU cores, in which the VGG-ViT teacher and its students learn
-#: the synthetic task (README).
+#: ``--quick``: the ``quick`` profile of every bundle (``configs/profiles/quick.json``: 32^3 volumes, 16 epochs - 24
+#: for the HDKD pair -, batch 8, a slimmer VGG-ViT teacher - a quarter of the VGG width, a 4-block ViT; the
+#: 160M-parameter default is made for GPUs - and ResNet 3D/2.5D students) plus a small synthetic dataset, fewer folds
+#: and latency repeats, and two trainings at a time: about 9 minutes on two idle CPU cores, in which both teachers
+#: and their students learn the synthetic task (README).
 QUICK: dict[str, Any] = {
     # 200 subjects, so the 20% held-out test split has 40 (the fewest an honest report may rest on); the quick
     # profile's 32^3 volumes need no more than this source resolution

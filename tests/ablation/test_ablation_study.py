@@ -82,6 +82,9 @@ def test_tiny_study_runs_the_bundles_writes_reports_and_resumes(synthetic_brats_
     assert result["unlabelled_subjects"] > 0 and result["teacher"] == "brats_hdkd_teacher3d"
     run_dir = out / "bundle_runs" / result["bundle_run"]
     assert (run_dir / "models" / "model.pt").is_file() and (run_dir / "eval" / "metrics.json").is_file()
+    # the balanced accuracy uses the decision threshold evaluate.json chose on the validation subjects
+    assert result["threshold"] == json.loads((run_dir / "eval" / "metrics.json").read_text())["threshold"]
+    assert 0.0 <= result["threshold"] <= 1.0
     with (run_dir / "eval" / "evaluation_predictions.csv").open(newline="") as f:
         assert sorted(r["subject"] for r in csv.DictReader(f)) == sorted(splits["test"])
     # cross-entropy cannot use unlabelled subjects: the no-KD run of 1+unlabelled is the one of 1, trained once

@@ -41,6 +41,18 @@ def test_a_profile_sets_the_volume_size_and_stages_parse() -> None:
         bench.parse_args(["--stage", "everything"])
 
 
+def test_overrides_reach_every_bundle_run_and_the_report_names_them(tmp_path) -> None:
+    """``--override amp=false`` (e.g. to compare a GPU study with and without mixed precision) is a study setting
+    every bundle run receives, and the report says it was used."""
+    bench = _bench()
+    args = bench.parse_args(["--out", str(tmp_path), "--override", "amp=false", "--override", "learning_rate=3e-4"])
+    config = bench.study_config(args)
+    assert dict(config.overrides) == {"amp": False, "learning_rate": 3e-4}
+    text = bench.format_markdown([], config, 1.0, "machine", "cmd")
+    assert "overrides {'amp': False, 'learning_rate': 0.0003}" in text
+    assert "overrides {" not in bench.format_markdown([], bench.study_config(bench.parse_args([])), 1.0, "m", "c")
+
+
 def test_planned_cells_without_runs_are_reported_missing() -> None:
     bench = _bench()
     rows = [_row("none", 0, 0.6), _row("logit", 0, 0.8), _row("none", 1, 0.7)]  # logit of seed 1 did not finish

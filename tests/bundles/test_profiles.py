@@ -14,7 +14,8 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-from medkd3d.bundles import bundle_command, list_profiles, profile_configs, read_profiles
+from medkd3d.bundles import bundle_command, list_profiles, profile_configs, read_profiles, tiny_overrides
+from medkd3d.networks import get_model_entry
 from medkd3d.pipeline.run import MODELS
 
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
@@ -121,3 +122,18 @@ def test_every_teacher_is_larger_than_its_students(student: str, teacher: str, p
         f"profile {profile or 'train.json'}: teacher {teacher} has {teacher_size:,} parameters, fewer than its "
         f"student {student} ({student_size:,})"
     )
+
+
+@pytest.mark.parametrize("profile", RECIPES)
+@pytest.mark.parametrize("bundle", [m.bundle for m in MODELS])
+def test_tiny_overrides_follow_the_network_a_profile_selects(bundle: str, profile: str | None) -> None:
+    """``ablate --tiny --profile quick`` shrinks the network the profile builds (the 3D student's quick ResNet-10
+    takes no ``depth_multiplier``), so every bundle x profile builds a tiny network."""
+    profiles = [profile] if profile else []
+    overrides = tiny_overrides(BUNDLES_DIR / bundle, 32, profiles)
+    parser = _parser(bundle, profile, {**overrides, "class_names": ["LGG", "HGG"]})
+    name = parser.get("network_def#name")
+    expected = {f"network_def#{k}" for k in get_model_entry(name).tiny_kwargs if k != "img_size"}
+    assert expected <= overrides.keys() and overrides["spatial_size"] == [32, 32, 32]
+    network = parser.get_parsed_content("network_def")  # the failure this guards against: an unknown argument
+    assert sum(p.numel() for p in network.parameters()) < 1_000_000
