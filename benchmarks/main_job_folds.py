@@ -75,7 +75,11 @@ def format_markdown(runs: Sequence[tuple[str, dict[str, dict[str, str]]]], comma
     for bundle in bundles:
         auc, balanced = (_listed(_values(tables, bundle, c)) for c in ("auc", "balanced_accuracy"))
         lines.append(f"| {bundle} | {roles[bundle]} | {auc} | {balanced} |")
-    lines += ["", "| student | " + " | ".join(label for _, label in STUDENT_COLUMNS) + " |", "|---" * 4 + "|"]
+    lines += [
+        "",
+        "| student | " + " | ".join(label for _, label in STUDENT_COLUMNS) + " |",
+        "|---" * (len(STUDENT_COLUMNS) + 1) + "|",
+    ]
     for bundle in (b for b in bundles if roles[b] == "student"):
         cells = []
         for column, _ in STUDENT_COLUMNS:
