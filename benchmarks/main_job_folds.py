@@ -1,8 +1,8 @@
 """The main job over several folds: one table from the ``report.csv`` of several ``medkd3d pipeline`` runs.
 
-``medkd3d pipeline --quick`` reports one fold on 40 held-out test subjects, where one subject moves a balanced
-accuracy by 0.025. Its other folds keep the same test subjects and train and select on other subjects, so running
-each fold and reading the reports together shows how much of one run's result is the fold::
+``medkd3d pipeline --quick`` reports one fold: one training of each model, tested on 160 held-out subjects. Its
+other folds keep the same test subjects and train and select on other subjects, so running each fold and reading
+the reports together shows how much of one run's result is the training subjects and the model selection::
 
     for f in 0 1 2 3; do medkd3d pipeline --quick --fold $f --out runs/quick_f$f; done
     python benchmarks/main_job_folds.py runs/quick_f0 runs/quick_f1 runs/quick_f2 runs/quick_f3

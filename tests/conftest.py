@@ -1,14 +1,31 @@
-"""Shared fixtures: tiny synthetic BraTS datasets made by ``medkd3d synth``'s Python API, seeded."""
+"""Shared fixtures: tiny synthetic BraTS datasets made by ``medkd3d synth``'s Python API, seeded, and the benchmark scripts."""
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 #: Shape of every synthetic test volume: small enough for a fast suite, large enough for a brain and a tumour.
 TINY_SHAPE = (48, 48, 40)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script() -> Callable[[str], ModuleType]:
+    """Import a script of ``benchmarks/`` (a folder of scripts, not a package) by name: ``benchmark_script("bench_kd")``."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True)

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kd.py"
+
+@pytest.fixture
+def bench(benchmark_script):
+    return benchmark_script("bench_kd")
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_kd", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_full_study_covers_the_issue_design() -> None:
-    bench = _bench()
+def test_full_study_covers_the_issue_design(bench) -> None:
     config = bench.study_config(bench.parse_args([]))
     assert len(config.seeds) >= 3 and config.folds >= 2  # >= 3 seeds x folds
     assert set(config.kd_modes) == {"none", "logit", "logit+feature"}
@@ -30,8 +23,7 @@ def test_full_study_covers_the_issue_design() -> None:
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_markdown_and_csv(tmp_path) -> None:
-    bench = _bench()
+def test_quick_benchmark_writes_markdown_and_csv(bench, tmp_path) -> None:
     results = tmp_path / "results"
     argv = ["--quick", "--out", str(tmp_path / "study"), "--results-dir", str(results), "--students",
             "brats_hdkd_student3d", "--folds", "2"]  # fmt: skip

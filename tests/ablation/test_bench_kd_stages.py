@@ -3,27 +3,22 @@ planned run without a result, and no student process that trains a teacher."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from medkd3d.ablation import StudyConfig, run_study, train_teachers
 from medkd3d.ablation.grid import RunSpec
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kd.py"
 STUDENT = "brats_student_effnet3d"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_kd_stages", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def bench(benchmark_script):
+    return benchmark_script("bench_kd")
 
 
 def _row(kd: str, seed: int, auc: float, size: int = 2) -> dict:
@@ -31,8 +26,7 @@ def _row(kd: str, seed: int, auc: float, size: int = 2) -> dict:
             "balanced_accuracy": auc, "teacher": "brats_teacher_vggvit3d", "predicted_classes": 2}  # fmt: skip
 
 
-def test_a_profile_sets_the_volume_size_and_stages_parse() -> None:
-    bench = _bench()
+def test_a_profile_sets_the_volume_size_and_stages_parse(bench) -> None:
     assert bench.study_config(bench.parse_args([])).spatial_size == 64
     args = bench.parse_args(["--profile", "quick", "--stage", "students", "--run-folds", "1", "--since", "5"])
     assert bench.study_config(args).spatial_size is None  # the profile's own (quick.json: 32)
@@ -41,10 +35,9 @@ def test_a_profile_sets_the_volume_size_and_stages_parse() -> None:
         bench.parse_args(["--stage", "everything"])
 
 
-def test_overrides_reach_every_bundle_run_and_the_report_names_them(tmp_path) -> None:
+def test_overrides_reach_every_bundle_run_and_the_report_names_them(bench, tmp_path) -> None:
     """``--override amp=false`` (e.g. to compare a GPU study with and without mixed precision) is a study setting
     every bundle run receives, and the report says it was used."""
-    bench = _bench()
     args = bench.parse_args(["--out", str(tmp_path), "--override", "amp=false", "--override", "learning_rate=3e-4"])
     config = bench.study_config(args)
     assert dict(config.overrides) == {"amp": False, "learning_rate": 3e-4}
@@ -53,8 +46,7 @@ def test_overrides_reach_every_bundle_run_and_the_report_names_them(tmp_path) ->
     assert "overrides {" not in bench.format_markdown([], bench.study_config(bench.parse_args([])), 1.0, "m", "c")
 
 
-def test_planned_cells_without_runs_are_reported_missing() -> None:
-    bench = _bench()
+def test_planned_cells_without_runs_are_reported_missing(bench) -> None:
     rows = [_row("none", 0, 0.6), _row("logit", 0, 0.8), _row("none", 1, 0.7)]  # logit of seed 1 did not finish
     planned = {(STUDENT, 2, "none"): 2, (STUDENT, 2, "logit"): 2, (STUDENT, "2+unlabelled", "logit"): 2}
     teachers = [{"model": "brats_teacher_vggvit3d", "fold": 0, "auc": 0.9, "balanced_accuracy": 0.9}]
@@ -79,8 +71,7 @@ def test_planned_cells_without_runs_are_reported_missing() -> None:
     assert "Every planned run finished." in complete and "none missing" in complete
 
 
-def test_student_stage_skips_kd_runs_whose_teacher_is_missing(tmp_path) -> None:
-    bench = _bench()
+def test_student_stage_skips_kd_runs_whose_teacher_is_missing(bench, tmp_path) -> None:
     args = bench.parse_args(["--out", str(tmp_path), "--stage", "students", "--run-folds", "0"])
     config = bench.study_config(args)
     select = bench._selector(args, config)

@@ -5,7 +5,6 @@ quick profile's size."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -18,16 +17,12 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "benchmarks" / "bench_gpu.py"
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(benchmark_script):
+    return benchmark_script("bench_gpu")
 
 
 @pytest.mark.parametrize("bundle", ["brats_student_effnet25d", "brats_student_effnet3d"])

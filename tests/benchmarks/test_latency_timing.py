@@ -3,7 +3,6 @@ costs a known time, so the stopping rules and the statistics are checked exactly
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,6 @@ from torch import nn
 from medkd3d.export import bench_worker
 from medkd3d.networks import profile
 from medkd3d.networks.profile import latency_stats, measure_latency, time_calls
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeClock:
@@ -94,11 +91,9 @@ def test_measure_latency_times_through_the_one_timer_in_eval_mode(monkeypatch: p
     assert seen["training"] is False and seen["grad"] is False and model.training  # mode restored afterwards
 
 
-def test_the_benchmarks_use_the_one_timer() -> None:
+def test_the_benchmarks_use_the_one_timer(benchmark_script) -> None:
     """No private timing loop is left in the deployment worker or the GPU benchmark."""
-    spec = importlib.util.spec_from_file_location("bench_gpu_timing", REPO / "benchmarks" / "bench_gpu.py")
-    bench_gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_gpu)
+    bench_gpu = benchmark_script("bench_gpu")
     for module in (bench_gpu, bench_worker):
         source = Path(module.__file__).read_text()
         assert "time_calls(" in source and "latency_stats(" in source

@@ -4,12 +4,10 @@ means and lowest values."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "main_job_folds.py"
 COLUMNS = (
     "bundle",
     "role",
@@ -21,11 +19,9 @@ COLUMNS = (
 )
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("main_job_folds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def script(benchmark_script):
+    return benchmark_script("main_job_folds")
 
 
 def _run(folder: Path, fold: int, rows: list[tuple]) -> Path:
@@ -39,8 +35,7 @@ def _run(folder: Path, fold: int, rows: list[tuple]) -> Path:
     return folder
 
 
-def test_runs_are_listed_in_order_with_means_and_the_lowest_student_value(tmp_path) -> None:
-    script = _script()
+def test_runs_are_listed_in_order_with_means_and_the_lowest_student_value(script, tmp_path) -> None:
     first = _run(tmp_path / "a", 0, [("teacher_x", "teacher", 0.9, 0.8, "", "", ""),
                                      ("student_x", "student", 0.8, 0.7, 0.889, 0.667, -0.02)])  # fmt: skip
     second = _run(tmp_path / "b", 1, [("teacher_x", "teacher", 0.95, 0.9, "", "", ""),
@@ -58,7 +53,7 @@ def test_runs_are_listed_in_order_with_means_and_the_lowest_student_value(tmp_pa
     assert "teacher_x |" not in text.split("| student |")[1]  # teachers have no retention row
 
 
-def test_a_folder_without_a_report_is_named(tmp_path) -> None:
+def test_a_folder_without_a_report_is_named(script, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"empty: no report\.csv"):
-        _script().main([str(tmp_path / "empty"), "--out", str(tmp_path / "x.md")])
+        script.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x.md")])
     assert not (tmp_path / "x.md").exists()

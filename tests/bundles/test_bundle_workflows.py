@@ -11,6 +11,7 @@ import torch
 
 from medkd3d.bundles import BUNDLE_NAMES, split_dataset
 from medkd3d.data import discover_brats, write_datalist
+from medkd3d.engines import youden_threshold
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -60,6 +61,13 @@ def test_train_evaluate_infer(
     threshold = metrics["threshold"]
     assert isinstance(threshold, float) and 0.0 <= threshold <= 1.0  # the validation side has both classes
     assert all(row["predicted"] == ("HGG" if float(row["prob_HGG"]) >= threshold else "LGG") for row in predictions)
+    # the validation subjects' probabilities the threshold was chosen from are written beside them, auditable
+    chosen_on = _read_csv(out / "eval" / "threshold_predictions.csv")
+    assert sorted(row["subject"] for row in chosen_on) == sorted(r["subject"] for r in split["val"])
+    probabilities = [[float(row["prob_LGG"]), float(row["prob_HGG"])] for row in chosen_on]
+    labels = [int(row["label"] == "HGG") for row in chosen_on]
+    assert youden_threshold(probabilities, labels) == pytest.approx(threshold, abs=1e-5)
+    assert all(row["predicted"] == ("HGG" if float(row["prob_HGG"]) >= threshold else "LGG") for row in chosen_on)
 
     infer = {**bundle_kit.inference_overrides(bundle, synthetic_brats_root, out), "datalist": str(unlabelled_datalist)}
     infer["output_dir"] = str(tmp_path)

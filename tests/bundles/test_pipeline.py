@@ -35,6 +35,7 @@ def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_
         batch_size=2,
         num_workers=0,
         num_folds=3,
+        test_fraction=0.34,  # reaches every bundle's split and the baseline: 2 of each class's 6 subjects
         bundles=[student],  # its teacher is added
         # tiny networks of train.json's models (the quick profile's student is a ResNet; the tiny overrides are
         # EfficientNet's), so the test keeps running the bundle's own default student
@@ -52,12 +53,12 @@ def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_
 
     with table.open(newline="") as stream:
         rows = {row["bundle"]: row for row in csv.DictReader(stream)}
-    # the trivial baseline comes first, on the same held-out test subjects (2 of the 12: one per class)
+    # the trivial baseline comes first, on the same held-out test subjects (4 of the 12: two per class)
     baseline = rows.pop(next(iter(rows)))
-    assert baseline["role"] == "baseline" and baseline["n"] == "2" and 0.0 <= float(baseline["auc"]) <= 1.0
+    assert baseline["role"] == "baseline" and baseline["n"] == "4" and 0.0 <= float(baseline["auc"]) <= 1.0
     twin = f"{student}_no_kd"  # the student trained again with kd_mode=none, the reference of its KD gain
     assert list(rows) == [teacher, student, twin]
-    assert all(row["n"] == "2" for row in rows.values())
+    assert all(row["n"] == "4" for row in rows.values())
     t, s, w = rows.pop(teacher), rows[student], rows.pop(twin)
     assert (t["role"], s["role"], s["teacher"]) == ("teacher", "student", teacher)
     assert (w["role"], w["teacher"], w["latency_ms"]) == ("student (no KD)", teacher, "nan")  # not timed
@@ -79,7 +80,7 @@ def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_
         _assert_checked_exports(bundle, row, tmp_path, text)
     assert "- profiles: quick\n" in text and "- epochs: 1\n" in text and "- spatial_size: [32, 32, 32]\n" in text
     assert "## Students relative to their teachers" in text and f"| {student} | {teacher} |" in text
-    assert "- evaluation split: test, n = 2 subjects (1 LGG, 1 HGG)" in text and "- chance level: AUC 0.500" in text
+    assert "- evaluation split: test, n = 4 subjects (2 LGG, 2 HGG)" in text and "- chance level: AUC 0.500" in text
     assert "n < 20 test subjects: numbers are noisy" in text and "balanced_accuracy_margin_retention" in text
     assert (tmp_path / "datalist.json").is_file() and (tmp_path / student / "eval" / "metrics.json").is_file()
 
@@ -124,19 +125,29 @@ def test_command_line_maps_to_settings(monkeypatch, tmp_path: Path) -> None:
     )
     (settings,) = seen
     assert settings.out_dir == tmp_path and settings.epochs == 1 and settings.bundles == ["brats_hdkd_student3d"]
-    # --quick is the quick profile of every bundle plus the small synthetic dataset; sizes come from the profiles
+    # --quick is the quick profile of every bundle plus the synthetic dataset, half of it held out for testing;
+    # sizes come from the profiles
     assert settings.profiles == ["quick"] and settings.synthetic == QUICK["synthetic"]
+    assert settings.test_fraction == QUICK["test_fraction"] == 0.5
     assert settings.spatial_size is None and settings.num_workers is None and settings.dataset_dir is None
 
     seen.clear()
     argv = ["pipeline", "--quick", "--profile", "cpu", "--profile", "quick", "--override", "learning_rate=3e-4",
             "--override", "brats_teacher_vggvit3d:network_def#vit_layers=6", "--override", "amp=false",
-            "--override", "brats_teacher_vggvit3d:tag=not json"]  # fmt: skip
+            "--override", "brats_teacher_vggvit3d:tag=not json", "--test-fraction", "0.25"]  # fmt: skip
     assert main(argv) == 0
     (settings,) = seen
     assert settings.profiles == ["quick", "cpu"]  # in order, each once
+    assert settings.test_fraction == 0.25  # over --quick's
     assert settings.overrides == {"learning_rate": 3e-4, "amp": False}
     assert settings.bundle_overrides == {"brats_teacher_vggvit3d": {"network_def#vit_layers": 6, "tag": "not json"}}
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-0.1", "half"])
+def test_test_fraction_outside_zero_to_one_is_a_command_line_error(capsys, value: str) -> None:
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--test-fraction", value])
+    assert "argument --test-fraction:" in capsys.readouterr().err
 
 
 def test_unknown_profile_is_a_command_line_error(capsys) -> None:

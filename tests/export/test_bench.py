@@ -4,7 +4,6 @@ tiny real run through its worker processes."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bench_deploy():
+def bench_deploy(benchmark_script):
     """``benchmarks/bench_deploy.py``, the script that states the project's targets."""
-    spec = importlib.util.spec_from_file_location("bench_deploy", REPO / "benchmarks" / "bench_deploy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("bench_deploy")
 
 
 def _row(bundle, runtime, latency, subject=None, teacher=""):

@@ -1,0 +1,160 @@
+"""Which decision-threshold rule transfers best to unseen subjects? Measured on validation subjects only.
+
+The bundles' ``evaluate.json`` chooses each model's two-class decision threshold on its validation subjects
+(Youden's J, :func:`medkd3d.engines.youden_threshold`) and writes their probabilities to
+``eval/threshold_predictions.csv``. This benchmark compares that rule with the alternatives a reviewer would ask
+about, without touching a test subject: for every validation subject, each rule chooses a threshold on the *other*
+validation subjects of the same model (leave one out), the held-out subject is classified at it, and the balanced
+accuracy of these held-out predictions scores the rule::
+
+    for f in 0 1 2 3; do medkd3d pipeline --quick --fold $f --out runs/quick_f$f; done
+    python benchmarks/threshold_rules.py runs/quick_f0 runs/quick_f1 runs/quick_f2 runs/quick_f3
+
+Rules: ``youden`` (the package's), ``argmax`` (0.5), ``balanced_logistic`` (a logistic calibration of the
+log-odds with balanced class weights, cut where the calibrated odds are even) and ``equal_error`` (where
+sensitivity and specificity are closest). It writes ``benchmarks/results/threshold_rules.md`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from medkd3d.engines import youden_threshold
+from medkd3d.pipeline.report import read_predictions
+from medkd3d.utils import atomic_path
+
+#: A rule: (P(class 1), labels in {0, 1}) of the subjects it may use -> threshold on P(class 1).
+ThresholdRule = Callable[[np.ndarray, np.ndarray], float]
+
+
+def _candidates(scores: np.ndarray) -> np.ndarray:
+    """Midpoints between consecutive distinct scores, and 0 and 1 beyond them (as ``youden_threshold``)."""
+    unique = np.unique(scores)
+    return np.concatenate([[0.0], (unique[:-1] + unique[1:]) / 2, [1.0]])
+
+
+def youden(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The package's rule: maximal sensitivity + specificity (0.5 when one class is missing)."""
+    threshold = youden_threshold(np.stack([1 - scores, scores], axis=1), labels)
+    return 0.5 if threshold is None else threshold
+
+
+def argmax(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The model's own cut, whatever the subjects."""
+    return 0.5
+
+
+def balanced_logistic(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Logistic calibration of the log-odds with balanced class weights, cut where the calibrated odds are even."""
+    log_odds = np.log(np.clip(scores, 1e-7, 1 - 1e-7) / np.clip(1 - scores, 1e-7, 1 - 1e-7))[:, None]
+    model = LogisticRegression(class_weight="balanced", C=1e6).fit(log_odds, labels)
+    slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
+    if slope <= 0:  # the calibration reverses the ranking: no threshold on the model's scores follows from it
+        return 0.5
+    return float(1 / (1 + np.exp(intercept / slope)))
+
+
+def equal_error(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The candidate threshold where sensitivity and specificity are closest."""
+    candidates = _candidates(scores)
+    positives = labels == 1
+    sensitivity = (scores[positives][None, :] >= candidates[:, None]).mean(axis=1)
+    specificity = (scores[~positives][None, :] < candidates[:, None]).mean(axis=1)
+    return float(candidates[np.argmin(np.abs(sensitivity - specificity))])
+
+
+RULES: dict[str, ThresholdRule] = {
+    "youden": youden,
+    "argmax": argmax,
+    "balanced_logistic": balanced_logistic,
+    "equal_error": equal_error,
+}
+
+
+def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean of the two classes' recalls (labels and predictions in {0, 1})."""
+    return float((predicted[labels == 1].mean() + (1 - predicted[labels == 0]).mean()) / 2)
+
+
+def leave_one_out_balanced_accuracy(scores: np.ndarray, labels: np.ndarray, rule: ThresholdRule) -> float:
+    """Balanced accuracy of every subject classified at the threshold ``rule`` chose on the others.
+
+    Raises:
+        ValueError: unless each class has at least two subjects (the rest must keep both classes).
+    """
+    if min(int((labels == 1).sum()), int((labels == 0).sum())) < 2:
+        raise ValueError("leave-one-out needs at least two subjects of each class")
+    keep = np.ones(labels.size, dtype=bool)
+    predicted = np.zeros(labels.size, dtype=np.int64)
+    for i in range(labels.size):
+        keep[i] = False
+        predicted[i] = scores[i] >= rule(scores[keep], labels[keep])
+        keep[i] = True
+    return balanced_accuracy(labels, predicted)
+
+
+def collect(run_dirs: Sequence[Path]) -> dict[str, dict[str, float]]:
+    """``{"<run>/<model>": {rule: leave-one-out balanced accuracy}}`` for every model with threshold predictions.
+
+    Raises:
+        FileNotFoundError: naming a run folder without any ``*/eval/threshold_predictions.csv``.
+    """
+    results: dict[str, dict[str, float]] = {}
+    for run_dir in map(Path, run_dirs):
+        files = sorted(run_dir.glob("*/eval/threshold_predictions.csv"))
+        if not files:
+            raise FileNotFoundError(
+                f"{run_dir}: no */eval/threshold_predictions.csv; evaluate the runs with this version's bundles."
+            )
+        for path in files:
+            probabilities, labels, _ = read_predictions(path)
+            scores, labels = np.asarray(probabilities)[:, 1], np.asarray(labels)
+            name = f"{run_dir.name}/{path.parent.parent.name}"
+            results[name] = {r: leave_one_out_balanced_accuracy(scores, labels, f) for r, f in RULES.items()}
+    return results
+
+
+def format_markdown(results: dict[str, dict[str, float]], command: str) -> str:
+    """Per rule: mean leave-one-out balanced accuracy over the models, and wins / losses against ``youden``."""
+    lines = [
+        "# Decision-threshold rules, compared on validation subjects only",
+        "",
+        f"{len(results)} models. For each validation subject, each rule chose a threshold on the model's other "
+        "validation subjects; the balanced accuracy of the held-out subjects scores the rule (leave one out). "
+        f"No test subject is read. Command: `{command}`.",
+        "",
+        "| rule | mean balanced accuracy (leave one out) | better than youden | worse than youden |",
+        "|---|---|---|---|",
+    ]
+    for rule in RULES:
+        values = [r[rule] for r in results.values()]
+        better = sum(r[rule] > r["youden"] for r in results.values())
+        worse = sum(r[rule] < r["youden"] for r in results.values())
+        lines.append(f"| {rule} | {statistics.mean(values):.3f} | {better} | {worse} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Score the rules on the runs given on the command line, write the Markdown file atomically and print it."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="pipeline output folders")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "threshold_rules.md", help="Markdown file"
+    )
+    args = parser.parse_args(argv)
+    command = "python benchmarks/threshold_rules.py " + " ".join(str(d) for d in args.runs)
+    text = format_markdown(collect(args.runs), command)
+    with atomic_path(args.out) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
