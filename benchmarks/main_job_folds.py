@@ -21,7 +21,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from medkd3d.utils import atomic_path
+from medkd3d.utils import atomic_write_text
 
 #: Report columns summarised per student.
 STUDENT_COLUMNS = (
@@ -99,8 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python benchmarks/main_job_folds.py " + " ".join(str(d) for d in args.runs)
     text = format_markdown([read_run(d) for d in args.runs], command)
-    with atomic_path(args.out) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
+    atomic_write_text(args.out, text)
     print(text)
     return 0
 

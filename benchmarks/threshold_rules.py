@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 
 from medkd3d.engines import youden_threshold
 from medkd3d.pipeline.report import read_predictions
-from medkd3d.utils import atomic_path
+from medkd3d.utils import atomic_write_text
 
 #: A rule: (P(class 1), labels in {0, 1}) of the subjects it may use -> threshold on P(class 1).
 ThresholdRule = Callable[[np.ndarray, np.ndarray], float]
@@ -150,8 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python benchmarks/threshold_rules.py " + " ".join(str(d) for d in args.runs)
     text = format_markdown(collect(args.runs), command)
-    with atomic_path(args.out) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
+    atomic_write_text(args.out, text)
     print(text)
     return 0
 
