@@ -24,19 +24,14 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
 
-from medkd3d.engines import youden_threshold
+from medkd3d.engines import threshold_operating_points, youden_threshold
 from medkd3d.pipeline.report import read_predictions
 from medkd3d.utils import atomic_write_text
 
 #: A rule: (P(class 1), labels in {0, 1}) of the subjects it may use -> threshold on P(class 1).
 ThresholdRule = Callable[[np.ndarray, np.ndarray], float]
-
-
-def _candidates(scores: np.ndarray) -> np.ndarray:
-    """Midpoints between consecutive distinct scores, and 0 and 1 beyond them (as ``youden_threshold``)."""
-    unique = np.unique(scores)
-    return np.concatenate([[0.0], (unique[:-1] + unique[1:]) / 2, [1.0]])
 
 
 def youden(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -52,8 +47,8 @@ def argmax(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def balanced_logistic(scores: np.ndarray, labels: np.ndarray) -> float:
     """Logistic calibration of the log-odds with balanced class weights, cut where the calibrated odds are even."""
-    log_odds = np.log(np.clip(scores, 1e-7, 1 - 1e-7) / np.clip(1 - scores, 1e-7, 1 - 1e-7))[:, None]
-    model = LogisticRegression(class_weight="balanced", C=1e6).fit(log_odds, labels)
+    clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+    model = LogisticRegression(class_weight="balanced", C=1e6).fit(np.log(clipped / (1 - clipped))[:, None], labels)
     slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
     if slope <= 0:  # the calibration reverses the ranking: no threshold on the model's scores follows from it
         return 0.5
@@ -62,10 +57,7 @@ def balanced_logistic(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def equal_error(scores: np.ndarray, labels: np.ndarray) -> float:
     """The candidate threshold where sensitivity and specificity are closest."""
-    candidates = _candidates(scores)
-    positives = labels == 1
-    sensitivity = (scores[positives][None, :] >= candidates[:, None]).mean(axis=1)
-    specificity = (scores[~positives][None, :] < candidates[:, None]).mean(axis=1)
+    candidates, sensitivity, specificity = threshold_operating_points(scores, labels == 1)
     return float(candidates[np.argmin(np.abs(sensitivity - specificity))])
 
 
@@ -75,11 +67,6 @@ RULES: dict[str, ThresholdRule] = {
     "balanced_logistic": balanced_logistic,
     "equal_error": equal_error,
 }
-
-
-def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
-    """Mean of the two classes' recalls (labels and predictions in {0, 1})."""
-    return float((predicted[labels == 1].mean() + (1 - predicted[labels == 0]).mean()) / 2)
 
 
 def leave_one_out_balanced_accuracy(scores: np.ndarray, labels: np.ndarray, rule: ThresholdRule) -> float:
@@ -96,7 +83,7 @@ def leave_one_out_balanced_accuracy(scores: np.ndarray, labels: np.ndarray, rule
         keep[i] = False
         predicted[i] = scores[i] >= rule(scores[keep], labels[keep])
         keep[i] = True
-    return balanced_accuracy(labels, predicted)
+    return float(balanced_accuracy_score(labels, predicted))
 
 
 def collect(run_dirs: Sequence[Path]) -> dict[str, dict[str, float]]:

@@ -48,6 +48,7 @@ from medkd3d.engines.metrics import (
     confusion_matrix,
     predicted_classes,
     roc_auc,
+    threshold_operating_points,
     youden_threshold,
 )
 from medkd3d.engines.soft_targets import (
@@ -117,6 +118,7 @@ __all__ = [
     "roc_auc",
     "summarize_predictions",
     "teacher_fingerprint",
+    "threshold_operating_points",
     "trivial_baseline",
     "unwrap_model",
     "write_metrics",

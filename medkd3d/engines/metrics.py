@@ -43,6 +43,7 @@ __all__ = [
     "confusion_matrix",
     "predicted_classes",
     "roc_auc",
+    "threshold_operating_points",
     "youden_threshold",
 ]
 
@@ -75,6 +76,25 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def threshold_operating_points(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every distinct decision threshold on ``scores`` with its sensitivity and specificity.
+
+    The candidates are the midpoints between consecutive distinct scores, and 0 and 1 beyond them, so a threshold
+    never sits on a subject's score; a subject is called positive when its score reaches the threshold.
+
+    Args:
+        scores: ``[N]`` scores of the positive class, e.g. ``P(class 1)``.
+        positives: ``[N]`` booleans, true for the positive subjects (both classes present).
+
+    Returns:
+        ``(candidates, sensitivity, specificity)``, three arrays with one entry per candidate, increasing thresholds.
+    """
+    unique = np.unique(scores)
+    candidates = np.concatenate([[0.0], (unique[:-1] + unique[1:]) / 2, [1.0]])
+    predicted = scores[None, :] >= candidates[:, None]  # [candidates, N]
+    return candidates, predicted[:, positives].mean(axis=1), 1.0 - predicted[:, ~positives].mean(axis=1)
+
+
 def youden_threshold(probabilities: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float | None:
     """The decision threshold on ``P(class 1)`` that maximises Youden's J (sensitivity + specificity - 1).
 
@@ -97,11 +117,7 @@ def youden_threshold(probabilities: np.ndarray | torch.Tensor, labels: np.ndarra
     positives = labels == 1
     if positives.all() or not positives.any():
         return None
-    scores = np.unique(probabilities[:, 1])
-    candidates = np.concatenate([[0.0], (scores[:-1] + scores[1:]) / 2, [1.0]])
-    predicted = probabilities[:, 1][None, :] >= candidates[:, None]  # [candidates, N]
-    sensitivity = predicted[:, positives].mean(axis=1)
-    specificity = 1.0 - predicted[:, ~positives].mean(axis=1)
+    candidates, sensitivity, specificity = threshold_operating_points(probabilities[:, 1], positives)
     youden = sensitivity + specificity - 1.0
     best = np.flatnonzero(np.isclose(youden, youden.max()))
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])

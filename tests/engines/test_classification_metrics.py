@@ -20,6 +20,7 @@ from medkd3d.engines import (
     OperatingPoint,
     classification_metrics,
     evaluate_classifier,
+    threshold_operating_points,
     write_metrics,
     youden_threshold,
 )
@@ -125,6 +126,18 @@ def test_nan_is_written_as_null(tmp_path):
     assert "auc," in csv_path.read_text()
     with pytest.raises(ValueError, match="plain file stem"):
         write_metrics({}, tmp_path, "a/b")
+
+
+def test_threshold_operating_points_by_hand():
+    candidates, sensitivity, specificity = threshold_operating_points(
+        np.array([0.8, 0.2, 0.6, 0.4, 0.6]), np.array([True, False, True, False, False])
+    )
+    # distinct scores 0.2, 0.4, 0.6, 0.8: their midpoints, and 0 and 1 beyond them
+    np.testing.assert_allclose(candidates, [0.0, 0.3, 0.5, 0.7, 1.0])
+    np.testing.assert_allclose(sensitivity, [1.0, 1.0, 1.0, 0.5, 0.0])
+    np.testing.assert_allclose(
+        specificity, [0.0, 1 / 3, 2 / 3, 1.0, 1.0]
+    )  # the negative at 0.6 is called positive up to 0.5
 
 
 def test_youden_threshold_by_hand():
