@@ -5,8 +5,8 @@
   export, report);
 - :mod:`medkd3d.pipeline.report`: the teacher/student comparison report (:class:`ModelResult`,
   :func:`write_report`: Markdown and CSV, with chance levels, a trivial baseline, retentions and KD gains);
-- :mod:`medkd3d.pipeline.scheduler`: the trainings on several worker processes (``--jobs``), each teacher before
-  its distilled students;
+- :mod:`medkd3d.pipeline.scheduler`: the trainings and evaluations on several worker processes (``--jobs``),
+  each teacher before its distilled students, each evaluation after its training;
 - :mod:`medkd3d.pipeline.cli`: the command line.
 """
 

@@ -126,7 +126,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N",
         help="trainings run at once in worker processes, the CPU threads shared between them, each run's output in "
-        "OUT/<run>/train.log; a distilled student still waits for its teacher (default: 1, quick: 2 on a machine "
+        "OUT/<run>/train.log; a distilled student still waits for its teacher, and the evaluations run in the same "
+        "workers (OUT/<run>/evaluate.log) as they fall idle (default: 1, quick: 2 on a machine "
         "with 2 or more CPUs)",
     )
     parser.add_argument("--tracking", choices=["mlflow"], default=None, help="track the training runs with MLflow")

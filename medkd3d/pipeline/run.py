@@ -138,7 +138,8 @@ class PipelineSettings:
             each artefact passes its parity check or the pipeline fails.
         jobs: trainings run at once, each in a worker process with its share of the CPU threads and its output
             in ``<out_dir>/<run>/train.log`` (:mod:`medkd3d.pipeline.scheduler`); a distilled student still waits
-            for its teacher. 1: one after the other in this process.
+            for its teacher. The evaluations run in the same workers, each after its training and behind every
+            training (output in ``<out_dir>/<run>/evaluate.log``). 1: one after the other in this process.
     """
 
     out_dir: Path = Path("runs/pipeline")
@@ -463,6 +464,10 @@ class StepClock:
         self.finish(self.clock() - started)
 
 
+#: Name suffix of a run's evaluation job in the scheduler (job names are unique; the run's is its training's).
+_EVALUATION_SUFFIX = " (evaluation)"
+
+
 def _train_all(
     models: Sequence[PipelineModel],
     roots: Mapping[str, Path],
@@ -476,10 +481,11 @@ def _train_all(
     A rerun after a kill skips the runs whose training finished (their marker file says so, with the same
     settings) and resumes the one that was in flight. With ``jobs > 1`` the trainings run in worker processes
     (:mod:`medkd3d.pipeline.scheduler`: each teacher before its distilled students, each run's output in its
-    ``train.log``); with one job they run here, their output in this log.
+    ``train.log``), and so do the evaluations of every model (after its training, in ``evaluate.log``); with one
+    job the trainings run here, their output in this log, and the caller evaluates.
 
     Returns:
-        How many trainings ran at a time (1 when they ran here).
+        How many trainings ran at a time (1 when they ran here; then nothing was evaluated).
     """
     from medkd3d.bundles import run_bundle_config
     from medkd3d.pipeline.scheduler import TrainingJob, run_training_jobs, threads_per_job
@@ -531,12 +537,39 @@ def _train_all(
         )
         for m in todo
     ]
+    # every model's evaluation after its training, behind all trainings: they fill the workers the last
+    # trainings leave idle instead of running one after the other once all trainings are done
+    jobs += [
+        TrainingJob(
+            name=f"{m.name}{_EVALUATION_SUFFIX}",
+            bundle_root=str(roots[m.bundle]),
+            profiles=tuple(profiles[m.bundle]),
+            overrides=dict(runs[m.name]),
+            log_path=str(settings.out_dir / m.name / "evaluate.log"),
+            after=m.name if m.name in by_name else None,
+            priority=3,
+            evaluation=True,
+        )
+        for m in models
+    ]
     logger.info(
-        "Training %d runs, %d at a time in worker processes (%d PyTorch threads each; --jobs); each run's output "
-        "goes to <out>/<run>/train.log.", len(jobs), workers, threads_per_job(workers),
+        "Training %d runs, %d at a time in worker processes (%d PyTorch threads each; --jobs), then evaluating "
+        "every run in them; each run's output goes to <out>/<run>/train.log and evaluate.log.",
+        len(by_name), workers, threads_per_job(workers),
     )  # fmt: skip
 
+    def started(job: TrainingJob) -> None:
+        if job.evaluation:
+            run = job.name.removesuffix(_EVALUATION_SUFFIX)
+            logger.info("=== evaluating %s in a worker, log %s ===", run, job.log_path)
+        else:
+            announce(by_name[job.name], clock.start(), f" in a worker, log {job.log_path}")
+
     def finished(job: TrainingJob, seconds: float) -> None:
+        if job.evaluation:
+            run = job.name.removesuffix(_EVALUATION_SUFFIX)
+            logger.info("=== %s evaluated in %s ===", run, format_duration(seconds))
+            return
         clock.finish(seconds)
         mark(by_name[job.name], "finished")
         logger.info("=== %s trained in %s ===", job.name, format_duration(seconds))
@@ -544,7 +577,7 @@ def _train_all(
     run_training_jobs(
         jobs,
         workers,
-        on_start=lambda job: announce(by_name[job.name], clock.start(), f" in a worker, log {job.log_path}"),
+        on_start=started,
         on_finish=finished,
         skipped={m.name for m in models if states[m.name] == "finished"},
     )
@@ -617,14 +650,15 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     runs = {m.name: _overrides(m, settings, shared) for m in models}
     clock = StepClock(started)
     workers = _train_all(models, roots, profiles, runs, settings, clock)
-    clock.phase("evaluations", len(models))
-    for model in models:
-        with clock.step() as progress:
-            logger.info("=== %s evaluating %s ===", progress, model.name)
-            run_bundle_config(
-                roots[model.bundle], ["train.json", "evaluate.json"], workflow_type="infer",
-                profiles=profiles[model.bundle], **runs[model.name],
-            )  # fmt: skip
+    if workers == 1:  # with several workers, every model was evaluated in them
+        clock.phase("evaluations", len(models))
+        for model in models:
+            with clock.step() as progress:
+                logger.info("=== %s evaluating %s ===", progress, model.name)
+                run_bundle_config(
+                    roots[model.bundle], ["train.json", "evaluate.json"], workflow_type="infer",
+                    profiles=profiles[model.bundle], **runs[model.name],
+                )  # fmt: skip
     # what the runs got from their profiles, for the configs the profiles are not merged into (inference.json)
     overrides = {m.name: {**read_profiles(roots[m.bundle], profiles[m.bundle]), **runs[m.name]} for m in models}
     results: dict[str, ModelResult] = {}

@@ -3,8 +3,10 @@
 On a CPU, one PyTorch training of a small 3D network does not keep every core busy (two threads were 1.4x to
 1.7x faster than one on the ``quick`` networks, not 2x), so two trainings with one thread each finish sooner than
 the same two one after the other. Teachers and the no-KD twins need nothing before them; a distilled student
-needs its teacher's checkpoint. Each worker process runs one bundle training at a time with its output (progress
-bar, MONAI's logs) in the run's ``train.log``; the pipeline's own log says when each run starts and ends.
+needs its teacher's checkpoint. A run's evaluation (``evaluate.json``) is a job too, after its training and
+behind every training in priority, so the evaluations fill the workers the last trainings leave idle. Each worker
+process runs one bundle job at a time with its output (progress bar, MONAI's logs) in the run's ``train.log`` or
+``evaluate.log``; the pipeline's own log says when each job starts and ends.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ __all__ = ["TrainingJob", "TrainingJobError", "next_jobs", "run_training_jobs", 
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """One bundle training of the pipeline.
+    """One bundle training, or evaluation, of the pipeline.
 
     Args:
-        name: the run's name (its output folder), e.g. ``brats_student_effnet3d_no_kd``.
+        name: the job's name, unique in a schedule: the run's name (its output folder, e.g.
+            ``brats_student_effnet3d_no_kd``) for a training.
         bundle_root: the bundle directory.
         profiles: the bundle profiles merged after ``train.json``.
         overrides: the run's config overrides.
@@ -38,6 +41,8 @@ class TrainingJob:
         priority: lower starts first among the jobs that may start (teachers, then distilled students, then
             twins: the longest chain first).
         tracking: MONAI experiment tracking (``"mlflow"``) or ``None``.
+        evaluation: run the trained model's evaluation (``train.json`` + ``evaluate.json``, MONAI's ``infer``
+            workflow) instead of its training.
     """
 
     name: str
@@ -48,10 +53,11 @@ class TrainingJob:
     after: str | None = None
     priority: int = 0
     tracking: str | None = None
+    evaluation: bool = False
 
 
 class TrainingJobError(RuntimeError):
-    """A training failed in a worker process; the message names the run, the error and its log file."""
+    """A training or evaluation failed in a worker process; the message names the run, the error and its log file."""
 
 
 def threads_per_job(workers: int, cpu_count: int | None = None) -> int:
@@ -121,16 +127,20 @@ def _train(job: TrainingJob, threads: int) -> float:
     torch.set_num_threads(threads)
     started = time.perf_counter()
     log_path = Path(job.log_path)
+    if job.evaluation:
+        what, configs, workflow, tracking = "evaluating", ["train.json", "evaluate.json"], "infer", None
+    else:
+        what, configs, workflow, tracking = "training", ["train.json"], "train", job.tracking
     with _output_to(log_path):
         try:
             run_bundle_config(
-                job.bundle_root, "train.json", tracking=job.tracking, profiles=job.profiles, **job.overrides
-            )
+                job.bundle_root, configs, workflow_type=workflow, tracking=tracking, profiles=job.profiles,
+                **job.overrides,
+            )  # fmt: skip
         except Exception as error:
             traceback.print_exc()
-            raise TrainingJobError(
-                f"training {job.name} failed: {type(error).__name__}: {error} (log: {log_path})"
-            ) from None
+            message = f"{what} {job.name} failed: {type(error).__name__}: {error} (log: {log_path})"
+            raise TrainingJobError(message) from None
     return time.perf_counter() - started
 
 
@@ -145,7 +155,7 @@ def run_training_jobs(
     """Run ``jobs`` on ``workers`` processes, each job after the one it names, and call back at start and end.
 
     Args:
-        jobs: the trainings.
+        jobs: the trainings and evaluations.
         workers: concurrent worker processes (each with :func:`threads_per_job` PyTorch threads).
         on_start: called in this process when a job is handed to a worker.
         on_finish: called in this process with a job and its duration in seconds when it succeeds.

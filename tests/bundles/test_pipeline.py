@@ -321,8 +321,14 @@ def test_two_jobs_train_in_worker_processes_each_teacher_before_its_student(bund
     logs = {name: (tmp_path / name / "train.log").read_text() for name in list(rows)[1:]}
     # each run's output went to its own log, and the distilled student started after its teacher had finished
     assert all("Epoch[1] Complete" in text for text in logs.values())
-    stamps = {name: re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})", text, re.M) for name, text in logs.items()}
+    log_stamp = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})", re.M)
+    stamps = {name: log_stamp.findall(text) for name, text in logs.items()}
     assert min(stamps[student]) >= max(stamps[teacher])  # ISO timestamps sort as text
+    # every run was evaluated in a worker too, after its training, into its own evaluate.log
+    for name in logs:
+        evaluation = (tmp_path / name / "evaluate.log").read_text()
+        assert "SupervisedEvaluator" in evaluation and (tmp_path / name / "eval" / "metrics.json").is_file()
+        assert min(log_stamp.findall(evaluation)) >= max(stamps[name])
     for name in logs:
         marker = json.loads((tmp_path / name / "models" / "pipeline_training.json").read_text())
         assert marker["state"] == "finished"

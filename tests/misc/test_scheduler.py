@@ -11,16 +11,19 @@ import pytest
 from medkd3d.pipeline.scheduler import (
     TrainingJob,
     TrainingJobError,
+    _train,
     next_jobs,
     run_training_jobs,
     threads_per_job,
 )
 
 
-def _job(name: str, tmp_path: Path, after: str | None = None, priority: int = 0, **overrides) -> TrainingJob:
+def _job(
+    name: str, tmp_path: Path, after: str | None = None, priority: int = 0, evaluation: bool = False, **overrides
+) -> TrainingJob:
     return TrainingJob(
         name=name, bundle_root=str(tmp_path), profiles=(), overrides=overrides, log_path=str(tmp_path / f"{name}.log"),
-        after=after, priority=priority,
+        after=after, priority=priority, evaluation=evaluation,
     )  # fmt: skip
 
 
@@ -82,3 +85,25 @@ def test_a_failed_run_stops_the_schedule_with_its_message(tmp_path: Path) -> Non
 def test_a_job_waiting_for_an_unscheduled_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="wait for runs that are not scheduled"):
         run_training_jobs([_job("student", tmp_path, after="teacher")], workers=2, train=fake_train)
+
+
+def test_evaluations_wait_for_their_training_and_fill_the_worker_the_trainings_leave_idle(tmp_path: Path) -> None:
+    jobs = [
+        _job("teacher", tmp_path, priority=0, seconds=1.0),
+        _job("student", tmp_path, after="teacher", priority=1, seconds=1.0),
+        _job("teacher (evaluation)", tmp_path, after="teacher", priority=3, evaluation=True, seconds=0.2),
+        _job("student (evaluation)", tmp_path, after="student", priority=3, evaluation=True, seconds=0.2),
+    ]
+    run_training_jobs(jobs, workers=2, train=fake_train)
+    runs = {j.name: json.loads(Path(j.log_path).read_text()) for j in jobs}
+    assert runs["teacher (evaluation)"]["start"] >= runs["teacher"]["end"]
+    assert runs["student (evaluation)"]["start"] >= runs["student"]["end"]
+    # the teacher's evaluation ran on the second worker while the student trained
+    assert runs["teacher (evaluation)"]["end"] < runs["student"]["end"]
+
+
+@pytest.mark.parametrize("evaluation, verb", [(False, "training"), (True, "evaluating")])
+def test_a_failing_bundle_run_is_named_with_its_job_and_log(tmp_path: Path, evaluation: bool, verb: str) -> None:
+    job = _job("teacher", tmp_path, evaluation=evaluation)  # tmp_path has no configs/: the bundle run fails
+    with pytest.raises(TrainingJobError, match=rf"^{verb} teacher failed: .* \(log: .*teacher\.log\)$"):
+        _train(job, threads=1)
