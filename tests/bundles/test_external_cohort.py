@@ -1,0 +1,66 @@
+"""benchmarks/external_cohort.py: trained pipeline models tested again on a cohort of another generator seed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medkd3d.pipeline.run import PipelineSettings, run_pipeline
+
+SHAPE = (24, 24, 20)
+
+
+@pytest.fixture
+def script(benchmark_script):
+    return benchmark_script("external_cohort")
+
+
+def test_the_table_lists_each_run_with_the_mean(script) -> None:
+    runs = {"a": {"trivial baseline": (0.8, 0.7), "teacher": (0.9, 0.8)}, "b": {"teacher": (0.95, 0.9)}}
+    text = script.format_markdown(runs, "cohort X", "cmd")
+    assert "Cohort: cohort X. Runs, in this order in every cell: a, b." in text
+    assert "| teacher | 0.900 / 0.950 (mean 0.925) | 0.800 / 0.900 (mean 0.850) |" in text
+    assert "| trivial baseline | 0.800 (mean 0.800) | 0.700 (mean 0.700) |" in text  # missing from run b
+
+
+def test_a_cohort_with_the_runs_own_subjects_is_refused(script, tmp_path: Path) -> None:
+    own = script.cohort_records(tmp_path / "own", 1, 0, SHAPE)
+    same_seed = script.cohort_records(tmp_path / "same", 1, 0, SHAPE)
+    other_seed = script.cohort_records(tmp_path / "other", 1, 1, SHAPE)
+    assert [r["subject"] for r in other_seed] == [r["subject"] for r in own]  # ids repeat across seeds
+    script.check_disjoint(other_seed, own, tmp_path)  # same ids, other subjects: accepted
+    with pytest.raises(ValueError, match=r"subject .* of the cohort .* is the run's own .*another --seed"):
+        script.check_disjoint(same_seed, own, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_run_is_evaluated_on_the_cohort_with_its_own_validation_threshold(script, bundle_kit, tmp_path: Path) -> None:
+    teacher = "brats_teacher_vggvit3d"
+    settings = PipelineSettings(
+        out_dir=tmp_path / "run",
+        dataset_dir=tmp_path / "brats",
+        synthetic={"n_hgg": 6, "n_lgg": 6, "shape": SHAPE, "seed": 0},
+        profiles=["quick"],
+        epochs=1,
+        batch_size=2,
+        num_workers=0,
+        num_folds=3,
+        bundles=[teacher],
+        bundle_overrides={teacher: {**bundle_kit.network_overrides(teacher), "network_def#name": "vggvit3d"}},
+        latency_repeats=1,
+        export_formats=(),
+    )
+    run_pipeline(settings)
+    out = tmp_path / "external.md"
+    args = [str(settings.out_dir), "--seed", "1", "--subjects-per-class", "3", "--shape", *map(str, SHAPE)]
+    assert script.main([*args, "--cohort-dir", str(tmp_path / "cohort"), "--out", str(out)]) == 0
+
+    text = out.read_text()
+    assert "Cohort: 6 synthetic subjects (3 per grade, shape (24, 24, 20), generator seed 1)" in text
+    assert "| trivial baseline |" in text and f"| {teacher} |" in text
+    external = json.loads((settings.out_dir / teacher / "eval_external_seed1" / "metrics.json").read_text())
+    own = json.loads((settings.out_dir / teacher / "eval" / "metrics.json").read_text())
+    assert external["num_samples"] == 6 and 0.0 <= external["auc"] <= 1.0
+    assert external["threshold"] == own["threshold"]  # chosen on the run's validation subjects, not the cohort
