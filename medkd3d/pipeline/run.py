@@ -464,10 +464,6 @@ class StepClock:
         self.finish(self.clock() - started)
 
 
-#: Name suffix of a run's evaluation job in the scheduler (job names are unique; the run's is its training's).
-_EVALUATION_SUFFIX = " (evaluation)"
-
-
 def _train_all(
     models: Sequence[PipelineModel],
     roots: Mapping[str, Path],
@@ -541,7 +537,7 @@ def _train_all(
     # trainings leave idle instead of running one after the other once all trainings are done
     jobs += [
         TrainingJob(
-            name=f"{m.name}{_EVALUATION_SUFFIX}",
+            name=m.name,
             bundle_root=str(roots[m.bundle]),
             profiles=tuple(profiles[m.bundle]),
             overrides=dict(runs[m.name]),
@@ -560,15 +556,13 @@ def _train_all(
 
     def started(job: TrainingJob) -> None:
         if job.evaluation:
-            run = job.name.removesuffix(_EVALUATION_SUFFIX)
-            logger.info("=== evaluating %s in a worker, log %s ===", run, job.log_path)
+            logger.info("=== evaluating %s in a worker, log %s ===", job.name, job.log_path)
         else:
             announce(by_name[job.name], clock.start(), f" in a worker, log {job.log_path}")
 
     def finished(job: TrainingJob, seconds: float) -> None:
         if job.evaluation:
-            run = job.name.removesuffix(_EVALUATION_SUFFIX)
-            logger.info("=== %s evaluated in %s ===", run, format_duration(seconds))
+            logger.info("=== %s evaluated in %s ===", job.name, format_duration(seconds))
             return
         clock.finish(seconds)
         mark(by_name[job.name], "finished")

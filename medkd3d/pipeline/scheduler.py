@@ -31,8 +31,8 @@ class TrainingJob:
     """One bundle training, or evaluation, of the pipeline.
 
     Args:
-        name: the job's name, unique in a schedule: the run's name (its output folder, e.g.
-            ``brats_student_effnet3d_no_kd``) for a training.
+        name: the run's name (its output folder), e.g. ``brats_student_effnet3d_no_kd``; its training and its
+            evaluation share it, and ``after`` names a training.
         bundle_root: the bundle directory.
         profiles: the bundle profiles merged after ``train.json``.
         overrides: the run's config overrides.
@@ -87,9 +87,13 @@ def next_jobs(
     Returns:
         At most ``free_slots`` jobs, in start order.
     """
-    ready = [job for job in pending if job.after is None or job.after in done or job.after in skipped]
-    order = {job.name: index for index, job in enumerate(pending)}
-    return sorted(ready, key=lambda job: (job.priority, order[job.name]))[: max(0, free_slots)]
+    ready = [
+        (index, job)
+        for index, job in enumerate(pending)
+        if job.after is None or job.after in done or job.after in skipped
+    ]
+    # by position, not name: a run's training and evaluation share a name
+    return [job for _, job in sorted(ready, key=lambda item: (item[1].priority, item[0]))][: max(0, free_slots)]
 
 
 @contextlib.contextmanager

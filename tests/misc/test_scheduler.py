@@ -19,11 +19,17 @@ from medkd3d.pipeline.scheduler import (
 
 
 def _job(
-    name: str, tmp_path: Path, after: str | None = None, priority: int = 0, evaluation: bool = False, **overrides
+    name: str,
+    tmp_path: Path,
+    after: str | None = None,
+    priority: int = 0,
+    evaluation: bool = False,
+    log: str | None = None,
+    **overrides,
 ) -> TrainingJob:
     return TrainingJob(
-        name=name, bundle_root=str(tmp_path), profiles=(), overrides=overrides, log_path=str(tmp_path / f"{name}.log"),
-        after=after, priority=priority, evaluation=evaluation,
+        name=name, bundle_root=str(tmp_path), profiles=(), overrides=overrides,
+        log_path=str(tmp_path / f"{log or name}.log"), after=after, priority=priority, evaluation=evaluation,
     )  # fmt: skip
 
 
@@ -91,15 +97,16 @@ def test_evaluations_wait_for_their_training_and_fill_the_worker_the_trainings_l
     jobs = [
         _job("teacher", tmp_path, priority=0, seconds=1.0),
         _job("student", tmp_path, after="teacher", priority=1, seconds=1.0),
-        _job("teacher (evaluation)", tmp_path, after="teacher", priority=3, evaluation=True, seconds=0.2),
-        _job("student (evaluation)", tmp_path, after="student", priority=3, evaluation=True, seconds=0.2),
+        # a run's evaluation shares its training's name and waits for it
+        _job("teacher", tmp_path, after="teacher", priority=3, evaluation=True, log="teacher_eval", seconds=0.2),
+        _job("student", tmp_path, after="student", priority=3, evaluation=True, log="student_eval", seconds=0.2),
     ]
     run_training_jobs(jobs, workers=2, train=fake_train)
-    runs = {j.name: json.loads(Path(j.log_path).read_text()) for j in jobs}
-    assert runs["teacher (evaluation)"]["start"] >= runs["teacher"]["end"]
-    assert runs["student (evaluation)"]["start"] >= runs["student"]["end"]
+    runs = {Path(j.log_path).stem: json.loads(Path(j.log_path).read_text()) for j in jobs}
+    assert runs["teacher_eval"]["start"] >= runs["teacher"]["end"]
+    assert runs["student_eval"]["start"] >= runs["student"]["end"]
     # the teacher's evaluation ran on the second worker while the student trained
-    assert runs["teacher (evaluation)"]["end"] < runs["student"]["end"]
+    assert runs["teacher_eval"]["end"] < runs["student"]["end"]
 
 
 @pytest.mark.parametrize("evaluation, verb", [(False, "training"), (True, "evaluating")])
