@@ -65,11 +65,11 @@ def trained_models(run_dir: Path) -> list[tuple[str, Path, dict[str, Any]]]:
         FileNotFoundError: naming the folder if it holds no finished training.
     """
     from medkd3d.bundles import find_bundle_root
-    from medkd3d.pipeline.run import MODELS, NO_KD_SUFFIX
+    from medkd3d.pipeline.run import MODELS, NO_KD_SUFFIX, TRAINING_MARKER
 
     order = [m.bundle for m in MODELS]  # the report's order: each teacher, its students, each no-KD twin after them
     models = []
-    for marker in Path(run_dir).glob("*/models/pipeline_training.json"):
+    for marker in Path(run_dir).glob(f"*/models/{TRAINING_MARKER}"):
         recorded = json.loads(marker.read_text(encoding="utf-8"))
         name = marker.parents[1].name
         bundle = name.removesuffix(NO_KD_SUFFIX)
@@ -86,7 +86,7 @@ def evaluate_run(run_dir: Path, cohort: list[dict], seed: int) -> dict[str, tupl
     Raises:
         ValueError: from :func:`check_disjoint`.
     """
-    from medkd3d.bundles import run_bundle_config
+    from medkd3d.bundles import evaluate_bundle
     from medkd3d.pipeline.report import baseline_result, bundle_evaluation_split
 
     results: dict[str, tuple[float, float]] = {}
@@ -99,10 +99,7 @@ def evaluate_run(run_dir: Path, cohort: list[dict], seed: int) -> dict[str, tupl
         out = Path(run_dir) / name / f"eval_external_seed{seed}"
         overrides = {**settings["overrides"], "output_dir": str(out)}
         overrides["split"] = {"train": [], "val": split["val"], "test": cohort}  # threshold from its own validation
-        run_bundle_config(
-            bundle_root, ["train.json", "evaluate.json"], workflow_type="infer", logging_file=False,
-            profiles=settings["profiles"], **overrides,
-        )  # fmt: skip
+        evaluate_bundle(bundle_root, logging_file=False, profiles=settings["profiles"], **overrides)
         metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
         results[name] = (metrics["auc"], metrics["balanced_accuracy"])
     return results

@@ -59,7 +59,10 @@ _EXPORTS: dict[str, str] = {
         ],
         "io",
     ),
-    **dict.fromkeys(["BundleOutOfMemoryError", "bundle_logging_file", "is_out_of_memory", "run_bundle_config"], "run"),
+    **dict.fromkeys(
+        ["BundleOutOfMemoryError", "bundle_logging_file", "evaluate_bundle", "is_out_of_memory", "run_bundle_config"],
+        "run",
+    ),
     **dict.fromkeys(
         [
             "SYNTHETIC_DEFAULT",

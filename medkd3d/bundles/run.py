@@ -25,7 +25,7 @@ from typing import Any
 from medkd3d.bundles.io import profile_configs
 from medkd3d.utils import exception_chain
 
-__all__ = ["BundleOutOfMemoryError", "bundle_logging_file", "is_out_of_memory", "run_bundle_config"]
+__all__ = ["BundleOutOfMemoryError", "bundle_logging_file", "evaluate_bundle", "is_out_of_memory", "run_bundle_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -208,3 +208,29 @@ def run_bundle_config(
         if oom is None:
             raise
         raise BundleOutOfMemoryError(_out_of_memory_message(oom, workflow, config_files, Path(bundle_root))) from error
+
+
+def evaluate_bundle(
+    bundle_root: str | os.PathLike,
+    logging_file: str | bool | None = None,
+    profiles: Sequence[str] = (),
+    **overrides: Any,
+) -> Any:
+    """Evaluate a trained bundle: ``train.json`` + ``evaluate.json`` (and ``profiles``), MONAI's ``infer`` workflow.
+
+    Args:
+        bundle_root: the bundle directory.
+        logging_file: see :func:`run_bundle_config`.
+        profiles: the profiles the run was trained with.
+        overrides: the run's config overrides (``ckpt_dir``, ``output_dir``, ``split``...).
+
+    Returns:
+        The values of the config's ``run`` expressions.
+
+    Raises:
+        ValueError, BundleOutOfMemoryError: see :func:`run_bundle_config`.
+    """
+    return run_bundle_config(
+        bundle_root, ["train.json", "evaluate.json"], workflow_type="infer", logging_file=logging_file,
+        profiles=profiles, **overrides,
+    )  # fmt: skip

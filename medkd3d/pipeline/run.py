@@ -606,7 +606,7 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     """
     import torch
 
-    from medkd3d.bundles import find_bundle_root, read_profiles, run_bundle_config
+    from medkd3d.bundles import evaluate_bundle, find_bundle_root, read_profiles
     from medkd3d.bundles.data import ensure_dataset, prepare_dataset
     from medkd3d.data import write_datalist
     from medkd3d.pipeline.report import baseline_result, bundle_evaluation_split, write_report
@@ -649,10 +649,7 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
         for model in models:
             with clock.step() as progress:
                 logger.info("=== %s evaluating %s ===", progress, model.name)
-                run_bundle_config(
-                    roots[model.bundle], ["train.json", "evaluate.json"], workflow_type="infer",
-                    profiles=profiles[model.bundle], **runs[model.name],
-                )  # fmt: skip
+                evaluate_bundle(roots[model.bundle], profiles=profiles[model.bundle], **runs[model.name])
     # what the runs got from their profiles, for the configs the profiles are not merged into (inference.json)
     overrides = {m.name: {**read_profiles(roots[m.bundle], profiles[m.bundle]), **runs[m.name]} for m in models}
     results: dict[str, ModelResult] = {}

@@ -126,23 +126,22 @@ def _train(job: TrainingJob, threads: int) -> float:
     """
     import torch
 
-    from medkd3d.bundles.run import run_bundle_config
+    from medkd3d.bundles.run import evaluate_bundle, run_bundle_config
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
     log_path = Path(job.log_path)
-    if job.evaluation:
-        what, configs, workflow, tracking = "evaluating", ["train.json", "evaluate.json"], "infer", None
-    else:
-        what, configs, workflow, tracking = "training", ["train.json"], "train", job.tracking
     with _output_to(log_path):
         try:
-            run_bundle_config(
-                job.bundle_root, configs, workflow_type=workflow, tracking=tracking, profiles=job.profiles,
-                **job.overrides,
-            )  # fmt: skip
+            if job.evaluation:
+                evaluate_bundle(job.bundle_root, profiles=job.profiles, **job.overrides)
+            else:
+                run_bundle_config(
+                    job.bundle_root, "train.json", tracking=job.tracking, profiles=job.profiles, **job.overrides
+                )
         except Exception as error:
             traceback.print_exc()
+            what = "evaluating" if job.evaluation else "training"
             message = f"{what} {job.name} failed: {type(error).__name__}: {error} (log: {log_path})"
             raise TrainingJobError(message) from None
     return time.perf_counter() - started
