@@ -8,7 +8,8 @@ package, tested, and never in copied config code.
   :func:`require_checkpoint` (the one existence check), :func:`load_weights`, :func:`build_bundle_network` and the
   configuration a checkpoint records (:func:`run_config`, :func:`read_checkpoint_config`, ...);
 - :mod:`medkd3d.bundles.run`: :func:`run_bundle_config` (MONAI's ``ConfigWorkflow``, profiles merged after the
-  configs) and :class:`BundleOutOfMemoryError` (the settings that make a run fit);
+  configs), :func:`evaluate_bundle` (a trained run's ``evaluate.json``) and :class:`BundleOutOfMemoryError` (the
+  settings that make a run fit);
 - :mod:`medkd3d.bundles.data`: :func:`prepare_dataset` (synthesise the embedded default when ``dataset_dir`` is
   missing, discover or load the datalist, validate every file before training), :func:`split_dataset`
   (patient-level stratified folds), :func:`split_side`, :func:`drop_last_batch`, :func:`inference_records`;
