@@ -2,9 +2,10 @@
 checkpoint loading, classification metrics, evaluation helpers, the trivial baseline and honest-report helpers
 (chance levels, retention over chance, AUC intervals, flags), the Ignite handlers the bundles add to MONAI's
 (:mod:`medkd3d.engines.handlers`: atomic and resumable checkpoints, early stopping, metric and probability
-writers) and :class:`SliceStackInferer` (:mod:`medkd3d.engines.inferers`: subject-level predictions of 2.5D
-networks)."""
+writers), :class:`AuxiliaryFeatureLoss` (an extra task on a network's stage features, e.g. tumour compartments)
+and :class:`SliceStackInferer` (:mod:`medkd3d.engines.inferers`: subject-level predictions of 2.5D networks)."""
 
+from medkd3d.engines.auxiliary import AuxiliaryFeatureLoss
 from medkd3d.engines.baseline import (
     DEFAULT_PERCENTILES,
     BaselineResult,
@@ -75,6 +76,7 @@ __all__ = [
     "METRIC_NAMES",
     "MIN_TEST_SUBJECTS",
     "AtomicCheckpointSaver",
+    "AuxiliaryFeatureLoss",
     "BaselineResult",
     "ClassProbabilityWriter",
     "ClassificationMetric",

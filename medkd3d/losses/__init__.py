@@ -17,6 +17,10 @@ tensor and ``components`` a ``dict[str, Tensor]`` of the named *weighted* terms,
   on every item and their supervised term on the labelled ones only (:func:`supervised_term`,
   :func:`labelled_mask`); CE-only training uses :class:`LabelledCrossEntropyLoss`, which refuses them clearly.
 
+- :class:`TumourCompartmentLoss` is an auxiliary task, not a distillation loss: it teaches a network's feature maps
+  the tumour compartments of the training segmentations (``loss(features, seg)``, added by the
+  :class:`~medkd3d.engines.AuxiliaryFeatureLoss` handler).
+
 Losses are orthogonal and combine as a weighted sum; e.g. HDKD is ``TokenDistillationLoss()`` (alpha=0.5, T=1)
 plus ``FeatureKDLoss()`` (lambda=10, beta=1), summed by the ``DistillationTrainer``.
 """
@@ -34,10 +38,12 @@ from .projectors import (
     GroupWiseLinearProjector,
     PartiallyCrossAttentionProjector,
 )
+from .segmentation import BRATS_COMPARTMENTS, TumourCompartmentLoss
 from .token import TokenDistillationLoss
 from .volume_to_slice import VolumeToSliceFeatureLoss, VolumeToSliceKDLoss
 
 __all__ = [
+    "BRATS_COMPARTMENTS",
     "UNLABELLED",
     "AdversarialFeatureLoss",
     "CrossArchitectureKDLoss",
@@ -53,6 +59,7 @@ __all__ = [
     "MultiTeacherKDLoss",
     "PartiallyCrossAttentionProjector",
     "TokenDistillationLoss",
+    "TumourCompartmentLoss",
     "VolumeToSliceFeatureLoss",
     "VolumeToSliceKDLoss",
     "class_weights_from_counts",

@@ -4,6 +4,13 @@
 while ``import medkd3d.networks`` itself stays light.
 """
 
-from medkd3d.networks.registry import ModelEntry, create_model, get_model_entry, list_models, register_model
+from medkd3d.networks.registry import (
+    ModelEntry,
+    create_model,
+    feature_stages,
+    get_model_entry,
+    list_models,
+    register_model,
+)
 
-__all__ = ["ModelEntry", "create_model", "get_model_entry", "list_models", "register_model"]
+__all__ = ["ModelEntry", "create_model", "feature_stages", "get_model_entry", "list_models", "register_model"]

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["ModelEntry", "create_model", "get_model_entry", "list_models", "register_model"]
+__all__ = ["ModelEntry", "create_model", "feature_stages", "get_model_entry", "list_models", "register_model"]
 
 
 @dataclass(frozen=True)
@@ -152,3 +152,24 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     # can compare them with what it builds (medkd3d.bundles.checkpoint_config)
     model.model_args = {"name": name, **kwargs}
     return model
+
+
+def feature_stages(model: nn.Module, stages: Sequence[int]) -> list[dict[str, Any]]:
+    """The ``feature_info`` entries (``num_chs``, ``reduction``, ``module``) of the given stages of a zoo model.
+
+    Args:
+        model: a model following the network contract (unwrapped).
+        stages: indices into its ``feature_info``.
+
+    Returns:
+        The entries, in ``stages`` order.
+
+    Raises:
+        ValueError: if ``stages`` is empty or names a stage the model does not have.
+    """
+    info = getattr(model, "feature_info", None) or []
+    if not stages or any(not 0 <= int(s) < len(info) for s in stages):
+        raise ValueError(
+            f"stages {list(stages)} are not indices of the {len(info)} feature_info entries of {type(model).__name__}."
+        )
+    return [info[int(s)] for s in stages]

@@ -13,7 +13,7 @@ import torch
 from ignite.engine import Events
 
 from medkd3d.bundles import prepare_dataset
-from medkd3d.data import DataValidationError
+from medkd3d.data import DataValidationError, discover_brats, write_datalist
 from medkd3d.utils import FolderInUseError
 
 #: Above Linux's largest pid (pid_max <= 2**22), so never a running process.
@@ -193,3 +193,25 @@ def test_a_resumed_run_reproduces_the_uninterrupted_one_bitwise_on_cpu(
         if "trainer" in straight:
             assert straight["trainer"]["iteration"] == 2 * straight["trainer"]["epoch_length"]
         _assert_identical(resumed, straight, name)
+
+
+@pytest.mark.parametrize("teacher", ["brats_teacher_vggvit3d", "brats_hdkd_teacher3d"])
+def test_teacher_without_segmentations_names_them_or_trains_without_the_auxiliary_task(
+    teacher: str, bundle_kit, synthetic_brats_root: Path, tmp_path: Path
+) -> None:
+    datalist = discover_brats(synthetic_brats_root)
+    for record in datalist["training"]:
+        record["seg"] = None
+    overrides = {
+        **bundle_kit.train_overrides(teacher, synthetic_brats_root, tmp_path / "aux", tmp_path),
+        "datalist": str(write_datalist(datalist, tmp_path / "no_seg.json")),
+    }
+    with pytest.raises(Exception) as info:
+        bundle_kit.run(teacher, ["train.json"], "train", **overrides)
+    message = " ".join(str(e) for e in _cause_chain(info.value))
+    assert "needs 'seg' for every training subject" in message and "seg_aux_weight=0" in message
+    assert not (tmp_path / "aux" / "models" / "model.pt").exists()
+
+    overrides.update(seg_aux_weight=0, ckpt_dir=str(tmp_path / "plain" / "models"))
+    bundle_kit.run(teacher, ["train.json"], "train", **overrides)
+    assert (tmp_path / "plain" / "models" / "model.pt").is_file()

@@ -19,7 +19,7 @@ BUNDLES = sorted(p.parent.parent.name for p in BUNDLES_DIR.glob("*/configs/train
 SHARED_TOP_LEVEL = (
     "amp", "cache", "cache_dir", "cache_rate", "ckpt_dir", "class_names", "class_weighted_loss", "data", "datalist",
     "dataset_dir", "device", "early_stop_patience", "epochs", "fold", "imports", "label_column", "labels_csv",
-    "lr_scheduler", "network", "network_export", "num_folds", "num_workers", "optimizer", "output_dir", "resume",
+    "lr_scheduler", "network", "network_export", "num_folds", "num_workers", "output_dir", "resume",
     "run", "seed", "spatial_size", "split", "split_seed", "splits_file", "synthetic", "test_fraction", "val_interval",
     "validate_data", "weight_decay",
 )  # fmt: skip
@@ -51,3 +51,17 @@ def test_recipe_is_shared_with_the_first_bundle(bundle: str) -> None:
             assert config[section].get(key) == reference[section].get(key), (
                 f"{bundle}: {section}#{key} differs from {BUNDLES[0]}"
             )
+
+
+@pytest.mark.parametrize("bundle", BUNDLES[1:])
+def test_optimizer_is_shared_but_for_the_auxiliary_heads(bundle: str) -> None:
+    """One optimiser; a bundle with the auxiliary compartment task adds its heads' parameters, nothing else."""
+    reference, config = _config(BUNDLES[0])["optimizer"], _config(bundle)["optimizer"]
+    assert {k: v for k, v in config.items() if k != "params"} == {k: v for k, v in reference.items() if k != "params"}
+    for name in (BUNDLES[0], bundle):
+        expected = (
+            "$list(@network.parameters()) + list(@seg_aux_loss.parameters())"
+            if "seg_aux_weight" in _config(name)
+            else "$@network.parameters()"
+        )
+        assert _config(name)["optimizer"]["params"] == expected, name

@@ -1,0 +1,110 @@
+"""Auxiliary supervision of a classifier's feature maps with the tumour compartments of its segmentation.
+
+BraTS ships a segmentation (necrotic / non-enhancing core 1, edema 2, enhancing tumour 4) for every training
+subject, and the grade shows in how much of the tumour enhances, how much is necrotic and how far the edema
+spreads. A grading network trained on 100-odd labelled volumes sees one bit per subject; asking a few of its
+stage feature maps to also say where each compartment is gives it thousands of supervised voxels per subject,
+without changing the network (the 1x1x1 heads live in the loss and are not exported). The classifier's input at
+inference stays the four modalities: no segmentation is needed to use the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medkd3d.networks import feature_stages
+
+__all__ = ["BRATS_COMPARTMENTS", "TumourCompartmentLoss"]
+
+#: BraTS segmentation labels of the tumour compartments: necrotic / non-enhancing core, edema, enhancing tumour.
+BRATS_COMPARTMENTS: tuple[int, ...] = (1, 2, 4)
+
+
+class TumourCompartmentLoss(nn.Module):
+    """Predict each compartment's share of every voxel of the given feature maps, from those maps.
+
+    Each feature map ``[B, C_i, *S_i]`` gets a 1x1x1 convolution to one logit per compartment. Its target is the
+    fraction of each feature voxel covered by the compartment: the segmentation's one-hot masks average-pooled to
+    ``S_i``. The loss is binary cross-entropy on those fractions plus a soft Dice per compartment over the whole
+    batch, so the few tumour voxels weigh as much as the many background ones (BCE alone is dominated by the
+    background and learns "no tumour anywhere"); it is averaged over the feature maps.
+
+    Args:
+        in_channels: channels of each supervised feature map, in the order the features are passed.
+        labels: segmentation labels of the compartments (default BraTS: 1, 2, 4).
+        dice: add the soft Dice term.
+        spatial_dims: spatial dimensions of the feature maps.
+
+    Raises:
+        ValueError: if ``in_channels`` or ``labels`` is empty.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        labels: Sequence[int] = BRATS_COMPARTMENTS,
+        dice: bool = True,
+        spatial_dims: int = 3,
+    ) -> None:
+        super().__init__()
+        if not in_channels or not labels:
+            raise ValueError(
+                f"TumourCompartmentLoss needs feature channels and labels, got {in_channels!r} and {labels!r}"
+            )
+        self.labels = tuple(int(label) for label in labels)
+        self.dice = dice
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        self.heads = nn.ModuleList(conv(int(c), len(self.labels), kernel_size=1) for c in in_channels)
+        self.pool = F.adaptive_avg_pool3d if spatial_dims == 3 else F.adaptive_avg_pool2d
+
+    @classmethod
+    def for_network(cls, network: nn.Module, stages: Sequence[int], **kwargs) -> TumourCompartmentLoss:
+        """The loss for the outputs of ``stages`` (indices into the network's ``feature_info``).
+
+        Args:
+            network: a zoo model (its ``feature_info`` gives each stage's channels).
+            stages: the supervised stages.
+            kwargs: other arguments of the constructor.
+
+        Returns:
+            The loss, with one head per stage.
+
+        Raises:
+            ValueError: if a stage is not an index of ``feature_info``.
+        """
+        return cls([stage["num_chs"] for stage in feature_stages(network, stages)], **kwargs)
+
+    def forward(self, features: Sequence[Tensor], seg: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of the compartment maps predicted from ``features`` against ``seg``.
+
+        Args:
+            features: one feature map ``[B, C_i, *S_i]`` per head, any floating dtype.
+            seg: label map ``[B, 1, *spatial]`` (any numeric dtype).
+
+        Returns:
+            ``(total, {"compartments": total})``.
+
+        Raises:
+            ValueError: if the number of feature maps differs from the number of heads.
+        """
+        if len(features) != len(self.heads):
+            raise ValueError(f"TumourCompartmentLoss has {len(self.heads)} heads but got {len(features)} feature maps")
+        seg = seg.as_tensor() if hasattr(seg, "as_tensor") else seg
+        masks = torch.cat([(seg == label).float() for label in self.labels], dim=1)
+        total = masks.new_zeros(())
+        for feature, head in zip(features, self.heads):
+            logits = head(feature.float())
+            target = self.pool(masks, logits.shape[2:])
+            total = total + F.binary_cross_entropy_with_logits(logits, target)
+            if self.dice:
+                probabilities = torch.sigmoid(logits)
+                axes = [0, *range(2, logits.ndim)]  # the whole batch: a subject without enhancement is no NaN
+                overlap = (probabilities * target).sum(axes)
+                size = probabilities.sum(axes) + target.sum(axes)
+                total = total + (1.0 - (2.0 * overlap + 1e-3) / (size + 1e-3)).mean()
+        total = total / len(self.heads)
+        return total, {"compartments": total}
