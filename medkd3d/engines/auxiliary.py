@@ -13,6 +13,7 @@ from torch import nn
 from medkd3d.networks import feature_stages
 
 from .taps import FeatureTaps, unwrap_model
+from .trainer import _split_loss
 
 __all__ = ["AuxiliaryFeatureLoss"]
 
@@ -103,7 +104,7 @@ class AuxiliaryFeatureLoss:
                 f"{sorted(batch)}; load it in the training transforms (volume_transforms(load_seg=True))."
             )
         target = batch[self.target_key].to(engine.state.device)
-        output = self.loss(self._taps.pop(), target)
-        term = self.weight * (output[0] if isinstance(output, tuple) else output)
+        total, _ = _split_loss(self.loss(self._taps.pop(), target))
+        term = self.weight * total
         engine.state.output[Keys.LOSS] = engine.state.output[Keys.LOSS] + term
         engine.state.output[f"loss_{self.name}"] = term.detach()
