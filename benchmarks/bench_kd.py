@@ -50,6 +50,7 @@ from medkd3d.ablation import StudyConfig, run_study, train_teachers
 from medkd3d.ablation.grid import KD_MODES, ResultStore, RunSpec, parse_size, size_sort_key
 from medkd3d.ablation.runner import STUDENTS, student_teacher
 from medkd3d.ablation.stats import bootstrap_ci, kd_gains
+from medkd3d.data import describe_synthetic
 from medkd3d.engines.honesty import auc_ratio, margin_retention
 from medkd3d.export.cli import parse_override
 from medkd3d.utils import atomic_path
@@ -302,6 +303,7 @@ def format_markdown(
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine}  ",
+        f"Data: {dataset_description(config.dataset_dir)}  ",
         f"Wall time: {wall_s / 60:.1f} min (study folder `{config.out_dir}`; a resumed run counts only its own time)  ",
         f"Runs: {sum(r['runs'] for r in students)} student runs finished"
         + (f", **{len(missing)} planned runs missing** (see the end)" if missing else ", none missing")
@@ -408,6 +410,12 @@ def _verdicts(students: Sequence[Mapping[str, Any]]) -> list[str]:
     if not lines:
         lines.append("- no student run finished.")
     return lines
+
+
+def dataset_description(dataset_dir: str | os.PathLike) -> str:
+    """The study's dataset, with how it was generated when synthetic (the anatomy changes the data)."""
+    synthetic = describe_synthetic(dataset_dir) if Path(dataset_dir).is_dir() else None
+    return f"`{dataset_dir}`" + (f", {synthetic}" if synthetic else "")
 
 
 def machine_info() -> str:

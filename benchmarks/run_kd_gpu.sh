@@ -11,7 +11,8 @@
 #                run and lists the planned runs that did not finish
 # Every stage is time-boxed with `timeout` so that the report keeps $REPORT_S seconds of the $BUDGET_S budget.
 #
-# Usage (on the device machine, repository root, .whl/ carried):  OUT=/some/dir bash benchmarks/run_kd_gpu.sh
+# Usage (on the device machine, repository root; .whl/ carried with monai, nibabel, pytorch-ignite, nilearn, isal):
+#   OUT=/some/dir bash benchmarks/run_kd_gpu.sh
 # CPU rehearsal (small dataset made beforehand, 1 epoch, one fold, a short budget):
 #   DEVICE=cpu INSTALL_WHEELS=0 OUT=/tmp/kd_out STUDY=/tmp/kd_study DATASET_DIR=/tmp/kd_data BUDGET_S=200 SEEDS=0 \
 #   RUN_FOLDS=0 EXTRA="--epochs 1 --teacher-epochs 1 --labelled-per-class 4" bash benchmarks/run_kd_gpu.sh
@@ -50,6 +51,10 @@ else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+if [ -z "$DATASET_DIR" ] && ! $PY -c "import nilearn" 2>/dev/null; then
+    # without nilearn the generator falls back to the procedural brain: other data than on a full install
+    log "nilearn does not import (carry its wheel in .whl/): the synthetic dataset would differ"; exit 1
+fi
 log "start: device $DEVICE, budget ${BUDGET_S}s, seeds [$SEEDS], folds $FOLDS (trained: $RUN_FOLDS), profile $PROFILE"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
   echo "$(nproc --all) CPUs"; } >>"$LOG"

@@ -29,6 +29,7 @@ __all__ = [
     "positive_int",
     "remove_stale_temp_files",
     "unlock_folder",
+    "usable_cpus",
 ]
 
 logger = logging.getLogger(__name__)
@@ -289,3 +290,15 @@ def exception_chain(error: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one (``taskset``, a container's cpuset),
+    else ``os.cpu_count()``; at least 1.
+
+    ``os.cpu_count()`` counts the machine's CPUs even when the process is pinned to a few, so sharing threads out by
+    it oversubscribes a pinned job.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

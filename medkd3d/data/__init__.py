@@ -13,7 +13,9 @@ from medkd3d.data.discovery import parse_modality_patterns as parse_modality_pat
 from medkd3d.data.discovery import read_datalist as read_datalist
 from medkd3d.data.discovery import write_datalist as write_datalist
 from medkd3d.data.synthetic import SYNTHETIC_LAYOUTS as SYNTHETIC_LAYOUTS
+from medkd3d.data.synthetic import describe_synthetic as describe_synthetic
 from medkd3d.data.synthetic import generate_synthetic_brats as generate_synthetic_brats
+from medkd3d.data.synthetic import read_synthetic_info as read_synthetic_info
 from medkd3d.data.synthetic import synthesize_subject as synthesize_subject
 from medkd3d.data.validation import DataProblem as DataProblem
 from medkd3d.data.validation import DataValidationError as DataValidationError

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import json
 import logging
 import os
 import time
@@ -32,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -44,10 +46,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BRATS_SHAPE",
+    "SYNTHETIC_INFO_FILE",
     "SYNTHETIC_LAYOUTS",
     "SyntheticSubject",
     "TumourPhenotype",
+    "describe_synthetic",
     "generate_synthetic_brats",
+    "read_synthetic_info",
     "sample_phenotype",
     "synthesize_subject",
 ]
@@ -58,6 +63,8 @@ SYNTHETIC_LAYOUTS: tuple[str, ...] = ("brats2019", "brats2020", "brats2021")
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
 #: The file holding the labels of a synthetic BraTS 2021 dataset (the name of the RSNA-MICCAI labels file).
 BRATS2021_LABELS_FILE = "train_labels.csv"
+#: The record of how a synthetic dataset was generated, in its root (the discovery of every layout ignores it).
+SYNTHETIC_INFO_FILE = "medkd3d_synthetic.json"
 
 # Relative signal of each tissue / tumour compartment per modality (columns follow MODALITIES: t1, t1ce, t2, flair).
 # Values follow the usual appearance of 1.5-3 T clinical sequences; only their order matters for realism.
@@ -226,7 +233,10 @@ def _procedural_maps(shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
 @lru_cache(maxsize=1)
 def _nilearn_available() -> bool:
     if importlib.util.find_spec("nilearn") is None:
-        logger.warning("nilearn is not installed: synthetic brains use the procedural anatomy")
+        logger.warning(
+            "nilearn is not installed: synthetic brains use the procedural anatomy, so this dataset differs from one "
+            "generated with nilearn from the same seed (pip install nilearn for the default MNI152 anatomy)"
+        )
         return False
     return True
 
@@ -238,14 +248,19 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     return shape
 
 
-def _load_anatomy(shape: tuple[int, int, int], source: str) -> _Anatomy:
-    """The anatomy for ``shape`` from ``source``: "mni152", "procedural" or "auto" (MNI152 if nilearn imports)."""
+def _resolve_anatomy(source: str) -> str:
+    """The anatomy ``source`` stands for: "mni152" or "procedural" ("auto": MNI152 if nilearn imports)."""
     if source not in ("auto", "mni152", "procedural"):
         raise ValueError(f"unknown anatomy {source!r}: use 'auto', 'mni152' or 'procedural'")
     if source == "mni152" and not _nilearn_available():
         raise ImportError("anatomy='mni152' needs nilearn: pip install nilearn (or use anatomy='procedural')")
     use_mni152 = source == "mni152" or (source == "auto" and _nilearn_available())
-    return _build_anatomy(shape, "mni152" if use_mni152 else "procedural")
+    return "mni152" if use_mni152 else "procedural"
+
+
+def _load_anatomy(shape: tuple[int, int, int], source: str) -> _Anatomy:
+    """The anatomy for ``shape`` from ``source``: "mni152", "procedural" or "auto" (MNI152 if nilearn imports)."""
+    return _build_anatomy(shape, _resolve_anatomy(source))
 
 
 @lru_cache(maxsize=4)
@@ -600,6 +615,7 @@ def generate_synthetic_brats(
     root.mkdir(parents=True, exist_ok=True)
     planned = _plan(layout, n_hgg, n_lgg)
     shape = _check_shape(shape)
+    anatomy = _resolve_anatomy(anatomy)  # the same data everywhere "auto" resolves the same way: recorded below
     _load_anatomy(shape, anatomy)  # build the cached anatomy once, before the threads need it
 
     def write(subject: _PlannedSubject) -> None:
@@ -620,5 +636,47 @@ def generate_synthetic_brats(
                 eta = elapsed / done * (len(planned) - done)
                 logger.info("synth: %d/%d subjects, %.1f s elapsed, ETA %.1f s", done, len(planned), elapsed, eta)
     _write_label_files(root, layout, planned)
-    logger.info("wrote %d synthetic subjects (%s, shape %s) to %s", len(planned), layout, tuple(shape), root)
+    info = {"layout": layout, "n_hgg": n_hgg, "n_lgg": n_lgg, "shape": list(shape), "seed": seed, "anatomy": anatomy}
+    atomic_write_text(root / SYNTHETIC_INFO_FILE, json.dumps(info, indent=2) + "\n")
+    logger.info(
+        "wrote %d synthetic subjects (%s, shape %s, %s anatomy) to %s",
+        len(planned),
+        layout,
+        tuple(shape),
+        anatomy,
+        root,
+    )
     return root
+
+
+def read_synthetic_info(root: str | os.PathLike) -> dict[str, Any] | None:
+    """How the synthetic dataset in ``root`` was generated: the arguments of :func:`generate_synthetic_brats` with
+    ``anatomy`` resolved ("mni152" or "procedural"); ``None`` for a dataset without that record (real data, or one
+    generated before the record existed).
+
+    The anatomy matters: without nilearn, ``anatomy="auto"`` falls back to the procedural brain, and the same seed
+    then gives other data.
+
+    Raises:
+        ValueError: if the record is not valid JSON.
+    """
+    path = Path(root) / SYNTHETIC_INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); delete it or regenerate the dataset") from None
+
+
+def describe_synthetic(root: str | os.PathLike) -> str | None:
+    """One line on how the synthetic dataset in ``root`` was generated, for reports (``"synthetic: seed 0, 160 HGG
+    + 160 LGG, 64x64x48 voxels, mni152 anatomy"``); ``None`` without the record (see :func:`read_synthetic_info`)."""
+    info = read_synthetic_info(root)
+    if info is None:
+        return None
+    shape = "x".join(str(size) for size in info.get("shape", ()))
+    return (
+        f"synthetic: seed {info.get('seed')}, {info.get('n_hgg')} HGG + {info.get('n_lgg')} LGG, {shape} voxels, "
+        f"{info.get('anatomy')} anatomy"
+    )

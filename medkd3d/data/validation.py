@@ -23,6 +23,7 @@ import numpy as np
 
 from medkd3d.data._problems import DataProblem, DataValidationError
 from medkd3d.data.discovery import MODALITIES, _read_source
+from medkd3d.utils import usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def _check(
         )
     problems += _check_labels(datalist, require_labels)
     records = datalist.get("training", [])
-    workers = num_workers or min(4, os.cpu_count() or 1)
+    workers = num_workers or min(4, usable_cpus())
     show = progress if progress is not None else len(records) > 20
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(lambda record: _check_subject(record, affine_atol), records)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from medkd3d.utils import usable_cpus
+
 from .metrics import classification_metrics
 
 __all__ = [
@@ -102,7 +104,7 @@ def intensity_features(record: Mapping[str, Any], percentiles: Sequence[float] =
 def _feature_matrix(records: Sequence[Mapping[str, Any]], percentiles: Sequence[float]) -> np.ndarray:
     """``[N, F]`` features of ``records``; files are read by a few threads (gzip and file reads release the GIL,
     and reading dominates on full-size BraTS volumes)."""
-    workers = min(4, os.cpu_count() or 1, len(records))
+    workers = min(4, usable_cpus(), len(records))
     if workers <= 1:
         return np.stack([intensity_features(r, percentiles) for r in records])
     with ThreadPoolExecutor(workers) as pool:

@@ -30,6 +30,7 @@ from typing import Any
 
 from medkd3d.export.bench_report import Target, write_results
 from medkd3d.export.bench_worker import BenchSettings, WorkerSpec, load_bench_bundle, run_in_subprocess
+from medkd3d.utils import usable_cpus
 
 __all__ = [
     "RUNTIMES",
@@ -76,7 +77,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "threads": threads or torch.get_num_threads(),
         "torch": torch.__version__,
     }

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import platform
 import re
 import time
@@ -33,6 +32,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from medkd3d.utils import usable_cpus
 
 if TYPE_CHECKING:
     from medkd3d.pipeline.report import ModelResult
@@ -181,7 +182,7 @@ QUICK: dict[str, Any] = {
     "latency_repeats": 3,
     # two trainings at a time, one thread each: 1.2x-1.4x more training per second than one with two threads on the
     # quick networks (a small 3D network does not keep two cores busy)
-    "jobs": min(2, os.cpu_count() or 1),
+    "jobs": min(2, usable_cpus()),
 }
 
 #: Config ids the pipeline sets itself, and the option that changes each; ``--override`` cannot set them.
@@ -578,6 +579,13 @@ def _train_all(
     return workers
 
 
+def _training_device() -> str:
+    """Where the bundles train: they choose CUDA wherever it is available."""
+    import torch
+
+    return f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+
+
 def _training_threads(jobs: int) -> int:
     """PyTorch threads of each training: this process's with one job, a share of the CPUs with several."""
     import torch
@@ -608,7 +616,7 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
 
     from medkd3d.bundles import evaluate_bundle, find_bundle_root, read_profiles
     from medkd3d.bundles.data import ensure_dataset, prepare_dataset
-    from medkd3d.data import write_datalist
+    from medkd3d.data import describe_synthetic, write_datalist
     from medkd3d.pipeline.report import baseline_result, bundle_evaluation_split, write_report
 
     started = time.perf_counter()
@@ -669,8 +677,11 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     except (OSError, ValueError) as error:  # the trained models are reported even if the baseline cannot be fitted
         logger.warning("The trivial baseline could not be computed: %s", error)
         baseline = None
+    # how a synthetic dataset was generated: its anatomy (nilearn's MNI152 or the procedural brain) changes the data
+    synthetic = describe_synthetic(dataset_dir) if settings.datalist is None else None
     context = {
-        "dataset": f"{settings.datalist or dataset_dir} ({len(data['training'])} subjects, classes {data['class_names']})",
+        "dataset": f"{settings.datalist or dataset_dir} ({len(data['training'])} subjects, classes {data['class_names']}"
+        f"{f'; {synthetic}' if synthetic else ''})",
         "split": f"fold {settings.fold} of {settings.num_folds}: {len(split['train'])} training, {len(split['val'])} "
         f"validation, {len(split['test'])} held-out test subjects",
         "profiles": ", ".join(settings.profiles) or "none (each bundle's train.json)",
@@ -680,7 +691,7 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
             )
             for key in ("epochs", "spatial_size", "batch_size")
         },
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {usable_cpus()} CPUs, {_training_device()}, torch {torch.__version__}",
         "trainings": f"{workers} at a time, {_training_threads(workers)} torch threads each",
         "total time": f"{time.perf_counter() - started:.0f} s",
     }

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medkd3d.utils import usable_cpus
+
 __all__ = ["TrainingJob", "TrainingJobError", "next_jobs", "run_training_jobs", "threads_per_job"]
 
 
@@ -65,12 +67,12 @@ def threads_per_job(workers: int, cpu_count: int | None = None) -> int:
 
     Args:
         workers: concurrent trainings.
-        cpu_count: CPUs available (default: ``os.cpu_count()``).
+        cpu_count: CPUs available (default: :func:`medkd3d.utils.usable_cpus`).
 
     Returns:
         ``max(1, cpu_count // workers)``.
     """
-    return max(1, (cpu_count or os.cpu_count() or 1) // max(1, workers))
+    return max(1, (cpu_count or usable_cpus()) // max(1, workers))
 
 
 def next_jobs(

@@ -31,6 +31,8 @@ def test_quick_benchmark_writes_markdown_and_csv(bench, tmp_path) -> None:
     text = (results / "kd_synthetic_quick.md").read_text()
     for needle in ("## Teachers and trivial baseline", "## Students", "Machine:", "Wall time:", "held-out test"):
         assert needle in text
+    # the generated dataset's record: the anatomy changes the data (the procedural brain without nilearn)
+    assert "synthetic: seed 0, 10 HGG + 10 LGG, 48x48x40 voxels, mni152 anatomy" in text
     with (results / "kd_synthetic_quick.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     kinds = [r["kind"] for r in rows]

@@ -82,6 +82,12 @@ def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_
     assert "## Students relative to their teachers" in text and f"| {student} | {teacher} |" in text
     assert "- evaluation split: test, n = 4 subjects (2 LGG, 2 HGG)" in text and "- chance level: AUC 0.500" in text
     assert "n < 20 test subjects: numbers are noisy" in text and "balanced_accuracy_margin_retention" in text
+    # how the data was generated (its anatomy changes the data) and where the models trained
+    assert (
+        "12 subjects, classes ['LGG', 'HGG']; synthetic: seed 0, 6 HGG + 6 LGG, 48x48x40 voxels, mni152 anatomy)"
+        in text
+    )
+    assert f", {'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, torch " in text
     assert (tmp_path / "datalist.json").is_file() and (tmp_path / student / "eval" / "metrics.json").is_file()
 
 

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from medkd3d.data import synthetic
-from medkd3d.data.synthetic import generate_synthetic_brats, sample_phenotype, synthesize_subject
+from medkd3d.data.synthetic import (
+    SYNTHETIC_INFO_FILE,
+    describe_synthetic,
+    generate_synthetic_brats,
+    read_synthetic_info,
+    sample_phenotype,
+    synthesize_subject,
+)
 
 SHAPE = (48, 48, 40)
 MODALITY_FILES = ("t1", "t1ce", "t2", "flair", "seg")
@@ -27,7 +34,16 @@ def test_brats2019_layout_and_nifti_properties(tmp_path: Path) -> None:
     assert sorted(subjects.values()) == ["HGG", "HGG", "LGG"]
     assert sorted(subjects) == ["BraTS19_CBICA_000_1", "BraTS19_TCIA01_001_1", "BraTS19_TCIA09_000_1"]
     expected = sorted(f"{g}/{s}/{s}_{m}.nii.gz" for s, g in subjects.items() for m in MODALITY_FILES)
-    assert _files(root) == expected  # nothing else: no temporary files left behind
+    assert _files(root) == sorted([*expected, SYNTHETIC_INFO_FILE])  # nothing else: no temporary files left behind
+    assert read_synthetic_info(root) == {
+        "layout": "brats2019",
+        "n_hgg": 2,
+        "n_lgg": 1,
+        "shape": list(SHAPE),
+        "seed": 0,
+        "anatomy": "mni152",  # "auto" resolved: nilearn is installed
+    }
+    assert describe_synthetic(root) == "synthetic: seed 0, 2 HGG + 1 LGG, 48x48x40 voxels, mni152 anatomy"
 
     folder = root / "HGG" / "BraTS19_CBICA_000_1"
     for modality in MODALITY_FILES:
@@ -81,10 +97,23 @@ def test_same_seed_same_bytes_whatever_the_threads_other_seed_differs_subsets_st
     assert files == _files(again) == _files(other)
     for name in files:
         assert (first / name).read_bytes() == (again / name).read_bytes(), name
-        assert (first / name).read_bytes() == (larger / name).read_bytes(), name  # subject i depends on (seed, i)
+        if name != SYNTHETIC_INFO_FILE:  # the record names the other counts
+            assert (first / name).read_bytes() == (larger / name).read_bytes(), name  # subject i depends on (seed, i)
     t1 = next(n for n in files if n.endswith("_t1.nii.gz"))
     a, d = (np.asanyarray(nib.load(root / t1).dataobj) for root in (first, other))
     assert not np.array_equal(a, d)
+
+
+def test_the_record_names_the_anatomy_auto_resolved_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # without nilearn "auto" falls back to the procedural brain: the same seed gives other data, so say so
+    monkeypatch.setattr(synthetic, "_nilearn_available", lambda: False)
+    root = generate_synthetic_brats(tmp_path / "auto", n_hgg=1, n_lgg=1, shape=(16, 16, 16), anatomy="auto")
+    assert read_synthetic_info(root)["anatomy"] == "procedural"
+    assert read_synthetic_info(tmp_path) is None  # no record: real data, or generated before the record existed
+    assert describe_synthetic(tmp_path) is None
+    (tmp_path / SYNTHETIC_INFO_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match=f"{SYNTHETIC_INFO_FILE}: not valid JSON"):
+        read_synthetic_info(tmp_path)
 
 
 @pytest.mark.parametrize("anatomy", ["mni152", "procedural"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from medkd3d.pipeline.scheduler import (
     run_training_jobs,
     threads_per_job,
 )
+from medkd3d.utils import usable_cpus
 
 
 def _job(
@@ -62,6 +64,17 @@ def test_threads_are_shared_out_between_the_workers() -> None:
     assert threads_per_job(4, cpu_count=2) == 1  # never zero
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
+def test_threads_follow_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a job pinned to 4 of 64 CPUs (taskset, a container's cpuset) must not start 32 threads per worker
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert usable_cpus() == 4
+    assert threads_per_job(2) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set())
+    assert usable_cpus() == 1  # never zero
+
+
 def test_workers_run_in_parallel_and_a_student_after_its_teacher(tmp_path: Path) -> None:
     jobs = [
         _job("teacher", tmp_path, priority=0, seconds=1.0),
@@ -96,7 +109,8 @@ def test_a_job_waiting_for_an_unscheduled_run_is_refused(tmp_path: Path) -> None
 def test_evaluations_wait_for_their_training_and_fill_the_worker_the_trainings_leave_idle(tmp_path: Path) -> None:
     jobs = [
         _job("teacher", tmp_path, priority=0, seconds=1.0),
-        _job("student", tmp_path, after="teacher", priority=1, seconds=1.0),
+        # long enough that the evaluation's worker process starts within it on a loaded machine
+        _job("student", tmp_path, after="teacher", priority=1, seconds=3.0),
         # a run's evaluation shares its training's name and waits for it
         _job("teacher", tmp_path, after="teacher", priority=3, evaluation=True, log="teacher_eval", seconds=0.2),
         _job("student", tmp_path, after="student", priority=3, evaluation=True, log="student_eval", seconds=0.2),
