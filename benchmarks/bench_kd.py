@@ -53,7 +53,7 @@ from medkd3d.ablation.stats import bootstrap_ci, kd_gains
 from medkd3d.data import describe_synthetic
 from medkd3d.engines.honesty import auc_ratio, margin_retention
 from medkd3d.export.cli import parse_override
-from medkd3d.utils import atomic_path
+from medkd3d.utils import atomic_path, usable_cpus
 
 #: The full study's synthetic dataset: 150 + 150 subjects, so a test fraction of 0.2 holds out 60 test subjects and
 #: each of 2 folds trains on 120 (as ``medkd3d pipeline --quick``); 64 x 64 x 48 voxels are enough for volumes of
@@ -140,7 +140,7 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
         "threads": args.threads or (1 if quick else None),
         "latency_repeats": 3 if quick else 10,
         # synthesised in parallel threads: the files depend only on the seed, not on the number of workers
-        "synthetic": {**(QUICK_SYNTHETIC if quick else FULL_SYNTHETIC), "num_workers": min(8, os.cpu_count() or 1)},
+        "synthetic": {**(QUICK_SYNTHETIC if quick else FULL_SYNTHETIC), "num_workers": min(8, usable_cpus())},
     }
     return StudyConfig(args.dataset_dir or out / "data" / "synthetic_brats2019", out, **settings)
 

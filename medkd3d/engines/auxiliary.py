@@ -10,9 +10,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
-from medkd3d.networks import feature_stages
-
-from .taps import FeatureTaps, unwrap_model
+from .taps import FeatureTaps, feature_info_taps
 from .trainer import _split_loss
 
 __all__ = ["AuxiliaryFeatureLoss"]
@@ -25,7 +23,7 @@ class AuxiliaryFeatureLoss:
     after computing ``engine.state.output["loss"]`` and back-propagate that entry afterwards, so this handler
     adds its term there: the network, the trainer and the exported model stay as they are. The stage features
     are those of the training forward pass itself, recorded by forward hooks on the modules that the network's
-    ``feature_info`` names (:class:`~medkd3d.engines.FeatureTaps`), which exist only while the trainer runs. The
+    ``feature_info`` names (:func:`~medkd3d.engines.feature_info_taps`), which exist only while the trainer runs. The
     weighted term is also reported as ``engine.state.output["loss_<name>"]``.
 
     The optimizer must hold the loss module's parameters (e.g. the heads of
@@ -66,10 +64,9 @@ class AuxiliaryFeatureLoss:
 
     def _start(self, engine: Engine) -> None:
         self._check_records(engine)
-        modules = [stage["module"] for stage in feature_stages(unwrap_model(engine.network), self.stages)]
         self._stop(engine)
         self.loss.to(engine.state.device)  # in place: the optimizer keeps the same parameters
-        self._taps = FeatureTaps(engine.network, modules)
+        self._taps = feature_info_taps(engine.network, stages=self.stages)
 
     def _stop(self, engine: Engine) -> None:
         if self._taps is not None:

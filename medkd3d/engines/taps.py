@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medkd3d.networks import feature_stages
+
 __all__ = [
     "FeatureTaps",
     "feature_info_taps",
@@ -197,14 +199,21 @@ def returning_features(model: nn.Module, features: bool = True, two_heads: bool 
             del inner.forward
 
 
-def feature_info_taps(model: nn.Module, detach: bool = False) -> FeatureTaps:
+def feature_info_taps(model: nn.Module, detach: bool = False, stages: Sequence[int] | None = None) -> FeatureTaps:
     """Hooks on the modules that ``feature_info`` names, the stage outputs ``forward_features`` returns.
 
     This is timm's hook-based feature extraction; the trainer uses it for two-head students, whose training
-    forward (``forward_heads``) has no ``(logits, features)`` form.
+    forward (``forward_heads``) has no ``(logits, features)`` form, and
+    :class:`~medkd3d.engines.AuxiliaryFeatureLoss` for the stages its task supervises.
+
+    Args:
+        model: a model with ``feature_info`` (possibly DDP-wrapped).
+        detach: record detached features.
+        stages: indices into ``feature_info`` of the stages to tap, in this order (default: every stage).
 
     Raises:
         TypeError: if the model has no ``feature_info`` with ``"module"`` entries.
+        ValueError: if ``stages`` is empty or names a stage the model does not have.
     """
     inner = unwrap_model(model)
     info = getattr(inner, "feature_info", None)
@@ -212,7 +221,8 @@ def feature_info_taps(model: nn.Module, detach: bool = False) -> FeatureTaps:
         raise TypeError(
             f"{type(inner).__name__} has no feature_info with 'module' paths; pass the module paths to tap instead."
         )
-    return FeatureTaps(model, [stage["module"] for stage in info], detach=detach)
+    chosen = info if stages is None else feature_stages(inner, stages)
+    return FeatureTaps(model, [stage["module"] for stage in chosen], detach=detach)
 
 
 def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

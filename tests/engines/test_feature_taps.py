@@ -7,7 +7,7 @@ import torch
 from monai.networks.nets import DenseNet121
 from torch import nn
 
-from medkd3d.engines import FeatureTaps, forward_with_features, returning_features
+from medkd3d.engines import FeatureTaps, feature_info_taps, forward_with_features, returning_features
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -98,6 +98,22 @@ def test_forward_with_features_is_one_pass_and_equals_forward(tiny_net):
     assert [f.shape[1] for f in features] == [info["num_chs"] for info in net.feature_info]
     torch.testing.assert_close(logits, net(x))
     assert "forward" not in vars(net)  # the temporary forward is gone
+
+
+def test_feature_info_taps_of_chosen_stages_record_those_stages_in_order(tiny_net):
+    net = tiny_net()
+    x = torch.randn(2, 2, 8, 8, 8)
+    _, features = forward_with_features(net, x)
+    last = len(net.feature_info) - 1
+    with torch.no_grad(), feature_info_taps(net, stages=[last, 0]) as taps:
+        net(x)
+        tapped = taps.features
+    assert len(tapped) == 2
+    torch.testing.assert_close(tapped[0], features[last])
+    torch.testing.assert_close(tapped[1], features[0])
+    assert _hook_count(net) == 0
+    with pytest.raises(ValueError, match="not indices"):
+        feature_info_taps(net, stages=[last + 1])
 
 
 def test_returning_features_needs_the_zoo_contract():
