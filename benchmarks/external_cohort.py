@@ -58,28 +58,6 @@ def check_disjoint(cohort: Sequence[Mapping[str, Any]], seen: Sequence[Mapping[s
             )
 
 
-def trained_models(run_dir: Path) -> list[tuple[str, Path, dict[str, Any]]]:
-    """``(run name, bundle root, recorded settings)`` of every finished training of a pipeline output folder.
-
-    Raises:
-        FileNotFoundError: naming the folder if it holds no finished training.
-    """
-    from medkd3d.bundles import find_bundle_root
-    from medkd3d.pipeline.run import MODELS, NO_KD_SUFFIX, TRAINING_MARKER
-
-    order = [m.bundle for m in MODELS]  # the report's order: each teacher, its students, each no-KD twin after them
-    models = []
-    for marker in Path(run_dir).glob(f"*/models/{TRAINING_MARKER}"):
-        recorded = json.loads(marker.read_text(encoding="utf-8"))
-        name = marker.parents[1].name
-        bundle = name.removesuffix(NO_KD_SUFFIX)
-        if recorded.get("state") == "finished" and bundle in order:
-            models.append((name, Path(find_bundle_root(bundle)), recorded["settings"]))
-    if not models:
-        raise FileNotFoundError(f"{run_dir}: no finished training; run `medkd3d pipeline --out {run_dir}` first.")
-    return sorted(models, key=lambda model: (order.index(model[0].removesuffix(NO_KD_SUFFIX)), model[0]))
-
-
 def evaluate_run(run_dir: Path, cohort: list[dict], seed: int) -> dict[str, tuple[float, float]]:
     """Every trained model of ``run_dir`` and the trivial baseline on ``cohort``: ``{model: (AUC, balanced accuracy)}``.
 
@@ -87,10 +65,11 @@ def evaluate_run(run_dir: Path, cohort: list[dict], seed: int) -> dict[str, tupl
         ValueError: from :func:`check_disjoint`.
     """
     from medkd3d.bundles import evaluate_bundle
+    from medkd3d.pipeline import finished_trainings
     from medkd3d.pipeline.report import baseline_result, bundle_evaluation_split
 
     results: dict[str, tuple[float, float]] = {}
-    for name, bundle_root, settings in trained_models(run_dir):
+    for name, bundle_root, settings in finished_trainings(run_dir):
         split, _ = bundle_evaluation_split(bundle_root, settings["overrides"])
         if not results:  # the first model: every model of a run shares its split
             check_disjoint(cohort, [r for side in split.values() for r in side], run_dir)

@@ -108,7 +108,7 @@ def train_student(args: argparse.Namespace, out: Path) -> Path:
     """Train the teacher bundle, then distil the student bundle from it, on a synthetic dataset.
 
     Returns:
-        The student's checkpoint (its best validation model).
+        The student's checkpoint (``models/model.pt``: its final model, the bundles' ``model_selection``).
     """
     data = generate_synthetic_brats(
         out / "data", n_hgg=args.subjects_per_class, n_lgg=args.subjects_per_class, shape=(64, 64, 48), seed=args.seed

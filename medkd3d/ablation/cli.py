@@ -44,10 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="distillation x data-size study through the bundles (resumable), with CSV, summary and plots",
         description="Hold out a test set, then per patient-level fold train each teacher bundle once and every "
         "student bundle x KD mode x data size x seed, each a bundle run (train.json with overrides: fold, seed, "
-        "kd_mode, train_per_class, unlabelled_train, teacher_ckpt); evaluate every best-validation checkpoint with "
-        "the bundle's evaluate.json on the test subjects and write results.csv, summary.md and PNG plots into "
-        "--out. Rerunning the same command resumes an interrupted study without redoing finished runs. Flags left "
-        "out take the full-study defaults, or the --quick ones.",
+        "kd_mode, train_per_class, unlabelled_train, teacher_ckpt); evaluate every run's checkpoint (the bundle's "
+        "model_selection) with the bundle's evaluate.json on the test subjects and write results.csv, summary.md and "
+        "PNG plots into --out. Rerunning the same command resumes an interrupted study without redoing finished "
+        "runs. Flags left out take the full-study defaults, or the --quick ones.",
     )
     parser.add_argument(
         "--dataset-dir",

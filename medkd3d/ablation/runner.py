@@ -21,8 +21,9 @@ For every fold:
    the bundle has a feature loss), ``train_per_class`` (``N`` labelled subjects per class, drawn per class with
    the seed and nested across sizes) and, for a size ``"N+unlabelled"``, ``unlabelled_train`` (the fold's other
    training subjects kept without their grade, for the KD term only), and its fold's ``teacher_ckpt``.
-3. **Evaluation.** The best-validation checkpoint of every run is evaluated by the bundle's ``evaluate.json`` on
-   the test split; the metrics come from the written ``eval/metrics.json`` and ``evaluation_predictions.csv``.
+3. **Evaluation.** The checkpoint every run keeps (its bundle's ``model_selection``: the final model by default) is
+   evaluated by the bundle's ``evaluate.json`` on the test split; the metrics come from the written
+   ``eval/metrics.json`` and ``evaluation_predictions.csv``.
 
 A KD run and the no-KD run of the same student, size, seed and fold share everything but the distillation -
 training subjects, validation and test subjects, initial weights (the bundle's ``seed``) - so they form the pairs
@@ -457,7 +458,7 @@ class _Study:
         return ["train.json", *(f"profiles/{p}.json" for p in self.config.profiles), *names]
 
     def _train_and_evaluate(self, bundle: str, run_dir: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
-        """Train one bundle run, evaluate its best-validation checkpoint on the test split, store the result.
+        """Train one bundle run, evaluate the checkpoint it keeps on the test split, store the result.
 
         A run whose ``result.json`` exists is not redone.
         """

@@ -15,8 +15,9 @@ package, tested, and never in copied config code.
   (patient-level stratified folds), :func:`split_side`, :func:`drop_last_batch`, :func:`inference_records`;
 - :mod:`medkd3d.bundles.teacher`: :func:`load_teacher` (a student's frozen teacher, built as it was trained),
   :func:`require_teacher_checkpoint` (a clear "train the teacher first");
-- :mod:`medkd3d.bundles.training`: the student bundles' knobs ``kd_mode``, ``train_per_class``,
-  ``unlabelled_train`` (:func:`build_trainer`, :func:`training_records`, :func:`labelled_pred_and_label`).
+- :mod:`medkd3d.bundles.training`: the bundles' knob ``model_selection`` (:func:`selects_best_checkpoint`) and the
+  student bundles' ``kd_mode``, ``train_per_class``, ``unlabelled_train`` (:func:`build_trainer`,
+  :func:`training_records`, :func:`labelled_pred_and_label`).
 
 The bundles' Ignite handlers and :class:`~medkd3d.engines.SliceStackInferer` are in :mod:`medkd3d.engines`, their
 export entry :func:`~medkd3d.export.prepare_for_export` in :mod:`medkd3d.export`, and ``medkd3d pipeline`` in
@@ -78,7 +79,16 @@ _EXPORTS: dict[str, str] = {
     ),
     **dict.fromkeys(["load_teacher", "require_teacher_checkpoint"], "teacher"),
     **dict.fromkeys(
-        ["KD_MODES", "UNLABELLED", "build_trainer", "labelled_pred_and_label", "training_records"], "training"
+        [
+            "KD_MODES",
+            "MODEL_SELECTIONS",
+            "UNLABELLED",
+            "build_trainer",
+            "labelled_pred_and_label",
+            "selects_best_checkpoint",
+            "training_records",
+        ],
+        "training",
     ),
 }
 

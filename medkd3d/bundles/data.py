@@ -162,10 +162,11 @@ def split_dataset(
 
     ``test_fraction`` of each class's subjects are held out first; they depend on the subjects, ``test_fraction``
     and ``seed`` only, so every fold (and every bundle) reports on the same test subjects, which neither training
-    nor model selection (best checkpoint, early stopping: the ``val`` side) ever sees. The remaining subjects are
-    dealt into ``num_folds`` stratified folds. The whole split depends only on the subjects and these arguments,
-    so the teacher and every student bundle (same overrides) train, validate and test on the same subjects: a
-    student is never validated or tested on a subject its teacher was trained on.
+    nor validation (the decision threshold, early stopping, a ``model_selection: best`` checkpoint: the ``val``
+    side) ever sees. The remaining subjects are dealt into ``num_folds`` stratified folds. The whole split depends
+    only on the subjects and these arguments, so the teacher and every student bundle (same overrides) train,
+    validate and test on the same subjects: a student is never validated or tested on a subject its teacher was
+    trained on.
 
     Args:
         datalist: the prepared datalist (:func:`prepare_dataset`).

@@ -1,8 +1,10 @@
-"""The student bundles' training knobs ``kd_mode``, ``train_per_class`` and ``unlabelled_train``.
+"""The bundles' training knobs: ``model_selection``, and the students' ``kd_mode``, ``train_per_class`` and
+``unlabelled_train``.
 
-A student bundle trains one way (its ``train.json``); these knobs select what a study varies without another
-training loop:
+A bundle trains one way (its ``train.json``); these knobs select what a study varies without another training loop:
 
+* :func:`selects_best_checkpoint` - which model ``models/model.pt`` keeps: the one after the last epoch
+  (``"final"``, the default) or the epoch with the best validation AUC (``"best"``).
 * :func:`training_records` - the training subjects of a run: all of the fold's training side, or
   ``train_per_class`` labelled subjects per class (drawn per class with the seed, nested across sizes), with the
   remaining training subjects optionally kept as unlabelled items (``label = -1``) that only the KD term uses.
@@ -19,7 +21,15 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["KD_MODES", "UNLABELLED", "build_trainer", "labelled_pred_and_label", "training_records"]
+__all__ = [
+    "KD_MODES",
+    "MODEL_SELECTIONS",
+    "UNLABELLED",
+    "build_trainer",
+    "labelled_pred_and_label",
+    "selects_best_checkpoint",
+    "training_records",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +38,31 @@ KD_MODES: tuple[str, ...] = ("none", "logit", "logit+feature")
 
 #: Label of a training item kept without its grade (only the KD term uses it).
 UNLABELLED = -1
+
+#: Which model a bundle saves as ``models/model.pt``: the one after the last epoch, or the best-validation one.
+MODEL_SELECTIONS: tuple[str, ...] = ("final", "best")
+
+
+def selects_best_checkpoint(model_selection: str) -> bool:
+    """Whether a bundle keeps its best-validation-AUC checkpoint (``"best"``) rather than its final model.
+
+    ``train.json`` saves ``models/model.pt`` after the last epoch (``"final"``, the default) or whenever the
+    validation AUC improves (``"best"``). With a few dozen validation subjects the best epoch is a noisy pick that
+    fits those subjects: on a development cohort the final models of a cosine schedule tested better (the bundles'
+    docs give the numbers). Validation still drives early stopping and the decision threshold.
+
+    Args:
+        model_selection: one of :data:`MODEL_SELECTIONS`.
+
+    Returns:
+        ``True`` for ``"best"``, ``False`` for ``"final"``.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if model_selection not in MODEL_SELECTIONS:
+        raise ValueError(f"model_selection must be one of {MODEL_SELECTIONS}, got {model_selection!r}")
+    return model_selection == "best"
 
 
 def training_records(

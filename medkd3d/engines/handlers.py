@@ -77,6 +77,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
     "last" checkpoint can include it and a resumed run keeps comparing against the best metric seen before the
     interruption instead of overwriting the best model with the first validation after resuming.
 
+    A final checkpoint (``save_final``) is written when the run completes, never when it fails: MONAI also saves
+    it on an exception, which with ``final_filename="model.pt"`` would put a half-trained network - or an untrained
+    one, for a run refused at its start - where a finished model is expected, over the one a complete run left.
+    A failed run resumes from ``last.pt`` (:class:`TrainingCheckpoint`).
+
     Args:
         save_dir: directory of the checkpoints.
         save_dict: objects to save, e.g. ``{"model": network, "optimizer": optimizer, "trainer": trainer}``.
@@ -109,6 +114,20 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if checkpoint is not None:
                 checkpoint.save_handler = _AtomicDiskSaver(save_dir, filename, config)
         self.config = config
+
+    def attach(self, engine: Engine) -> None:
+        """Attach as MONAI does, without its save of the final checkpoint on an exception (see the class).
+
+        The exception handler is never registered rather than removed afterwards: an engine that has had an
+        ``EXCEPTION_RAISED`` handler swallows exceptions once the list is empty.
+        """
+        final, self._final_checkpoint = self._final_checkpoint, None
+        try:
+            super().attach(engine)  # the key-metric and interval checkpoints, as MONAI attaches them
+        finally:
+            self._final_checkpoint = final
+        if final is not None:
+            engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def state_dict(self) -> dict:
         """The key-metric tracking state (which scores were saved), empty without key-metric saving."""

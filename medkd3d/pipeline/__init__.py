@@ -2,7 +2,7 @@
 
 - :mod:`medkd3d.pipeline.run`: :func:`run_pipeline` and its :class:`PipelineSettings` (synthesise or validate the
   data, train each teacher, distill each student and its no-KD twin, evaluate on the held-out test subjects,
-  export, report);
+  export, report), and :func:`finished_trainings` (an output folder's trained runs, to evaluate them again);
 - :mod:`medkd3d.pipeline.report`: the teacher/student comparison report (:class:`ModelResult`,
   :func:`write_report`: Markdown and CSV, with chance levels, a trivial baseline, retentions and KD gains);
 - :mod:`medkd3d.pipeline.scheduler`: the trainings and evaluations on several worker processes (``--jobs``),
@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
             "PipelineModel",
             "PipelineSettings",
             "StepClock",
+            "finished_trainings",
             "format_duration",
             "parse_bundle_override",
             "run_pipeline",

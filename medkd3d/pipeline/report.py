@@ -345,8 +345,8 @@ def _chance_context(results: Sequence[ModelResult], evaluate_split: str) -> dict
     chance = chance_levels(labels, len(names))
     per_class = ", ".join(f"{c} {name}" for name, c in zip(names, counts.tolist()))
     return {
-        "evaluation split": f"{evaluate_split}, n = {len(labels)} subjects ({per_class}); model selection (best "
-        "checkpoint, early stopping) used the validation subjects only",
+        "evaluation split": f"{evaluate_split}, n = {len(labels)} subjects ({per_class}); the decision threshold "
+        "and any model selection (early stopping, model_selection best) used the validation subjects only",
         "chance level": f"AUC {chance['auc']:.3f}, balanced accuracy {chance['balanced_accuracy']:.3f}, "
         f"accuracy {chance['accuracy']:.3f} (always predicting the majority class)",
     }

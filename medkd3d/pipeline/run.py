@@ -45,6 +45,7 @@ __all__ = [
     "PipelineModel",
     "PipelineSettings",
     "StepClock",
+    "finished_trainings",
     "format_duration",
     "parse_bundle_override",
     "run_pipeline",
@@ -408,6 +409,35 @@ def _training_state(marker: Path, identity: Mapping[str, Any]) -> str | None:
         return None
     state = recorded.get("state")
     return state if state in ("started", "finished") else None
+
+
+def finished_trainings(out_dir: str | Path) -> list[tuple[str, Path, dict[str, Any]]]:
+    """The finished trainings of a pipeline output folder, in the report's order, to evaluate them again.
+
+    Args:
+        out_dir: a ``medkd3d pipeline`` output folder.
+
+    Returns:
+        ``(run name, bundle root, recorded settings)`` per training whose marker says it finished: the run name is
+        the bundle's (``<bundle>_no_kd`` for a no-KD twin), the settings are ``{"profiles": [...], "overrides":
+        {...}}`` as the training used them, ready for :func:`medkd3d.bundles.evaluate_bundle`.
+
+    Raises:
+        FileNotFoundError: naming the folder if it holds no finished training.
+    """
+    from medkd3d.bundles import find_bundle_root
+
+    order = [m.bundle for m in MODELS]  # each teacher, its students, each no-KD twin after its student
+    trainings = []
+    for marker in Path(out_dir).glob(f"*/models/{TRAINING_MARKER}"):
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+        name = marker.parents[1].name
+        bundle = name.removesuffix(NO_KD_SUFFIX)
+        if recorded.get("state") == "finished" and bundle in order:
+            trainings.append((name, Path(find_bundle_root(bundle)), recorded["settings"]))
+    if not trainings:
+        raise FileNotFoundError(f"{out_dir}: no finished training; run `medkd3d pipeline --out {out_dir}` first.")
+    return sorted(trainings, key=lambda training: (order.index(training[0].removesuffix(NO_KD_SUFFIX)), training[0]))
 
 
 def format_duration(seconds: float) -> str:

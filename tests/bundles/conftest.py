@@ -116,7 +116,8 @@ def trained_bundles(
 ) -> Path:
     """Every bundle trained for one epoch at tiny size, teachers first; returns the folder of their outputs.
 
-    ``<returned>/<bundle>/models/model.pt`` (best validation model) and ``last.pt`` (training state).
+    ``<returned>/<bundle>/models/model.pt`` (the model ``model_selection`` keeps: the final one by default) and
+    ``last.pt`` (training state).
     """
     outputs = tmp_path_factory.mktemp("bundle_outputs")
     for bundle in BUNDLE_NAMES:  # teachers come before their students

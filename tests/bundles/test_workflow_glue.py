@@ -82,6 +82,33 @@ def test_atomic_checkpoint_keeps_the_best_model_when_a_save_fails(tmp_path: Path
     torch.testing.assert_close(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], torch.full((2, 2), 2.0))
 
 
+def test_final_checkpoint_is_saved_on_completion_not_on_failure(tmp_path: Path) -> None:
+    def run(net: nn.Module, fail_in_epoch: int | None) -> None:
+        engine = Engine(lambda e, b: None)
+        AtomicCheckpointSaver(
+            save_dir=str(tmp_path), save_dict={"model": net}, save_final=True, final_filename="model.pt"
+        ).attach(engine)
+
+        @engine.on(Events.EPOCH_COMPLETED)
+        def _(e: Engine) -> None:
+            nn.init.constant_(net.weight, float(e.state.epoch))
+            if e.state.epoch == fail_in_epoch:
+                raise RuntimeError("interrupted")
+
+        engine.run([0], max_epochs=3)
+
+    def saved_weight() -> torch.Tensor:
+        return torch.load(tmp_path / "model.pt", weights_only=True)["weight"]
+
+    run(_linear(0.0), fail_in_epoch=None)
+    torch.testing.assert_close(saved_weight(), torch.full((2, 2), 3.0))  # the weights after the last epoch
+    # a run that fails leaves the complete run's model.pt alone (MONAI would save its epoch-2 weights there)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(_linear(0.0), fail_in_epoch=2)
+    torch.testing.assert_close(saved_weight(), torch.full((2, 2), 3.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
 def test_validation_early_stopping_stops_the_trainer(tmp_path: Path) -> None:
     validator = _epoch_engine([0.7, 0.8, 0.75, 0.79, 0.9, 0.95])
     trainer = Engine(lambda e, b: None)
