@@ -35,8 +35,8 @@ def evaluate_selections(run_dir: Path) -> dict[str, dict[str, tuple[float, float
     """``{model: {selection: (test AUC, test balanced accuracy)}}`` for every finished training of ``run_dir``.
 
     Raises:
-        FileNotFoundError: naming the run folder when it holds no finished training, or a model without
-            ``last.pt`` beside its ``model.pt``.
+        FileNotFoundError: naming the run folder when it holds no finished training, or (from ``evaluate.json``'s
+            checkpoint check) a missing ``model.pt`` or ``last.pt``.
         ValueError: naming a model trained with ``model_selection=final`` (its ``model.pt`` is its ``last.pt``).
     """
     from medkd3d.bundles import evaluate_bundle
@@ -53,8 +53,6 @@ def evaluate_selections(run_dir: Path) -> dict[str, dict[str, tuple[float, float
         ckpt_dir = Path(overrides["ckpt_dir"])
         results[name] = {}
         for selection, filename in CHECKPOINTS.items():
-            if not (ckpt_dir / filename).is_file():
-                raise FileNotFoundError(f"{run_dir / name}: {ckpt_dir / filename} is missing.")
             out = Path(run_dir) / name / f"eval_selection_{selection}"
             evaluate_bundle(
                 bundle_root, logging_file=False, profiles=settings["profiles"],

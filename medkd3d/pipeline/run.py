@@ -393,17 +393,23 @@ def _training_identity(overrides: Mapping[str, Any], profiles: Sequence[str]) ->
     return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
+def _read_marker(marker: Path) -> dict[str, Any] | None:
+    """The record of a training marker (``{"state": ..., "settings": ...}``), ``None`` if missing or unreadable."""
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def _training_state(marker: Path, identity: Mapping[str, Any]) -> str | None:
     """``"finished"`` or ``"started"`` when ``marker`` records a training with these settings, else ``None``.
 
     A marker of other settings (or an unreadable one) means the checkpoints there are not this run's: training
     starts afresh and replaces them, as a first run would.
     """
-    try:
-        recorded = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(recorded, dict) or recorded.get("settings") != identity:
+    recorded = _read_marker(marker)
+    if recorded is None or recorded.get("settings") != identity:
         if marker.exists():
             logger.info("%s records a training with other settings: training %s afresh.", marker, marker.parent)
         return None
@@ -418,7 +424,8 @@ def finished_trainings(out_dir: str | Path) -> list[tuple[str, Path, dict[str, A
         out_dir: a ``medkd3d pipeline`` output folder.
 
     Returns:
-        ``(run name, bundle root, recorded settings)`` per training whose marker says it finished: the run name is
+        ``(run name, bundle root, recorded settings)`` per training whose marker says it finished (an unreadable
+        marker counts as unfinished, as for the pipeline itself): the run name is
         the bundle's (``<bundle>_no_kd`` for a no-KD twin), the settings are ``{"profiles": [...], "overrides":
         {...}}`` as the training used them, ready for :func:`medkd3d.bundles.evaluate_bundle`.
 
@@ -430,10 +437,10 @@ def finished_trainings(out_dir: str | Path) -> list[tuple[str, Path, dict[str, A
     order = [m.bundle for m in MODELS]  # each teacher, its students, each no-KD twin after its student
     trainings = []
     for marker in Path(out_dir).glob(f"*/models/{TRAINING_MARKER}"):
-        recorded = json.loads(marker.read_text(encoding="utf-8"))
+        recorded = _read_marker(marker)
         name = marker.parents[1].name
         bundle = name.removesuffix(NO_KD_SUFFIX)
-        if recorded.get("state") == "finished" and bundle in order:
+        if recorded is not None and recorded.get("state") == "finished" and bundle in order:
             trainings.append((name, Path(find_bundle_root(bundle)), recorded["settings"]))
     if not trainings:
         raise FileNotFoundError(f"{out_dir}: no finished training; run `medkd3d pipeline --out {out_dir}` first.")

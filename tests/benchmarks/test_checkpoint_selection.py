@@ -48,6 +48,9 @@ def test_finished_trainings_in_report_order(tmp_path: Path) -> None:
     _mark(tmp_path, "brats_student_effnet3d", "finished")
     _mark(tmp_path, "brats_teacher_vggvit3d", "finished")
     _mark(tmp_path, "brats_hdkd_teacher3d", "started")  # interrupted: not listed
+    corrupt = tmp_path / "brats_hdkd_student3d" / "models"
+    corrupt.mkdir(parents=True)
+    (corrupt / TRAINING_MARKER).write_text('{"state": "finis')  # unreadable: unfinished, as for the pipeline
     names = [name for name, _, _ in finished_trainings(tmp_path)]
     assert names == ["brats_teacher_vggvit3d", "brats_student_effnet3d", "brats_student_effnet3d_no_kd"]
     _, root, settings = finished_trainings(tmp_path)[0]
