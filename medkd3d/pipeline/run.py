@@ -425,9 +425,9 @@ def finished_trainings(out_dir: str | Path) -> list[tuple[str, Path, dict[str, A
 
     Returns:
         ``(run name, bundle root, recorded settings)`` per training whose marker says it finished (an unreadable
-        marker counts as unfinished, as for the pipeline itself): the run name is
-        the bundle's (``<bundle>_no_kd`` for a no-KD twin), the settings are ``{"profiles": [...], "overrides":
-        {...}}`` as the training used them, ready for :func:`medkd3d.bundles.evaluate_bundle`.
+        marker counts as unfinished, as for the pipeline itself): the run name is the bundle's (``<bundle>_no_kd``
+        for a no-KD twin), the settings are ``{"profiles": [...], "overrides": {...}}`` as the training used them,
+        ready for :func:`medkd3d.bundles.evaluate_bundle`.
 
     Raises:
         FileNotFoundError: naming the folder if it holds no finished training.
