@@ -298,6 +298,10 @@ def format_markdown(
     """
     students = [r for r in table if r["kind"] == "student"]
     n_test = next((r["test_subjects"] for r in table if r.get("test_subjects")), "n/a")
+    if config.overrides.get("model_selection") == "best":
+        weights = "each model is its best validation epoch (`model_selection=best`, on the fold's validation subjects)"
+    else:
+        weights = "each model keeps its final weights (the bundles' `model_selection`; `best` would pick an epoch)"
     lines = [
         "# KD gain on synthetic BraTS" + (" (smoke version: numbers mean nothing)" if config.tiny else ""),
         "",
@@ -310,9 +314,9 @@ def format_markdown(
         + (f"; **teachers missing: {', '.join(missing_teachers)}**" if missing_teachers else ""),
         "",
         f"Every model is its bundle's `train.json` run with overrides (medkd3d.ablation) and evaluated by its "
-        f"`evaluate.json` on the same **{n_test} held-out test subjects** (test fraction {config.test_fraction}); the "
-        f"checkpoint is selected on the fold's validation subjects, and so is the decision threshold behind the "
-        f"balanced accuracy (Youden's J; AUC does not depend on it). Seeds {list(config.seeds)} x {config.folds} folds; "
+        f"`evaluate.json` on the same **{n_test} held-out test subjects** (test fraction {config.test_fraction}); "
+        f"{weights}, and the decision threshold behind the balanced accuracy is chosen on the fold's validation "
+        f"subjects (Youden's J; AUC does not depend on it). Seeds {list(config.seeds)} x {config.folds} folds; "
         f"profiles {list(config.profiles) or 'none'}; "
         f"{f'overrides {dict(config.overrides)}; ' if config.overrides else ''}"
         f"spatial size {config.spatial_size or 'the profile default'}; epochs {config.epochs or 'bundle default'} (teachers "
@@ -418,13 +422,22 @@ def dataset_description(dataset_dir: str | os.PathLike) -> str:
     return f"`{dataset_dir}`" + (f", {synthetic}" if synthetic else "")
 
 
-def machine_info() -> str:
+def machine_info(threads: int | None = None) -> str:
+    """This machine, and the PyTorch threads of the study's runs.
+
+    Args:
+        threads: the study's ``--threads``; ``None``: PyTorch's default here. A staged study's report process trains
+            nothing, so the threads it happens to have would say nothing about the runs.
+
+    Returns:
+        One line: host, architecture, CPUs, GPU, Python, torch and its threads.
+    """
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
         f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {gpu}), Python {platform.python_version()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+        f"torch {torch.__version__}, {threads or torch.get_num_threads()} torch threads"
     )
 
 
@@ -504,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table,
         config,
         wall,
-        machine_info(),
+        machine_info(config.threads),
         command.strip(),
         missing=missing,
         missing_teachers=[t for t in teachers_needed if t not in found],

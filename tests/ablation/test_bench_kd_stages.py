@@ -35,6 +35,19 @@ def test_a_profile_sets_the_volume_size_and_stages_parse(bench) -> None:
         bench.parse_args(["--stage", "everything"])
 
 
+def test_machine_line_names_the_threads_of_the_runs_not_of_the_report_process(bench) -> None:
+    """A staged study's report process trains nothing: its own thread count would misstate how the runs trained."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert bench.machine_info(1).endswith(", 1 torch threads")
+        assert bench.machine_info(None).endswith(", 2 torch threads")  # no --threads: PyTorch's default, as here
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_overrides_reach_every_bundle_run_and_the_report_names_them(bench, tmp_path) -> None:
     """``--override amp=false`` (e.g. to compare a GPU study with and without mixed precision) is a study setting
     every bundle run receives, and the report says it was used."""
@@ -44,6 +57,19 @@ def test_overrides_reach_every_bundle_run_and_the_report_names_them(bench, tmp_p
     text = bench.format_markdown([], config, 1.0, "machine", "cmd")
     assert "overrides {'amp': False, 'learning_rate': 0.0003}" in text
     assert "overrides {" not in bench.format_markdown([], bench.study_config(bench.parse_args([])), 1.0, "m", "c")
+
+
+def test_report_says_which_weights_each_model_keeps(bench, tmp_path) -> None:
+    """The bundles keep their final weights; ``--override model_selection="best"`` reproduces studies made with the
+    best validation epoch, and the report must then say so."""
+
+    def text(*extra: str) -> str:
+        config = bench.study_config(bench.parse_args(["--out", str(tmp_path), *extra]))
+        return bench.format_markdown([], config, 1.0, "machine", "cmd")
+
+    assert "each model keeps its final weights" in text()
+    best = text("--override", 'model_selection="best"')
+    assert "each model is its best validation epoch" in best and "final weights" not in best
 
 
 def test_planned_cells_without_runs_are_reported_missing(bench) -> None:
