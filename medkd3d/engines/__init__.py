@@ -1,9 +1,10 @@
 """Distillation engines: ``DistillationTrainer``, feature taps, the teacher soft-target cache, strict teacher
-checkpoint loading, classification metrics, evaluation helpers, the trivial baseline and honest-report helpers
-(chance levels, retention over chance, AUC intervals, flags), the Ignite handlers the bundles add to MONAI's
-(:mod:`medkd3d.engines.handlers`: atomic and resumable checkpoints, early stopping, metric and probability
-writers), :class:`AuxiliaryFeatureLoss` (an extra task on a network's stage features, e.g. tumour compartments)
-and :class:`SliceStackInferer` (:mod:`medkd3d.engines.inferers`: subject-level predictions of 2.5D networks)."""
+checkpoint loading, classification metrics, evaluation helpers, the trivial baseline, batches as plain tensors for
+the networks (:mod:`medkd3d.engines.batch`), honest-report helpers (chance levels, retention over chance, AUC
+intervals, flags), the Ignite handlers the bundles add to MONAI's (:mod:`medkd3d.engines.handlers`: atomic and
+resumable checkpoints, early stopping, metric and probability writers), :class:`AuxiliaryFeatureLoss` (an extra task
+on a network's stage features, e.g. tumour compartments) and :class:`SliceStackInferer`
+(:mod:`medkd3d.engines.inferers`: subject-level predictions of 2.5D networks)."""
 
 from medkd3d.engines.auxiliary import AuxiliaryFeatureLoss
 from medkd3d.engines.baseline import (
@@ -13,6 +14,7 @@ from medkd3d.engines.baseline import (
     intensity_features,
     trivial_baseline,
 )
+from medkd3d.engines.batch import plain_tensor, prepare_plain_batch
 from medkd3d.engines.checkpoint import load_teacher_checkpoint
 from medkd3d.engines.evaluation import evaluate_classifier, flatten_metrics, write_metrics
 from medkd3d.engines.handlers import (
@@ -112,9 +114,11 @@ __all__ = [
     "loss_terms",
     "margin_retention",
     "metric_lines",
+    "plain_tensor",
     "precompute_soft_targets",
     "predicted_classes",
     "predicts_one_class",
+    "prepare_plain_batch",
     "retention",
     "returning_features",
     "roc_auc",

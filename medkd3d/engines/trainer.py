@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
@@ -19,6 +18,7 @@ from torch.optim import Optimizer
 
 from medkd3d.losses import labelled_mask
 
+from .batch import plain_tensor
 from .soft_targets import SoftTargetCache, as_teacher_list, check_deterministic_teacher_input, teacher_fingerprint
 from .taps import FORWARD_FEATURES, FeatureTaps, feature_info_taps, has_two_heads, returning_features, unwrap_model
 
@@ -59,7 +59,7 @@ def loss_terms(output: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[
 def _num_labelled(targets: Any) -> torch.Tensor | None:
     """Number of labelled items of a batch of class indices (label ``-1`` marks unlabelled ones), else ``None``."""
     if isinstance(targets, torch.Tensor) and targets.ndim == 1 and not targets.is_floating_point():
-        return labelled_mask(_plain(targets)).sum()
+        return labelled_mask(plain_tensor(targets)).sum()
     return None
 
 
@@ -80,10 +80,6 @@ def _split_loss(output: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return total, {
         name if name.startswith(LOSS_PREFIX) else LOSS_PREFIX + name: term for name, term in components.items()
     }
-
-
-def _plain(x: Any) -> Any:
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 class DistillationTrainer(SupervisedTrainer):
@@ -398,8 +394,9 @@ class DistillationTrainer(SupervisedTrainer):
         )
         feature_kwargs = {key: self._batch_value(batchdata, key, engine) for key in self.feature_loss_batch_keys}
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
-        if self.compile:  # torch.compile does not take MetaTensors (pytorch#117026); the output keeps the originals
-            inputs, targets, teacher_inputs = _plain(inputs), _plain(targets), _plain(teacher_inputs)
+        # the networks get plain tensors (medkd3d.engines.batch: faster, and torch.compile does not take MetaTensors,
+        # pytorch#117026); the output keeps the originals
+        inputs, targets, teacher_inputs = plain_tensor(inputs), plain_tensor(targets), plain_tensor(teacher_inputs)
 
         def _compute_pred_loss() -> None:
             teacher_logits, teacher_features = self._teacher_forward(batchdata, teacher_inputs)

@@ -133,6 +133,13 @@ def test_student_teacher_loading_checks_the_config(trained: Path, bundle_kit) ->
     loaded = load_teacher(root, checkpoint, spatial_size=bundle_kit.spatial, class_names=["LGG", "HGG"])
     assert not any(p.requires_grad for p in loaded.parameters())
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in teacher().parameters())
+    # the same weights, its 3D convolutions channels-last when asked (the bundles' choice on a CPU)
+    fast = load_teacher(root, checkpoint, spatial_size=bundle_kit.spatial, channels_last=True)
+    torch.testing.assert_close(fast.state_dict(), loaded.state_dict())
+    weights = [p for p in fast.parameters() if p.dim() == 5]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights)
+    assert not all(p.is_contiguous() for p in weights)
+    assert all(p.is_contiguous() for p in loaded.parameters())
     with pytest.raises(ValueError, match=r"trained with spatial_size=\[32, 32, 32\].*\[64, 64, 64\]"):
         load_teacher(root, checkpoint, spatial_size=[64, 64, 64], class_names=["LGG", "HGG"])
     # a teacher architecture built elsewhere is checked against the record too

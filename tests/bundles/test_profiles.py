@@ -78,6 +78,14 @@ def test_every_bundle_ships_the_profiles_as_valid_overlays(bundle: str) -> None:
             assert not isinstance(content[config_id], dict), "set nested ids (network_def#x), not whole sections"
 
 
+@pytest.mark.parametrize("profile", RECIPES)
+@pytest.mark.parametrize("bundle", [m.bundle for m in MODELS])
+def test_every_recipe_validates_its_last_epoch(bundle: str, profile: str | None) -> None:
+    # the final model's validation metrics are logged, and model_selection "best" can keep it
+    parser = _parser(bundle, profile)
+    assert parser.get_parsed_content("epochs") % parser.get_parsed_content("val_interval") == 0
+
+
 def test_profiles_combine_in_order_and_overrides_win(monkeypatch) -> None:
     bundle = "brats_teacher_vggvit3d"
     root = BUNDLES_DIR / bundle
