@@ -1,5 +1,5 @@
 """``place_network``: a 3D network channels-last computes what it computed before, 2D networks are left alone, and
-the bundles turn it on on a CPU only (training, their inference and a distilled student's teacher)."""
+the bundles' ``quick`` profiles turn it on on a CPU only (training, inference and a distilled student's teacher)."""
 
 from __future__ import annotations
 
@@ -64,10 +64,16 @@ def test_2d_networks_and_channels_last_off_keep_their_layout() -> None:
 
 
 @pytest.mark.parametrize("config", ["train.json", "inference.json"])
-@pytest.mark.parametrize("device, expected", [("cpu", True), ("cuda:0", False)])
-def test_bundles_use_channels_last_on_a_cpu_only(config: str, device: str, expected: bool) -> None:
+@pytest.mark.parametrize(
+    "profiles, device, expected",
+    # off by default: the full-size 3D student, EfficientNet-B0 with group norm, ran 2x slower channels-last on a CPU
+    [((), "cpu", False), ((), "cuda:0", False), (("quick",), "cpu", True), (("quick",), "cuda:0", False)],
+)
+def test_bundles_use_channels_last_in_the_quick_profile_on_a_cpu(
+    config: str, profiles: tuple[str, ...], device: str, expected: bool
+) -> None:
     for root in sorted(BUNDLES_DIR.glob("brats_*")):
-        parser = bundle_parser(root, {"device": f"$torch.device('{device}')"}, config)
+        parser = bundle_parser(root, {"device": f"$torch.device('{device}')"}, config, profiles=profiles)
         assert parser.get_parsed_content("channels_last") is expected, root.name
         assert parser["network"]["channels_last"] == "@channels_last", root.name
         if config == "train.json" and "teacher" in parser.config:
