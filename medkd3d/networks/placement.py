@@ -1,7 +1,7 @@
 """Put a network on its device, its 3D convolutions channels-last where that is faster.
 
-oneDNN, PyTorch's CPU convolution library, runs 3D convolutions faster on channels-last (NDHWC) tensors than on
-the default NCDHW layout. One training step (batch 8, 32^3 volumes, one thread, this project's 2-core machine) took
+oneDNN, PyTorch's CPU convolution library, can run 3D convolutions faster on channels-last (NDHWC) tensors than
+on the default NCDHW layout. One training step (batch 8, 32^3 volumes, one thread, this project's 2-core machine) took
 0.56 s instead of 0.64-0.75 s for the ``quick`` VGG-ViT teacher and 0.24-0.28 s instead of 0.37-0.39 s for the
 ``quick`` ResNet-10 student, both fed plain tensors (:mod:`medkd3d.engines.batch`); the HDKD networks did not
 change, and neither did the 2D backbone of the 2.5D student with channels-last 2D tensors, so 2D networks are left

@@ -13,11 +13,13 @@ import torch
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("channels_last", [False, True])  # True: the quick profiles' setting on a CPU
 def test_torchrun_two_cpu_processes_distill_a_student(
-    bundle_kit, trained_bundles: Path, synthetic_brats_root: Path, tmp_path: Path
+    bundle_kit, trained_bundles: Path, synthetic_brats_root: Path, tmp_path: Path, channels_last: bool
 ) -> None:
     bundle = "brats_student_effnet3d"
     overrides = bundle_kit.train_overrides(bundle, synthetic_brats_root, tmp_path, trained_bundles)
+    overrides["channels_last"] = channels_last
     overrides.pop("bundle_root")  # found from the config path, as a user would run it
     configs = bundle_kit.config_files(bundle, "train.json", "multi_gpu_train.json")
     command = [
