@@ -3,7 +3,8 @@
 MONAI's transforms return ``MetaTensor``s, and a network fed one runs every operation through
 ``MetaTensor.__torch_function__``, which also undid the channels-last speed-up of the 3D networks
 (:func:`medkd3d.networks.place_network`): a training step of the ``quick`` VGG-ViT teacher (batch 8, 32^3, one CPU
-thread) took 0.56 s from a plain tensor and 0.75 s from a ``MetaTensor``. No network here reads metadata, so the
+thread) took 0.82x the channels-first time from a plain tensor and 1.01x from a ``MetaTensor``
+(``benchmarks/results/layout_cpu.md``). No network here reads metadata, so the
 engines give them plain tensors (MONAI's own ``SupervisedTrainer`` does the same for ``torch.compile``).
 """
 

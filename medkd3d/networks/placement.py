@@ -1,13 +1,13 @@
 """Put a network on its device, its 3D convolutions channels-last where that is faster.
 
 oneDNN, PyTorch's CPU convolution library, can run 3D convolutions faster on channels-last (NDHWC) tensors than
-on the default NCDHW layout. One training step (batch 8, 32^3 volumes, one thread, this project's 2-core machine) took
-0.56 s instead of 0.64-0.75 s for the ``quick`` VGG-ViT teacher and 0.24-0.28 s instead of 0.37-0.39 s for the
-``quick`` ResNet-10 student, both fed plain tensors (:mod:`medkd3d.engines.batch`); the HDKD networks did not
-change, and neither did the 2D backbone of the 2.5D student with channels-last 2D tensors, so 2D networks are left
-as they are. It is not a gain everywhere: the full-size 3D student, EfficientNet-B0 with group norm, took 1.45-1.64 s
-instead of 0.68-0.75 s per step (batch 2, 64^3). So the bundles keep it off by default (``channels_last``) and their
-``quick`` profiles turn it on where they run on a CPU; on a GPU it is off, its effect there not measured.
+on the default NCDHW layout. ``benchmarks/bench_layout.py`` times one training step (one thread, this project's
+2-core machine, plain-tensor inputs, :mod:`medkd3d.engines.batch`): 0.82x the channels-first time for the ``quick``
+VGG-ViT teacher and 0.58x for the ``quick`` ResNet-10 student (batch 8, 32^3), 0.85x for the HDKD teacher; the 2D
+backbone of the 2.5D student did not change with channels-last 2D tensors in a probe, so 2D networks are left as
+they are. It is not a gain everywhere: the full-size 3D student, EfficientNet-B0 with group norm, took 2.06x the time
+(batch 2, 64^3). So the bundles keep it off by default (``channels_last``) and their ``quick`` profiles turn it on
+where they run on a CPU; on a GPU it is off, its effect there not measured.
 """
 
 from __future__ import annotations
