@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from monai.data import MetaTensor
 from torch import nn
 
 from medkd3d.networks import create_model, place_network
+from medkd3d.networks.profile import time_calls
 from medkd3d.utils import atomic_write_text
 
 #: ``(label, registry name, network arguments, input shape with the batch)``.
@@ -89,10 +89,8 @@ def time_layouts(name: str, kwargs: dict[str, Any], shape: tuple[int, ...], step
         run()
     for _ in range(steps):
         for layout, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[layout].append(time.perf_counter() - start)
-    return {layout: statistics.median(values) for layout, values in times.items()}
+            times[layout] += time_calls(run, max_repeats=1)
+    return {layout: statistics.median(values) / 1000 for layout, values in times.items()}
 
 
 def report(results: dict[str, dict[str, float]], threads: int, steps: int) -> str:
@@ -109,7 +107,8 @@ def report(results: dict[str, dict[str, float]], threads: int, steps: int) -> st
         "channels-last, MetaTensor ratio |",
         "|---|---|" + "---|" * (len(LAYOUTS) + 2),
     ]
-    for (label, _, _, shape), seconds in zip(NETWORKS, results.values()):
+    for label, _, _, shape in NETWORKS:
+        seconds = results[label]
         base = seconds["channels-first"]
         cells = [f"{seconds[layout]:.3f}" for layout in LAYOUTS]
         ratios = [f"{seconds[layout] / base:.2f}" for layout in LAYOUTS[1:]]

@@ -59,7 +59,7 @@ def loss_terms(output: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[
 def _num_labelled(targets: Any) -> torch.Tensor | None:
     """Number of labelled items of a batch of class indices (label ``-1`` marks unlabelled ones), else ``None``."""
     if isinstance(targets, torch.Tensor) and targets.ndim == 1 and not targets.is_floating_point():
-        return labelled_mask(plain_tensor(targets)).sum()
+        return labelled_mask(targets).sum()
     return None
 
 
