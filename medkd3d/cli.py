@@ -56,6 +56,7 @@ _REFUSAL_TYPES: tuple[type[BaseException], ...] = (
 _REFUSAL_NAMES: frozenset[str] = frozenset(
     {
         "medkd3d.export.parity.ParityError",
+        "medkd3d.pipeline.run.ExportParityError",  # the report is written; an export failed its parity check
         "medkd3d.export.backends.BackendUnavailableError",
         "medkd3d.bundles.run.BundleOutOfMemoryError",  # names the batch / spatial size / profile that fit
     }

@@ -34,6 +34,28 @@ def _seeded() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def broken_onnx_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ONNX export of the test writes its network with the classifier bias shifted by (+1, -1): a broken
+    artefact that fails its parity check (the network itself is left as it was)."""
+    from medkd3d.export import exporter
+
+    export_onnx = exporter.export_onnx
+
+    def export(network: torch.nn.Module, example_input: torch.Tensor, path: Path, deployment, **kwargs):
+        head = [m for m in network.modules() if isinstance(m, torch.nn.Linear)][-1]
+        original = head.bias.detach().clone()
+        with torch.no_grad():
+            head.bias += torch.tensor([1.0, -1.0])
+        try:
+            return export_onnx(network, example_input, path, deployment, **kwargs)
+        finally:
+            with torch.no_grad():
+                head.bias.copy_(original)
+
+    monkeypatch.setattr(exporter, "export_onnx", export)
+
+
 @pytest.fixture(scope="session")
 def synthetic_brats_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A BraTS 2019-layout dataset (6 HGG, 6 LGG subjects of ``TINY_SHAPE``), shared by the whole session.

@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
             "MODELS",
             "NO_KD_SUFFIX",
             "QUICK",
+            "ExportParityError",
             "PipelineModel",
             "PipelineSettings",
             "StepClock",

@@ -70,6 +70,7 @@ class ModelResult:
         latency_ms: median CPU latency of one subject's prediction, eager PyTorch.
         exports: export format -> file.
         export_max_abs_diff: export format -> largest |exported - eager| logit difference over the random and real parity inputs.
+        export_error: why the model's export failed its parity check (empty when it passed or was not exported).
         ratios: filled by :func:`add_teacher_ratios`.
         probabilities: ``[N][K]`` per-subject test probabilities (:func:`read_predictions`), for the AUC CI.
         labels: ``[N]`` true classes of those subjects.
@@ -90,6 +91,7 @@ class ModelResult:
     latency_ms: float
     exports: dict[str, str] = field(default_factory=dict)
     export_max_abs_diff: dict[str, float] = field(default_factory=dict)
+    export_error: str = ""
     ratios: dict[str, float] = field(default_factory=dict)
     probabilities: list[list[float]] | None = None
     labels: list[int] | None = None
@@ -428,18 +430,16 @@ def _markdown(results: Sequence[ModelResult], context: Mapping[str, Any], evalua
         ]
         lines += markdown_table(["student", "teacher", *columns, *gains], table)
     exported = [r for r in results if r.exports]
-    if exported:
+    failed = [r for r in results if r.export_error]
+    if exported or failed:
         table = [
             [r.bundle, fmt, path, format_value(r.export_max_abs_diff.get(fmt), 6)]
             for r in exported
             for fmt, path in r.exports.items()
         ]
-        lines += [
-            "",
-            "## Exports",
-            "",
-            *markdown_table(["bundle", "format", "file", "max abs logit diff vs eager"], table),
-        ]
+        lines += ["", "## Exports", ""]
+        lines += markdown_table(["bundle", "format", "file", "max abs logit diff vs eager"], table) if table else []
+        lines += [f"- **{r.bundle}: export failed.** {r.export_error}" for r in failed]
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "MODELS",
     "NO_KD_SUFFIX",
     "QUICK",
+    "ExportParityError",
     "PipelineModel",
     "PipelineSettings",
     "StepClock",
@@ -332,15 +333,20 @@ def _evaluation(model: PipelineModel, settings: PipelineSettings) -> dict[str, A
     return {"metrics": kept, "probabilities": probabilities, "labels": labels}
 
 
+class ExportParityError(RuntimeError):
+    """An exported artefact of the pipeline did not match its eager network; the report, naming it, is written."""
+
+
 def _measure(
     model: PipelineModel, bundle_root: Path, overrides: dict[str, Any], settings: PipelineSettings, datalist: Path
 ) -> ModelResult:
     """Export the trained model (each artefact checked against eager PyTorch) and profile it on the CPU.
 
-    The parity checks use real subjects of ``datalist`` next to seeded random inputs; an artefact out of
-    tolerance raises :class:`medkd3d.export.ParityError` and stops the pipeline.
+    The parity checks use real subjects of ``datalist`` next to seeded random inputs. An artefact out of
+    tolerance is not kept (:class:`medkd3d.export.ParityError`); the model is still profiled and reported with
+    its other formats, and the failure in its ``export_error``.
     """
-    from medkd3d.export import export_model, load_bundle
+    from medkd3d.export import ParityError, export_model, load_bundle
     from medkd3d.networks.profile import count_gflops, count_parameters, measure_latency
     from medkd3d.pipeline.report import ModelResult
 
@@ -348,7 +354,13 @@ def _measure(
     infer_overrides = {k: v for k, v in overrides.items() if k in _INFERENCE_KNOBS or k.startswith("network_def#")}
     shape, stacks = _subject_input(bundle_root, infer_overrides, model.slice_stacks)
     bundle = load_bundle(bundle_root, checkpoint=out / "models" / "model.pt", overrides=infer_overrides)
-    exports = export_model(bundle, out / "export", settings.export_formats, parity_data=datalist)
+    exports, errors = {}, []
+    for fmt in settings.export_formats:  # one by one, so that one format's failure keeps the others
+        try:
+            exports.update(export_model(bundle, out / "export", [fmt], parity_data=datalist))
+        except ParityError as error:  # the trained model is still worth its report; run_pipeline fails after it
+            logger.error("%s: %s", model.name, error)
+            errors.append(str(error))
     network = bundle.network
     return ModelResult(
         bundle=model.name,
@@ -361,6 +373,7 @@ def _measure(
         latency_ms=measure_latency(network, shape, batch_size=stacks, repeats=settings.latency_repeats)["median_ms"],
         exports={fmt: str(result.path) for fmt, result in exports.items()},
         export_max_abs_diff={fmt: result.parity.max_abs_diff for fmt, result in exports.items()},
+        export_error=" ".join(errors),
         **_evaluation(model, settings),
     )
 
@@ -647,7 +660,8 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
 
     Raises:
         FileNotFoundError, ValueError: from the dataset checks or any bundle run, with their messages.
-        medkd3d.export.ParityError: if an exported artefact does not match its eager network.
+        ExportParityError: after writing the report, if an exported artefact did not match its eager network
+            (the report names it; the trained models are kept).
     """
     import torch
 
@@ -732,7 +746,16 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
         "trainings": f"{workers} at a time, {_training_threads(workers)} torch threads each",
         "total time": f"{time.perf_counter() - started:.0f} s",
     }
-    return write_report(list(results.values()), out, context, baseline=baseline, evaluate_split=evaluate_split)
+    paths = write_report(list(results.values()), out, context, baseline=baseline, evaluate_split=evaluate_split)
+    failed = [r for r in results.values() if r.export_error]
+    if failed:
+        raise ExportParityError(
+            f"The report is written ({paths[0]}), but the export of {', '.join(r.bundle for r in failed)} failed "
+            f"its parity check. {failed[0].bundle}: {failed[0].export_error} (Those flags are `medkd3d export`'s: "
+            f"the trained model is kept in {out / failed[0].bundle / 'models' / 'model.pt'}, and `medkd3d export "
+            "--bundle BUNDLE --checkpoint FILE` re-exports it.)"
+        )
+    return paths
 
 
 #: ``BUNDLE:KEY`` of a one-bundle override; a single ``:`` (MONAI's own id separator is ``::``).

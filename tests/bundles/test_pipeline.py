@@ -91,6 +91,38 @@ def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_
     assert (tmp_path / "datalist.json").is_file() and (tmp_path / student / "eval" / "metrics.json").is_file()
 
 
+def test_a_failed_export_is_reported_and_fails_the_run_after_the_report(
+    bundle_kit, synthetic_brats_root: Path, tmp_path: Path, broken_onnx_export
+) -> None:
+    teacher = "brats_teacher_vggvit3d"
+    settings = PipelineSettings(
+        out_dir=tmp_path,
+        dataset_dir=synthetic_brats_root,
+        epochs=1,
+        batch_size=2,
+        num_workers=0,
+        num_folds=3,
+        spatial_size=32,
+        bundles=[teacher],
+        bundle_overrides={teacher: bundle_kit.network_overrides(teacher)},
+        latency_repeats=1,
+    )
+    with pytest.raises(
+        pipeline.ExportParityError, match=re.escape(f"The report is written ({tmp_path / 'report.md'})")
+    ):
+        run_pipeline(settings)
+
+    text = (tmp_path / "report.md").read_text()
+    export = tmp_path / teacher / "export"
+    assert f"- **{teacher}: export failed.** Export of model.onnx failed its parity check (random inputs" in text
+    assert f"| {teacher} | torchscript | {export / 'model.ts'} |" in text  # checked before the ONNX file, and kept
+    assert (export / "model.ts").is_file() and not (export / "model.onnx").exists()
+    with (tmp_path / "report.csv").open(newline="") as stream:
+        row = next(r for r in csv.DictReader(stream) if r["bundle"] == teacher)
+    assert row["export_error"].startswith("Export of model.onnx failed") and 0.0 <= float(row["auc"]) <= 1.0
+    assert (tmp_path / teacher / "models" / "model.pt").is_file()  # the trained model is kept
+
+
 def _assert_checked_exports(bundle: str, row: dict[str, str], out: Path, markdown: str) -> None:
     """Both artefacts of ``bundle`` passed their parity check on random and real subjects, and are reported."""
     from medkd3d.export import DeploymentConfig, load_runtime, read_onnx_metadata

@@ -45,31 +45,13 @@ def test_report_verdict_applies_both_limits():
     assert check_parity(lambda b: b, {"random": close}, {"random": big}, tolerance, "m", "b").passed
 
 
-def _perturbing(export_onnx):
-    """An ONNX exporter that writes a model whose classifier bias is shifted: a broken export."""
-
-    def export(network, example_input, path, deployment, **kwargs):
-        head = [m for m in network.modules() if isinstance(m, torch.nn.Linear)][-1]
-        original = head.bias.detach().clone()
-        with torch.no_grad():
-            head.bias += torch.tensor([1.0, -1.0])
-        try:
-            return export_onnx(network, example_input, path, deployment, **kwargs)
-        finally:
-            with torch.no_grad():
-                head.bias.copy_(original)
-
-    return export
-
-
 def test_out_of_tolerance_export_fails_and_keeps_no_artefact(
-    tiny_bundles, synthetic_brats_root, tmp_path, monkeypatch, run_cli, capsys
+    tiny_bundles, synthetic_brats_root, tmp_path, broken_onnx_export, run_cli, capsys
 ):
     tiny = tiny_bundles["brats_student_effnet3d"]
     out = tmp_path / "export"
     out.mkdir()
     (out / "model.onnx").write_bytes(b"an ONNX model from an earlier export")
-    monkeypatch.setattr(exporter, "export_onnx", _perturbing(exporter.export_onnx))
 
     code = run_cli([
         "export", "--bundle", str(tiny.root), "--checkpoint", str(tiny.checkpoint), "--formats", "torchscript", "onnx",
@@ -107,3 +89,32 @@ def test_tensorrt_export_without_tensorrt_fails_before_any_work(exported, tmp_pa
     assert run_cli(["export", "--onnx", str(onnx_path), "--formats", "onnx", "--out", str(tmp_path / "x")]) == 2
     assert "--onnx builds a TensorRT engine only" in capsys.readouterr().err
     assert not (tmp_path / "trt").exists()
+
+
+def test_artefacts_are_checked_in_full_float32_and_the_math_mode_is_restored(
+    tiny_bundles, synthetic_brats_root, tmp_path, monkeypatch, broken_onnx_export, run_cli
+):
+    # TF32 (PyTorch's default for cuDNN convolutions on recent GPUs) made a TorchScript artefact on a GPU differ
+    # from the eager CPU reference by its own rounding; the check runs without it, and gives the mode back.
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return check_parity(*args, **kwargs)
+
+    monkeypatch.setattr(exporter, "check_parity", recording)  # the second check, of the broken ONNX file, fails
+    tiny = tiny_bundles["brats_student_effnet3d"]
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        code = run_cli([
+            "export", "--bundle", str(tiny.root), "--checkpoint", str(tiny.checkpoint), "--formats", "torchscript",
+            "onnx", "--data", str(synthetic_brats_root), "--legacy-onnx-exporter", "--out", str(tmp_path),
+            *tiny.override_args(),
+        ])  # fmt: skip
+        restored = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+    assert code == 1 and seen == [(False, False), (False, False)]
+    assert restored == (True, True)
