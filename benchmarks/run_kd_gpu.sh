@@ -99,7 +99,8 @@ done
 wait
 log "stage report"
 t=$((START + BUDGET_S - $(date +%s))); [ "$t" -lt 20 ] && t=20  # the report runs even when over budget
-WHAT="BUDGET_S=$BUDGET_S SEEDS='$SEEDS' FOLDS=$FOLDS RUN_FOLDS='$RUN_FOLDS' PROFILE=$PROFILE DEVICE=$DEVICE"
+WHAT="BUDGET_S=$BUDGET_S SEEDS='$SEEDS' FOLDS=$FOLDS RUN_FOLDS='$RUN_FOLDS' STUDENTS='$STUDENTS' PROFILE=$PROFILE \
+DEVICE=$DEVICE"
 timeout -k 5 "$t" "${BENCH[@]}" --stage report --students $STUDENTS --command "$WHAT bash benchmarks/run_kd_gpu.sh (bench_kd.py stages: \
 $PY benchmarks/bench_kd.py ${COMMON[*]} --stage setup|teachers|students|report)" >"$STUDY/logs/report.log" 2>&1
 log "report rc=$?"
