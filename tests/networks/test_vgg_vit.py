@@ -12,7 +12,7 @@ from torch import nn
 from medkd3d.networks import create_model
 from medkd3d.networks.vgg3d import VGG3D
 from medkd3d.networks.vggvit3d import VGGViT3D
-from medkd3d.networks.vit3d import ViT3D
+from medkd3d.networks.vit3d import Attention, ViT3D
 
 TINY_VIT = {"img_size": 16, "patch_size": 8, "hidden_size": 24, "num_layers": 2, "num_heads": 2}
 TINY_HYBRID = {
@@ -82,6 +82,21 @@ def test_vit_returns_raw_unbounded_logits() -> None:
     nn.init.constant_(model.head.bias, 5.0)
     with torch.no_grad():
         assert (model(torch.randn(2, 4, 16, 16, 16)) > 1.0).all()
+
+
+def test_attention_is_softmax_of_scaled_dot_products() -> None:
+    torch.manual_seed(0)
+    attention = Attention(dim=8, num_heads=2, dropout_rate=0.5).eval()
+    x = torch.randn(3, 5, 8)
+    q, k, v = attention.qkv(x).reshape(3, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)  # [B, heads, N, head_dim] each
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(4), dim=-1)
+    expected = attention.proj((weights @ v).transpose(1, 2).reshape(3, 5, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(attention(x), expected)
+        assert torch.equal(attention(x), attention(x))  # no dropout in evaluation
+        attention.train()
+        attention.proj_drop = nn.Identity()  # what is left random is the dropout on the attention weights
+        assert not torch.equal(attention(x), attention(x))
 
 
 def test_vit_token_map_keeps_the_patch_layout() -> None:
