@@ -23,7 +23,7 @@ def test_quick_teacher_recipe_beats_the_trivial_baseline(tmp_path: Path) -> None
         synthetic=QUICK["synthetic"],  # the main job's dataset: 320 subjects, 160 of them held out for testing
         test_fraction=QUICK["test_fraction"],
         profiles=["quick"],
-        # the profile's own 40 epochs of VGG-11 (about 4 to 5 minutes on two cores)
+        # the profile's own 48 epochs of VGG-11 (about 5 minutes on two cores)
         num_folds=QUICK["num_folds"],
         bundles=[teacher],
         latency_repeats=1,
