@@ -167,11 +167,12 @@ class PipelineSettings:
     jobs: int = 1
 
 
-#: ``--quick``: the ``quick`` profile of every bundle (``configs/profiles/quick.json``: 32^3 volumes, 16 epochs - 20
-#: for the VGG-ViT teacher, 24 for the HDKD pair -, batch 8, a slimmer VGG-ViT teacher - a quarter of the VGG width, a
-#: 4-block ViT; the 160M-parameter default is made for GPUs - and ResNet 3D/2.5D students) plus a small synthetic
-#: dataset with half of it held out for testing, fewer folds and latency repeats, and two trainings at a time: about
-#: 10 minutes on two idle CPU cores, in which both teachers and their students learn the synthetic task (README).
+#: ``--quick``: the ``quick`` profile of every bundle (``configs/profiles/quick.json``: 32^3 volumes, 16 epochs - 48
+#: for the VGG-ViT teacher, 36 and 24 for the HDKD teacher and student -, batch 8, a slimmer VGG-ViT teacher - VGG-11
+#: at a quarter of the width, a 4-block ViT; the 160M-parameter default is made for GPUs - and ResNet 3D/2.5D
+#: students) plus a small synthetic dataset with half of it held out for testing, fewer folds and latency repeats, and
+#: two trainings at a time: about 10 minutes on two idle CPU cores, in which both teachers and their students learn
+#: the synthetic task (README).
 QUICK: dict[str, Any] = {
     # 320 subjects, half of them held out: 160 test subjects put a balanced accuracy's 95% interval at about +-0.05
     # (+-0.1 with 40, where one subject moves it by 0.025), while a fold keeps the 120 training and 40 validation
