@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from medkd3d.networks.profile import time_calls
+from medkd3d.networks.profile import time_interleaved
 from medkd3d.networks.vit3d import Attention
 from medkd3d.utils import atomic_write_text
 
@@ -65,12 +65,7 @@ def time_layer(batch: int, tokens: int, width: int, heads: int, dropout: float, 
     explicit.load_state_dict(fused.state_dict())
     inputs = torch.randn(batch, tokens, width, requires_grad=True)
     runs = {"fused": training_step(fused, inputs), "explicit": training_step(explicit, inputs)}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():  # warm-up: allocator
-        run()
-    for _ in range(steps):
-        for name, run in runs.items():
-            times[name] += time_calls(run, max_repeats=1)
+    times = time_interleaved(runs, steps)  # one warm-up call each: allocator
     return {name: statistics.median(values) / 1000 for name, values in times.items()}
 
 

@@ -51,14 +51,11 @@ BEFORE = "NibabelReader + MONAI NormalizeIntensityd (before)"
 
 
 def _interleaved_best(cases: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Fastest of ``repeats`` runs of each case, the cases run in turn within each repeat."""
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, function in cases.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in times.items()}
+    """Fastest of ``repeats`` runs of each case in seconds, the cases run in turn within each repeat."""
+    from medkd3d.networks.profile import time_interleaved
+
+    times = time_interleaved(cases, repeats, warmup=0)
+    return {name: min(values) / 1000 for name, values in times.items()}
 
 
 def _step_seconds(

@@ -33,7 +33,7 @@ from monai.data import MetaTensor
 from torch import nn
 
 from medkd3d.networks import create_model, place_network
-from medkd3d.networks.profile import time_calls
+from medkd3d.networks.profile import time_interleaved
 from medkd3d.utils import atomic_write_text
 
 #: ``(label, registry name, network arguments, input shape with the batch)``.
@@ -84,12 +84,7 @@ def time_layouts(name: str, kwargs: dict[str, Any], shape: tuple[int, ...], step
         "channels-last": training_step(last, inputs),
         "channels-last, MetaTensor": training_step(last, MetaTensor(inputs)),
     }
-    times: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
-    for run in runs.values():  # warm-up: allocator, oneDNN primitive caches
-        run()
-    for _ in range(steps):
-        for layout, run in runs.items():
-            times[layout] += time_calls(run, max_repeats=1)
+    times = time_interleaved(runs, steps)  # one warm-up call each: allocator, oneDNN primitive caches
     return {layout: statistics.median(values) / 1000 for layout, values in times.items()}
 
 

@@ -1,8 +1,9 @@
 """Model size and cost: parameters, GFLOPs at an input shape, and latency.
 
 :func:`time_calls` is the one latency timer of medkd3d (eager forward passes here, exported runtimes in
-:mod:`medkd3d.export.bench_worker`, the GPU checks of ``benchmarks/bench_gpu.py``) and :func:`latency_stats`
-the one summary of its times (median, nearest-rank p90, mean).
+:mod:`medkd3d.export.bench_worker`, the GPU checks of ``benchmarks/bench_gpu.py``), :func:`time_interleaved`
+its comparison of several runs in turn (the CPU benchmarks' ratios) and :func:`latency_stats` the one summary of its
+times (median, nearest-rank p90, mean).
 
 Shapes here exclude the batch dimension (like the registry's ``default_input_shape``); ``batch_size`` adds it.
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``, which counts matrix multiplications and
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +23,15 @@ from monai.networks.utils import eval_mode
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_gflops", "count_parameters", "latency_stats", "measure_latency", "spatial_rank", "time_calls"]
+__all__ = [
+    "count_gflops",
+    "count_parameters",
+    "latency_stats",
+    "measure_latency",
+    "spatial_rank",
+    "time_calls",
+    "time_interleaved",
+]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -140,6 +149,36 @@ def time_calls(
         synchronize()
         times_ms.append((clock() - start) * 1e3)
     return sorted(times_ms)
+
+
+def time_interleaved(
+    runs: Mapping[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Milliseconds of ``repeats`` calls of each of ``runs``, the runs called in turn within each repeat.
+
+    Interleaving is what makes the runs comparable on a shared machine: a change in its load touches them alike, so
+    a ratio of their times measured in one call holds even when the times themselves drift.
+
+    Args:
+        runs: the work to compare, by name.
+        repeats: timed calls of each run.
+        warmup: untimed calls of each run first (allocator, kernel and primitive caches).
+        clock: seconds from an arbitrary origin (``time.perf_counter``; a fake clock in tests).
+
+    Returns:
+        Per name, its ``repeats`` times in milliseconds, in call order.
+    """
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name] += time_calls(run, max_repeats=1, clock=clock)
+    return times
 
 
 def latency_stats(times_ms: Sequence[float]) -> dict[str, float]:

@@ -98,3 +98,20 @@ def test_the_benchmarks_use_the_one_timer(benchmark_script) -> None:
         source = Path(module.__file__).read_text()
         assert "time_calls(" in source and "latency_stats(" in source
         assert not hasattr(module, "_timed") and not hasattr(module, "_timed_ms")
+
+
+def test_time_interleaved_calls_the_runs_in_turn_after_their_warmup() -> None:
+    clock = FakeClock([0.001])
+    order: list[str] = []
+
+    def timed(name: str, cost_s: float):
+        def run() -> None:
+            order.append(name)
+            clock.now += cost_s
+
+        return run
+
+    times = profile.time_interleaved({"a": timed("a", 0.002), "b": timed("b", 0.005)}, repeats=3, clock=clock)
+    assert order == ["a", "b"] + ["a", "b"] * 3  # one warm-up each, then a and b in turn in every repeat
+    assert times["a"] == pytest.approx([2.0] * 3) and times["b"] == pytest.approx([5.0] * 3)
+    assert profile.time_interleaved({"a": timed("a", 0.0)}, repeats=2, warmup=0, clock=clock) == {"a": [0.0, 0.0]}
