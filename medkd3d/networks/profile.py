@@ -155,6 +155,7 @@ def time_interleaved(
     runs: Mapping[str, Callable[[], Any]],
     repeats: int,
     warmup: int = 1,
+    device: str | torch.device | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Milliseconds of ``repeats`` calls of each of ``runs``, the runs called in turn within each repeat.
@@ -166,6 +167,7 @@ def time_interleaved(
         runs: the work to compare, by name.
         repeats: timed calls of each run.
         warmup: untimed calls of each run first (allocator, kernel and primitive caches).
+        device: the device the runs work on; CUDA devices are synchronised around each timed call.
         clock: seconds from an arbitrary origin (``time.perf_counter``; a fake clock in tests).
 
     Returns:
@@ -177,7 +179,7 @@ def time_interleaved(
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            times[name] += time_calls(run, max_repeats=1, clock=clock)
+            times[name] += time_calls(run, max_repeats=1, device=device, clock=clock)
     return times
 
 
