@@ -26,8 +26,6 @@ from typing import Any
 
 from medkd3d.utils import atomic_write_text
 
-#: The generator's shape of the main job's synthetic dataset (``medkd3d.pipeline.QUICK``).
-DEFAULT_SHAPE = (64, 64, 48)
 BASELINE = "trivial baseline"
 
 
@@ -112,7 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="pipeline output folders")
     parser.add_argument("--seed", type=int, default=2, help="generator seed of the cohort (default: %(default)s)")
     parser.add_argument("--subjects-per-class", type=int, default=100, help="default: %(default)s")
-    parser.add_argument("--shape", type=int, nargs=3, default=DEFAULT_SHAPE, metavar=("X", "Y", "Z"))
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="generator shape of the cohort (default: the main job's, medkd3d.pipeline.QUICK)",
+    )
     parser.add_argument(
         "--cohort-dir", type=Path, help="where the cohort is generated (default: next to the first run)"
     )
@@ -120,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, default=Path(__file__).parent / "results" / "external_cohort.md", help="Markdown file"
     )
     args = parser.parse_args(argv)
+    if args.shape is None:
+        from medkd3d.pipeline import QUICK
+
+        args.shape = QUICK["synthetic"]["shape"]
     cohort_dir = args.cohort_dir or args.runs[0].parent / f"external_cohort_seed{args.seed}"
     cohort = cohort_records(cohort_dir, args.subjects_per_class, args.seed, args.shape)
     runs = {str(run): evaluate_run(run, cohort, args.seed) for run in args.runs}
