@@ -70,10 +70,12 @@ def training_step(layer: Attention, inputs: Tensor, precision: str) -> Callable[
 @torch.no_grad()
 def output_difference(fused: Attention, explicit: Attention, inputs: Tensor, precision: str) -> float:
     """Largest absolute difference between the two layers' outputs in eval mode (no dropout)."""
-    fused.eval(), explicit.eval()
+    fused.eval()
+    explicit.eval()
     with autocast(inputs.device, precision):
         difference = (fused(inputs).float() - explicit(inputs).float()).abs().max().item()
-    fused.train(), explicit.train()
+    fused.train()
+    explicit.train()
     return difference
 
 

@@ -51,8 +51,9 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         # softmax(q k^T / sqrt(head_dim)) v in PyTorch's fused kernel, which never writes the [B, heads, N, N]
-        # weights to memory: a CPU training step of the default teacher's MSGFF (1,600 tokens) takes 0.6x the time
-        # of the explicit product (benchmarks/bench_attention.py); short sequences gain nothing and lose nothing
+        # weights to memory: a CPU training step of the default teacher's MSGFF (1,600 tokens) takes 0.6-0.7x the
+        # time of the explicit product, short sequences neither gain nor lose; on a GPU every layer of the package
+        # takes 0.7-0.8x (benchmarks/bench_attention.py)
         dropout_p = self.attn_dropout_rate if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, dim)))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medkd3d.pipeline.run import PipelineSettings, run_pipeline
+from medkd3d.pipeline.run import QUICK, PipelineSettings, run_pipeline
 
 SHAPE = (24, 24, 20)
 
@@ -33,6 +33,21 @@ def test_a_cohort_with_the_runs_own_subjects_is_refused(script, tmp_path: Path) 
     script.check_disjoint(other_seed, own, tmp_path)  # same ids, other subjects: accepted
     with pytest.raises(ValueError, match=r"subject .* of the cohort .* is the run's own .*another --seed"):
         script.check_disjoint(same_seed, own, tmp_path)
+
+
+def test_the_cohort_is_generated_at_the_main_jobs_shape_unless_told(script, monkeypatch, tmp_path: Path) -> None:
+    shapes = []
+
+    def cohort_records(folder: Path, per_class: int, seed: int, shape: tuple[int, ...]) -> list[dict]:
+        shapes.append(tuple(shape))
+        return [{"subject": "s"}] * 2 * per_class
+
+    monkeypatch.setattr(script, "cohort_records", cohort_records)
+    monkeypatch.setattr(script, "evaluate_run", lambda run, cohort, seed: {"teacher": (0.9, 0.8)})
+    script.main([str(tmp_path / "run"), "--out", str(tmp_path / "default.md")])
+    script.main([str(tmp_path / "run"), "--shape", "24", "24", "20", "--out", str(tmp_path / "told.md")])
+    assert shapes == [tuple(QUICK["synthetic"]["shape"]), (24, 24, 20)]
+    assert f"shape {tuple(QUICK['synthetic']['shape'])}" in (tmp_path / "default.md").read_text()
 
 
 @pytest.mark.slow
