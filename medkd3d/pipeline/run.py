@@ -177,8 +177,8 @@ QUICK: dict[str, Any] = {
     # 320 subjects, half of them held out: 160 test subjects put a balanced accuracy's 95% interval at about +-0.05
     # (+-0.1 with 40, where one subject moves it by 0.025), while a fold keeps the 120 training and 40 validation
     # subjects the trainings' time budget allows (testing costs seconds). 96x96x64 sources raised the VGG-ViT
-    # teacher on the development cohort, but not on this data, where they lifted the trivial baseline instead and
-    # took the job past 10 minutes (teacher_seeds.md)
+    # teacher on the development cohort, but not on this data, where they lifted the trivial baseline instead
+    # (teacher_seeds.md)
     "synthetic": {"n_hgg": 160, "n_lgg": 160, "shape": (64, 64, 48)},
     "test_fraction": 0.5,
     "profiles": ("quick",),
