@@ -51,7 +51,7 @@ from medkd3d.ablation.grid import KD_MODES, ResultStore, RunSpec, parse_size, si
 from medkd3d.ablation.runner import STUDENTS, student_teacher
 from medkd3d.ablation.stats import bootstrap_ci, kd_gains
 from medkd3d.data import describe_synthetic
-from medkd3d.engines.honesty import auc_ratio, margin_retention
+from medkd3d.engines.honesty import FLAG_BELOW_BASELINE, auc_ratio, margin_retention
 from medkd3d.export.cli import parse_override
 from medkd3d.utils import atomic_path, usable_cpus
 
@@ -344,6 +344,7 @@ def format_markdown(
                 f"{_fmt(row['balanced_accuracy'], row['balanced_accuracy_ci_low'], row['balanced_accuracy_ci_high'])} | "
                 f"{_fmt(row['auc'], row['auc_ci_low'], row['auc_ci_high'])} | {row['one_class_runs']} |"
             )
+    lines += _teachers_below_baseline(table)
     lines += [
         "",
         "## Students",
@@ -376,6 +377,22 @@ def format_markdown(
     lines += ["", "## Missing runs", ""]
     lines += _missing(missing, missing_teachers)
     return "\n".join(lines) + "\n"
+
+
+def _teachers_below_baseline(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A warning per teacher whose mean test AUC is below the trivial baseline's: retention against such a teacher
+    is easy to reach and says little about the student (the issue asks for a teacher above the baseline)."""
+    baseline = next((row["auc"] for row in table if row["kind"] == "baseline"), math.nan)
+    lines = []
+    for row in table:
+        if row["kind"] == "teacher" and row["auc"] < baseline:  # False for a NaN on either side
+            lines += [
+                "",
+                f"**{row['model']}: mean {FLAG_BELOW_BASELINE} ({baseline:.3f}), {row['auc']:.3f}.** Its students' "
+                "AUC ratio and margin retention measure them against a teacher that a logistic regression on "
+                "intensity percentiles beats on these test subjects.",
+            ]
+    return lines
 
 
 def _runs(row: Mapping[str, Any]) -> str:

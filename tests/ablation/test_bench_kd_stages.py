@@ -159,3 +159,17 @@ def test_keep_going_logs_a_failed_run_and_trains_the_others(synthetic_brats_root
     assert outcome.skipped == [f"{STUDENT}_none_1_s0_f0"]  # stored by the first call before the failure
     assert sorted(outcome.missing) == sorted(f"{STUDENT}_{kd}_1_s0_f{f}" for kd, f in [("logit", 0), ("none", 1),
                                                                                      ("logit", 1)])  # fmt: skip
+
+
+def test_report_warns_of_a_teacher_below_the_trivial_baseline(bench) -> None:
+    teachers = [{"model": "brats_teacher_vggvit3d", "fold": f, "auc": auc, "balanced_accuracy": 0.8}
+                for f, auc in ((0, 0.90), (1, 0.92))]  # fmt: skip
+    config = StudyConfig("data", "study", students=(STUDENT,), sizes=(2,), seeds=(0,), folds=2)
+
+    def report(baseline_auc: float) -> str:
+        baseline = [{"auc": baseline_auc, "balanced_accuracy": 0.85}]
+        return bench.format_markdown(bench.cell_rows([], teachers, baseline), config, 1.0, "machine", "cmd")
+
+    warning = "**brats_teacher_vggvit3d: mean AUC below the trivial baseline's (0.951), 0.910.**"
+    assert warning in report(0.951)  # the teacher's mean AUC, (0.90 + 0.92) / 2, against the baseline's
+    assert "below the trivial baseline" not in report(0.905)
