@@ -10,8 +10,8 @@ One command runs a study with :func:`medkd3d.ablation.run_study` - every teacher
   grade, which only the KD term (the teacher's soft targets) uses (``unlabelled_train``).
 
 It writes ``<results-dir>/kd_synthetic.md`` and ``.csv``: test-set balanced accuracy and AUC per cell with 95%
-bootstrap CIs over the (seed, fold) runs, the teachers and the trivial baseline on the same test subjects,
-retention against each run's own teacher (AUC ratio and balanced-accuracy margin over chance), the paired KD gain
+bootstrap CIs over the (seed, fold) runs, the teachers and the trivial baseline on the same test subjects (with a
+warning for a teacher whose mean AUC is below the baseline's), retention against each run's own teacher (AUC ratio and balanced-accuracy margin over chance), the paired KD gain
 (same student, regime, seed and fold with and without KD) with its CI, runs that predict one class, the wall time
 and the machine.
 
@@ -381,7 +381,7 @@ def format_markdown(
 
 def _teachers_below_baseline(table: Sequence[Mapping[str, Any]]) -> list[str]:
     """A warning per teacher whose mean test AUC is below the trivial baseline's: retention against such a teacher
-    is easy to reach and says little about the student (the issue asks for a teacher above the baseline)."""
+    is easy to reach and says little about the student."""
     baseline = next((row["auc"] for row in table if row["kind"] == "baseline"), math.nan)
     lines = []
     for row in table:
