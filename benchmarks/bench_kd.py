@@ -11,9 +11,9 @@ One command runs a study with :func:`medkd3d.ablation.run_study` - every teacher
 
 It writes ``<results-dir>/kd_synthetic.md`` and ``.csv``: test-set balanced accuracy and AUC per cell with 95%
 bootstrap CIs over the (seed, fold) runs, the teachers and the trivial baseline on the same test subjects (with a
-warning for a teacher whose mean AUC is below the baseline's), retention against each run's own teacher (AUC ratio and balanced-accuracy margin over chance), the paired KD gain
-(same student, regime, seed and fold with and without KD) with its CI, runs that predict one class, the wall time
-and the machine.
+warning for a teacher whose mean AUC is below the baseline's), retention against each run's own teacher (AUC ratio
+and balanced-accuracy margin over chance), the paired KD gain (same student, regime, seed and fold with and without
+KD) with its CI, runs that predict one class, the wall time and the machine.
 
 Run (the full study is sized for a GPU; it resumes from ``--out`` when interrupted)::
 
