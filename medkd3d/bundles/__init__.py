@@ -87,6 +87,7 @@ _EXPORTS: dict[str, str] = {
             "labelled_pred_and_label",
             "selects_best_checkpoint",
             "training_records",
+            "unique_parameters",
         ],
         "training",
     ),

@@ -10,6 +10,7 @@ A bundle trains one way (its ``train.json``); these knobs select what a study va
   remaining training subjects optionally kept as unlabelled items (``label = -1``) that only the KD term uses.
 * :func:`labelled_pred_and_label` - the training metric's ``output_transform``: unlabelled items have no grade
   to score.
+* :func:`unique_parameters` - the optimizer's parameters, each once, when the network and a loss share a module.
 * :func:`build_trainer` - the trainer of a KD mode: ``"none"`` is MONAI's ``SupervisedTrainer`` with the bundle's
   class-weighted cross-entropy (no teacher is built or loaded), ``"logit"`` and ``"logit+feature"`` are
   :class:`medkd3d.engines.DistillationTrainer` with the frozen teacher, without or with the bundle's feature loss.
@@ -29,6 +30,7 @@ __all__ = [
     "labelled_pred_and_label",
     "selects_best_checkpoint",
     "training_records",
+    "unique_parameters",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,20 @@ UNLABELLED = -1
 
 #: Which model a bundle saves as ``models/model.pt``: the one after the last epoch, or the best-validation one.
 MODEL_SELECTIONS: tuple[str, ...] = ("final", "best")
+
+
+def unique_parameters(modules: Sequence[Any]) -> list[Any]:
+    """The parameters of ``modules`` in order, each once (a module may be shared, e.g. a readout's head that the
+    auxiliary loss supervises), for an optimizer's ``params``: ``{"_target_": "medkd3d.bundles.unique_parameters",
+    "modules": ["@network", "@seg_aux_loss"]}``.
+
+    Args:
+        modules: ``torch.nn.Module`` objects.
+
+    Returns:
+        The list of parameters, first occurrence kept.
+    """
+    return list(dict.fromkeys(p for module in modules for p in module.parameters()))
 
 
 def selects_best_checkpoint(model_selection: str) -> bool:

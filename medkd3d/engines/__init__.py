@@ -3,7 +3,8 @@ checkpoint loading, classification metrics, evaluation helpers, the trivial base
 the networks (:mod:`medkd3d.engines.batch`), honest-report helpers (chance levels, retention over chance, AUC
 intervals, flags), the Ignite handlers the bundles add to MONAI's (:mod:`medkd3d.engines.handlers`: atomic and
 resumable checkpoints, early stopping, metric and probability writers), :class:`AuxiliaryFeatureLoss` (an extra task
-on a network's stage features, e.g. tumour compartments) and :class:`SliceStackInferer`
+on a network's stage features, e.g. tumour compartments), :class:`FitCompartmentReadout` (fits a network's
+compartment readout on the training subjects when training ends) and :class:`SliceStackInferer`
 (:mod:`medkd3d.engines.inferers`: subject-level predictions of 2.5D networks)."""
 
 from medkd3d.engines.auxiliary import AuxiliaryFeatureLoss
@@ -54,6 +55,7 @@ from medkd3d.engines.metrics import (
     threshold_operating_points,
     youden_threshold,
 )
+from medkd3d.engines.readout import FitCompartmentReadout
 from medkd3d.engines.soft_targets import (
     SoftTargetCache,
     check_deterministic_teacher_input,
@@ -86,6 +88,7 @@ __all__ = [
     "ClassificationReport",
     "DistillationTrainer",
     "FeatureTaps",
+    "FitCompartmentReadout",
     "HonestSummary",
     "MetricsStatsHandler",
     "OperatingPoint",

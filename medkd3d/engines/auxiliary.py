@@ -27,8 +27,8 @@ class AuxiliaryFeatureLoss:
     weighted term is also reported as ``engine.state.output["loss_<name>"]``.
 
     The optimizer must hold the loss module's parameters (e.g. the heads of
-    :class:`~medkd3d.losses.TumourCompartmentLoss`): ``params: $list(@network.parameters()) +
-    list(@seg_aux_loss.parameters())`` in a bundle config.
+    :class:`~medkd3d.losses.TumourCompartmentLoss`), each once: ``params: {"_target_":
+    "medkd3d.bundles.unique_parameters", "modules": ["@network", "@seg_aux_loss"]}`` in a bundle config.
 
     Args:
         loss: ``loss(features, target) -> total`` or ``(total, components)``; ``features`` is the list of the

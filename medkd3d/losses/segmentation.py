@@ -71,12 +71,27 @@ class TumourCompartmentLoss(nn.Module):
             kwargs: other arguments of the constructor.
 
         Returns:
-            The loss, with one head per stage.
+            The loss, with one head per stage. For the stage of a network's
+            :class:`~medkd3d.networks.readout.CompartmentReadout` (``network.readout`` on ``network.readout_stage``)
+            the head is the readout's own, shared, so that the volumes the readout reads are the ones this loss
+            teaches; list the optimizer's parameters once
+            (:func:`medkd3d.bundles.unique_parameters`).
 
         Raises:
-            ValueError: if a stage is not an index of ``feature_info``.
+            ValueError: if a stage is not an index of ``feature_info``, or the network's readout reads a stage
+                that is not supervised (its head would stay untrained).
         """
-        return cls([stage["num_chs"] for stage in feature_stages(network, stages)], **kwargs)
+        loss = cls([stage["num_chs"] for stage in feature_stages(network, stages)], **kwargs)
+        readout, readout_stage = getattr(network, "readout", None), getattr(network, "readout_stage", None)
+        stages = [int(s) for s in stages]
+        if readout is not None:
+            if readout_stage not in stages:
+                raise ValueError(
+                    f"The compartment readout reads stage {readout_stage}, which the auxiliary task does not "
+                    f"supervise (stages {stages}): add it to seg_aux_stages, or set readout_stage to null."
+                )
+            loss.heads[stages.index(readout_stage)] = readout.head
+        return loss
 
     def forward(self, features: Sequence[Tensor], seg: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of the compartment maps predicted from ``features`` against ``seg``.

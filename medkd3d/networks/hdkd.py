@@ -18,6 +18,7 @@ from torch import nn
 
 from medkd3d.networks.mbcsa import MBCSABlock
 from medkd3d.networks.pooling import check_global_pooling, global_pool, pooled_width
+from medkd3d.networks.readout import CompartmentReadout
 from medkd3d.networks.registry import register_model
 from medkd3d.networks.vit3d import TransformerBlock
 
@@ -127,10 +128,13 @@ class HDKDTeacher(_MBCSABackbone):
         spatial_dims: 3 for volumes, 2 for slices.
         head_pooling: global pooling of the last stage, one of :data:`~medkd3d.networks.pooling.GLOBAL_POOLINGS`
             (HDKD: ``"avg"``; ``"avgmax"`` also passes each channel's strongest response, e.g. a small lesion).
+        readout_stage: add a :class:`~medkd3d.networks.readout.CompartmentReadout` on this stage (``None``: none).
+            Once fitted (after training, on the training subjects), its logits replace the pooled classifier's;
+            before, the network is the plain teacher.
 
     Raises:
-        ValueError: if ``channels`` and ``depths`` differ in length, a stage has no block, or ``head_pooling``
-            is unknown.
+        ValueError: if ``channels`` and ``depths`` differ in length, a stage has no block, ``head_pooling``
+            is unknown, or ``readout_stage`` is not a stage.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class HDKDTeacher(_MBCSABackbone):
         dropout_rate: float = 0.0,
         spatial_dims: int = 3,
         head_pooling: str = "avg",
+        readout_stage: int | None = None,
     ) -> None:
         check_global_pooling(head_pooling, "HDKDTeacher")
         super().__init__(
@@ -166,11 +171,22 @@ class HDKDTeacher(_MBCSABackbone):
         self.dropout = nn.Dropout(dropout_rate)
         self.head_pooling = head_pooling
         self.classifier = nn.Linear(pooled_width(self.feature_info[-1]["num_chs"], head_pooling), num_classes)
+        self.readout_stage = readout_stage
+        self.readout: CompartmentReadout | None = None
+        if readout_stage is not None:
+            if not 0 <= readout_stage < len(self.feature_info):
+                raise ValueError(f"readout_stage {readout_stage} is not one of the {len(self.feature_info)} stages")
+            in_channels = self.feature_info[readout_stage]["num_chs"]
+            self.readout = CompartmentReadout(in_channels, num_classes, spatial_dims=spatial_dims)
 
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Logits ``[B, num_classes]`` from the globally pooled last stage feature."""
-        pooled = global_pool(features[-1], self.head_pooling)
-        return self.classifier(self.dropout(pooled))
+        """Logits ``[B, num_classes]``: the fitted readout's if there is one, else the pooled last stage's."""
+        logits = self.classifier(self.dropout(global_pool(features[-1], self.head_pooling)))
+        if self.readout is None or self.readout_stage is None:
+            return logits
+        # a tensor switch rather than a Python branch, so traced and ONNX exports follow the buffer's value
+        fitted = self.readout.fitted.to(logits.dtype)
+        return fitted * self.readout(features[self.readout_stage]).to(logits.dtype) + (1 - fitted) * logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

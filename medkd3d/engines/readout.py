@@ -1,0 +1,80 @@
+"""``FitCompartmentReadout``: fit a network's compartment readout on the training subjects when training ends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from .taps import unwrap_model
+
+__all__ = ["FitCompartmentReadout"]
+
+logger = logging.getLogger(__name__)
+
+
+class FitCompartmentReadout:
+    """After the last training epoch, fit ``network.readout`` (:class:`~medkd3d.networks.readout.CompartmentReadout`).
+
+    The readout's classifier is a logistic regression on the log-volumes of the tumour compartments that the
+    network predicts; it is fitted on the training subjects only, each preprocessed without augmentation, with
+    the trained network in eval mode. It runs at the last ``EPOCH_COMPLETED`` (or the epoch an early stop ends
+    on), so that the final checkpoint, saved at ``COMPLETED``, holds the fitted readout; validation subjects
+    then choose the decision threshold as for any model, and test subjects are never read.
+
+    Args:
+        network: the trained network (possibly DDP-wrapped) with ``readout`` and ``readout_stage``.
+        records: the training records (``image`` paths and ``label``; unlabelled ones are skipped).
+        transform: the deterministic preprocessing of a record (the bundle's ``validate#preprocessing``).
+        image_key: the transformed record's image key.
+
+    Raises:
+        ValueError: if the network has no readout.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        records: Sequence[Mapping[str, Any]],
+        transform: Callable[[dict[str, Any]], Mapping[str, Any]],
+        image_key: str = "image",
+    ) -> None:
+        if getattr(unwrap_model(network), "readout", None) is None:
+            raise ValueError(
+                f"{type(unwrap_model(network)).__name__} has no compartment readout to fit; build it with "
+                "readout_stage set (bundle config readout_stage), or leave this handler out."
+            )
+        self.network = network
+        self.records = [r for r in records if r.get("label") is not None and int(r["label"]) >= 0]
+        self.transform = transform
+        self.image_key = image_key
+
+    def attach(self, engine: Engine) -> None:
+        """Fit at the end of the epoch that ends training."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._fit_if_last)
+
+    def _fit_if_last(self, engine: Engine) -> None:
+        if engine.state.epoch >= engine.state.max_epochs or engine.should_terminate:
+            self.fit()
+
+    @torch.no_grad()
+    def fit(self) -> None:
+        """Predict each training subject's log-volumes (on the network's device) and fit the readout on them."""
+        model = unwrap_model(self.network)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        volumes, labels = [], []
+        for record in self.records:
+            image = self.transform(dict(record))[self.image_key]
+            image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+            features = model.forward_features(image[None].to(device))
+            volumes.append(model.readout.log_volumes(features[model.readout_stage]).cpu())
+            labels.append(int(record["label"]))
+        model.readout.fit(torch.cat(volumes), torch.tensor(labels))
+        model.train(was_training)
+        logger.info("Fitted the compartment readout on %d training subjects.", len(labels))

@@ -1,0 +1,128 @@
+"""The compartment readout: its fitted regression, the HDKD teacher with it, the shared auxiliary head, the handler
+that fits it at the end of training, and its exports."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from medkd3d.bundles import unique_parameters
+from medkd3d.engines import FitCompartmentReadout
+from medkd3d.losses import TumourCompartmentLoss
+from medkd3d.networks.hdkd import HDKDTeacher
+from medkd3d.networks.readout import CompartmentReadout
+
+TINY = {"channels": (8, 16, 16), "depths": (1, 1, 1), "stem_channels": 8}
+
+
+def _volumes_and_labels(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 2
+    volumes = torch.randn(n, 3, generator=generator) * torch.tensor([1.0, 3.0, 0.5]) + torch.tensor([-4.0, -2.0, -6.0])
+    volumes[:, 0] += 1.5 * labels  # the first compartment is larger in class 1
+    return volumes, labels
+
+
+def test_fit_folds_the_standardised_regression_into_the_linear_layer() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    volumes, labels = _volumes_and_labels()
+    readout = CompartmentReadout(in_channels=4)
+    assert not readout.fitted
+    readout.fit(volumes, labels)
+    assert readout.fitted
+    regression = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000))
+    expected = regression.fit(volumes.double().numpy(), labels.numpy()).predict_proba(volumes.double().numpy())[:, 1]
+    probabilities = torch.softmax(readout.classifier(volumes), dim=1)[:, 1]
+    np.testing.assert_allclose(probabilities.numpy(), expected, atol=1e-5)
+    assert not any(p.requires_grad for p in readout.classifier.parameters())  # never moved by the optimizer
+
+
+def test_fit_needs_two_classes() -> None:
+    volumes, _ = _volumes_and_labels()
+    with pytest.raises(ValueError, match="both classes"):
+        CompartmentReadout(in_channels=4).fit(volumes, torch.zeros(len(volumes)))
+    with pytest.raises(ValueError, match="needs 2 classes"):
+        CompartmentReadout(in_channels=4, num_classes=3).fit(*_volumes_and_labels())
+
+
+def test_log_volumes_are_the_mean_predicted_shares() -> None:
+    readout = CompartmentReadout(in_channels=2, eps=1e-4)
+    feature = torch.randn(2, 2, 3, 3, 3)
+    shares = torch.sigmoid(readout.head(feature)).mean(dim=(2, 3, 4))
+    torch.testing.assert_close(readout.log_volumes(feature), torch.log(shares + 1e-4))
+
+
+def test_teacher_uses_its_classifier_until_the_readout_is_fitted() -> None:
+    torch.manual_seed(0)
+    teacher = HDKDTeacher(**TINY, readout_stage=0).eval()
+    x = torch.randn(2, 4, 16, 16, 16)
+    plain = HDKDTeacher(**TINY)
+    plain.load_state_dict({k: v for k, v in teacher.state_dict().items() if not k.startswith("readout.")})
+    torch.testing.assert_close(teacher(x), plain.eval()(x))
+
+    teacher.readout.fit(*_volumes_and_labels())
+    features = teacher.forward_features(x)
+    torch.testing.assert_close(teacher(x), teacher.readout(features[0]))
+    with pytest.raises(ValueError, match="readout_stage 3 is not one of the 3 stages"):
+        HDKDTeacher(**TINY, readout_stage=3)
+
+
+def test_the_auxiliary_loss_supervises_the_readouts_own_head() -> None:
+    teacher = HDKDTeacher(**TINY, readout_stage=0)
+    loss = TumourCompartmentLoss.for_network(teacher, stages=[0, 1])
+    assert loss.heads[0] is teacher.readout.head and loss.heads[1] is not teacher.readout.head
+    parameters = unique_parameters([teacher, loss])
+    assert len(parameters) == len({id(p) for p in parameters})
+    assert len(parameters) == len(list(teacher.parameters())) + len(list(loss.heads[1].parameters()))
+    with pytest.raises(ValueError, match="reads stage 1, which the auxiliary task does not supervise"):
+        TumourCompartmentLoss.for_network(HDKDTeacher(**TINY, readout_stage=1), [0])
+
+
+def test_handler_fits_on_the_training_subjects_at_the_last_epoch() -> None:
+    torch.manual_seed(0)
+    teacher = HDKDTeacher(**TINY, readout_stage=0)
+    images = {f"s{i}": torch.randn(4, 16, 16, 16) + (i % 2) for i in range(8)}
+    records = [{"image": name, "label": i % 2} for i, name in enumerate(images)] + [{"image": "s0", "label": -1}]
+    seen: list[str] = []
+
+    def transform(record: dict) -> dict:
+        seen.append(record["image"])
+        return {"image": images[record["image"]]}
+
+    handler = FitCompartmentReadout(teacher, records, transform)
+    epochs: list[bool] = []
+    engine = Engine(lambda engine, batch: None)
+    handler.attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: epochs.append(bool(teacher.readout.fitted)))
+    engine.run([0], max_epochs=3)
+    assert epochs == [False, False, True]  # fitted once, after the last epoch's other handlers could still run
+    assert seen == list(images)  # every labelled training subject once; the unlabelled one skipped
+    assert teacher.training  # the mode it had
+
+    with pytest.raises(ValueError, match="no compartment readout"):
+        FitCompartmentReadout(HDKDTeacher(**TINY), records, transform)
+
+
+def test_fitted_readout_survives_tracing_and_onnx() -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    teacher = HDKDTeacher(**TINY, readout_stage=0).eval()
+    teacher.readout.fit(*_volumes_and_labels())
+    x = torch.randn(2, 4, 16, 16, 16)
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing and the TorchScript-based ONNX exporter are deprecated upstream
+        expected = teacher(x)
+        traced = torch.jit.trace(teacher, x, check_trace=False)
+        torch.testing.assert_close(traced(torch.flip(x, [0])), teacher(torch.flip(x, [0])))
+        torch.onnx.export(teacher, (x,), buffer, input_names=["image"], output_names=["logits"], dynamo=False)
+    session = onnxruntime.InferenceSession(buffer.getvalue())
+    np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], expected.numpy(), atol=1e-4)
