@@ -60,19 +60,17 @@ def held_out_metrics(
 
     The balanced accuracy is at the regression's own cut (probability 0.5), as for the trivial baseline.
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000))
-    scores = model.fit(train_x, train_y).predict_proba(test_x)[:, 1]
+    from medkd3d.engines import balanced_logistic_regression
+
+    scores = balanced_logistic_regression().fit(train_x, train_y).predict_proba(test_x)[:, 1]
     return float(roc_auc_score(test_y, scores)), float(balanced_accuracy_score(test_y, scores >= 0.5))
 
 
 @torch.no_grad()
 def predicted_volumes(parser: Any, checkpoint: Path, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """``log(share + 1e-4)`` of each compartment as a trained teacher's auxiliary heads predict it, per head.
+    """:func:`~medkd3d.networks.readout.compartment_log_volumes` of a trained teacher's auxiliary heads, per head.
 
     Args:
         parser: the teacher bundle's ``train.json`` with the profiles and overrides it was trained with.
@@ -82,7 +80,8 @@ def predicted_volumes(parser: Any, checkpoint: Path, records: Sequence[Mapping[s
     Returns:
         ``[N, heads * 3]`` features.
     """
-    from medkd3d.engines.taps import forward_with_features
+    from medkd3d.engines import forward_with_features, plain_tensor
+    from medkd3d.networks.readout import compartment_log_volumes
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     network, heads = parser.get_parsed_content("network_def"), parser.get_parsed_content("seg_aux_loss")
@@ -93,13 +92,10 @@ def predicted_volumes(parser: Any, checkpoint: Path, records: Sequence[Mapping[s
     preprocess = parser.get_parsed_content("validate#preprocessing")
     rows = []
     for record in records:
-        image = preprocess(dict(record))["image"]
-        image = (image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image))[None]
+        image = torch.as_tensor(plain_tensor(preprocess(dict(record))["image"]))[None]
         _, features = forward_with_features(network, image)
-        shares = [
-            torch.sigmoid(head(features[s].float()))[0].flatten(1).mean(1) for s, head in zip(stages, heads.heads)
-        ]
-        rows.append(torch.log(torch.cat(shares) + 1e-4).double().numpy())
+        volumes = [compartment_log_volumes(head(features[s].float()))[0] for s, head in zip(stages, heads.heads)]
+        rows.append(torch.cat(volumes).double().numpy())
     return np.stack(rows)
 
 

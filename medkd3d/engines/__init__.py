@@ -11,7 +11,9 @@ from medkd3d.engines.auxiliary import AuxiliaryFeatureLoss
 from medkd3d.engines.baseline import (
     DEFAULT_PERCENTILES,
     BaselineResult,
+    balanced_logistic_regression,
     evaluate_trivial_baseline,
+    has_label,
     intensity_features,
     trivial_baseline,
 )
@@ -100,6 +102,7 @@ __all__ = [
     "ValidationEarlyStopping",
     "auc_bootstrap_ci",
     "auc_ratio",
+    "balanced_logistic_regression",
     "chance_levels",
     "check_deterministic_teacher_input",
     "classification_metrics",
@@ -110,6 +113,7 @@ __all__ = [
     "find_random_transforms",
     "flatten_metrics",
     "forward_with_features",
+    "has_label",
     "has_two_heads",
     "honesty_flags",
     "intensity_features",

@@ -111,9 +111,28 @@ def _feature_matrix(records: Sequence[Mapping[str, Any]], percentiles: Sequence[
         return np.stack(list(pool.map(lambda r: intensity_features(r, percentiles), records)))
 
 
-def _has_label(record: Mapping[str, Any]) -> bool:
-    # inference datalists mark a missing label as None or -1
+def has_label(record: Mapping[str, Any]) -> bool:
+    """Whether a datalist record has a grade (inference datalists mark a missing one as ``None`` or ``-1``)."""
     return record.get("label") is not None and int(record["label"]) >= 0
+
+
+def balanced_logistic_regression(regularization: float = 1.0) -> Any:
+    """The package's linear read of a few features: standardised, then a class-balanced logistic regression.
+
+    The trivial baseline fits it on intensity percentiles, :class:`~medkd3d.networks.readout.CompartmentReadout`
+    on predicted compartment volumes.
+
+    Args:
+        regularization: inverse regularisation strength ``C``.
+
+    Returns:
+        An unfitted scikit-learn pipeline (``StandardScaler``, ``LogisticRegression``).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=regularization, class_weight="balanced", max_iter=5000))
 
 
 @dataclass
@@ -160,12 +179,8 @@ def trivial_baseline(
     Raises:
         ValueError: if the training subjects have fewer than two classes, or a test subject has no label.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    train = [r for r in train_records if _has_label(r)]
-    unlabelled = [r.get("subject") for r in test_records if not _has_label(r)]
+    train = [r for r in train_records if has_label(r)]
+    unlabelled = [r.get("subject") for r in test_records if not has_label(r)]
     if unlabelled:
         raise ValueError(f"test subjects {unlabelled[:5]} have no label; the baseline is scored on labelled subjects")
     y_train = np.array([int(r["label"]) for r in train], dtype=np.int64)
@@ -180,9 +195,7 @@ def trivial_baseline(
         num_classes = int(max(y_train.max(), y_test.max(initial=0))) + 1
     x_train = _feature_matrix(train, percentiles)
     x_test = _feature_matrix(test_records, percentiles) if len(test_records) else None
-    model = make_pipeline(
-        StandardScaler(), LogisticRegression(C=regularization, class_weight="balanced", max_iter=5000)
-    )
+    model = balanced_logistic_regression(regularization)
     model.fit(x_train, y_train)
     probabilities = np.zeros((len(test_records), num_classes))
     if x_test is not None:

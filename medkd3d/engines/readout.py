@@ -10,6 +10,8 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from .baseline import has_label
+from .batch import plain_tensor
 from .taps import unwrap_model
 
 __all__ = ["FitCompartmentReadout"]
@@ -49,7 +51,7 @@ class FitCompartmentReadout:
                 "readout_stage set (bundle config readout_stage), or leave this handler out."
             )
         self.network = network
-        self.records = [r for r in records if r.get("label") is not None and int(r["label"]) >= 0]
+        self.records = [r for r in records if has_label(r)]
         self.transform = transform
         self.image_key = image_key
 
@@ -70,8 +72,7 @@ class FitCompartmentReadout:
         model.eval()
         volumes, labels = [], []
         for record in self.records:
-            image = self.transform(dict(record))[self.image_key]
-            image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+            image = torch.as_tensor(plain_tensor(self.transform(dict(record))[self.image_key]))
             features = model.forward_features(image[None].to(device))
             volumes.append(model.readout.log_volumes(features[model.readout_stage]).cpu())
             labels.append(int(record["label"]))

@@ -182,7 +182,7 @@ class HDKDTeacher(_MBCSABackbone):
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Logits ``[B, num_classes]``: the fitted readout's if there is one, else the pooled last stage's."""
         logits = self.classifier(self.dropout(global_pool(features[-1], self.head_pooling)))
-        if self.readout is None or self.readout_stage is None:
+        if self.readout is None:
             return logits
         # a tensor switch rather than a Python branch, so traced and ONNX exports follow the buffer's value
         fitted = self.readout.fitted.to(logits.dtype)

@@ -14,7 +14,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CompartmentReadout"]
+__all__ = ["CompartmentReadout", "compartment_log_volumes"]
+
+
+def compartment_log_volumes(logits: Tensor, eps: float = 1e-4) -> Tensor:
+    """``[B, C]``: the logarithm of each compartment's mean predicted share over the voxels of ``[B, C, *S]`` logits.
+
+    Args:
+        logits: per-voxel compartment logits of a compartment head.
+        eps: added to each mean share before the logarithm (a compartment can be absent).
+    """
+    return torch.log(torch.sigmoid(logits.float()).flatten(2).mean(2) + eps)
 
 
 class CompartmentReadout(nn.Module):
@@ -46,9 +56,8 @@ class CompartmentReadout(nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def log_volumes(self, feature: Tensor) -> Tensor:
-        """``[B, compartments]``: the logarithm of each compartment's mean predicted share of ``feature``'s voxels."""
-        shares = torch.sigmoid(self.head(feature.float())).flatten(2).mean(2)
-        return torch.log(shares + self.eps)
+        """``[B, compartments]``: :func:`compartment_log_volumes` of the head's logits on ``feature``."""
+        return compartment_log_volumes(self.head(feature.float()), self.eps)
 
     def forward(self, feature: Tensor) -> Tensor:
         """Logits ``[B, num_classes]`` of the fitted classifier."""
@@ -70,9 +79,7 @@ class CompartmentReadout(nn.Module):
         Raises:
             ValueError: if the readout has more than two classes, or ``labels`` lack a class.
         """
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+        from medkd3d.engines.baseline import balanced_logistic_regression
 
         x = np.asarray(torch.as_tensor(log_volumes, dtype=torch.float64).cpu())
         y = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64).reshape(-1)
@@ -80,9 +87,7 @@ class CompartmentReadout(nn.Module):
             raise ValueError(f"CompartmentReadout.fit needs 2 classes, the readout has {self.classifier.out_features}")
         if set(np.unique(y).tolist()) != {0, 1}:
             raise ValueError(f"CompartmentReadout.fit needs subjects of both classes, got labels {sorted(set(y))}")
-        scaler, regression = make_pipeline(
-            StandardScaler(), LogisticRegression(C=regularization, class_weight="balanced", max_iter=5000)
-        ).fit(x, y)
+        scaler, regression = balanced_logistic_regression(regularization).fit(x, y)
         slope = regression.coef_[0] / scaler.scale_
         weight = np.zeros((2, x.shape[1]))
         weight[1] = slope

@@ -78,6 +78,29 @@ class BundleKit:
             overrides["teacher_ckpt"] = str(outputs / teacher / "models" / "model.pt")
         return overrides
 
+    def teacher_pipeline(self, root: Path, shape: tuple[int, int, int]) -> Any:
+        """Run ``medkd3d pipeline`` (``quick`` profile) for the tiny VGG-ViT teacher alone, one epoch, on 12 synthetic
+        subjects of ``shape`` in ``root/brats``, into ``root/run``; return its ``PipelineSettings``."""
+        from medkd3d.pipeline.run import PipelineSettings, run_pipeline
+
+        teacher = "brats_teacher_vggvit3d"
+        settings = PipelineSettings(
+            out_dir=root / "run",
+            dataset_dir=root / "brats",
+            synthetic={"n_hgg": 6, "n_lgg": 6, "shape": shape, "seed": 0},
+            profiles=["quick"],
+            epochs=1,
+            batch_size=2,
+            num_workers=0,
+            num_folds=3,
+            bundles=[teacher],
+            bundle_overrides={teacher: {**self.network_overrides(teacher), "network_def#name": "vggvit3d"}},
+            latency_repeats=1,
+            export_formats=(),
+        )
+        run_pipeline(settings)
+        return settings
+
     def config_files(self, bundle: str, *names: str) -> list[str]:
         return [str(BUNDLES_DIR / bundle / "configs" / name) for name in names]
 

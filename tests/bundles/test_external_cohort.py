@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medkd3d.pipeline.run import QUICK, PipelineSettings, run_pipeline
+from medkd3d.pipeline.run import QUICK
 
 SHAPE = (24, 24, 20)
 
@@ -53,21 +53,7 @@ def test_the_cohort_is_generated_at_the_main_jobs_shape_unless_told(script, monk
 @pytest.mark.slow
 def test_a_run_is_evaluated_on_the_cohort_with_its_own_validation_threshold(script, bundle_kit, tmp_path: Path) -> None:
     teacher = "brats_teacher_vggvit3d"
-    settings = PipelineSettings(
-        out_dir=tmp_path / "run",
-        dataset_dir=tmp_path / "brats",
-        synthetic={"n_hgg": 6, "n_lgg": 6, "shape": SHAPE, "seed": 0},
-        profiles=["quick"],
-        epochs=1,
-        batch_size=2,
-        num_workers=0,
-        num_folds=3,
-        bundles=[teacher],
-        bundle_overrides={teacher: {**bundle_kit.network_overrides(teacher), "network_def#name": "vggvit3d"}},
-        latency_repeats=1,
-        export_formats=(),
-    )
-    run_pipeline(settings)
+    settings = bundle_kit.teacher_pipeline(tmp_path, SHAPE)
     out = tmp_path / "external.md"
     args = [str(settings.out_dir), "--seed", "1", "--subjects-per-class", "3", "--shape", *map(str, SHAPE)]
     assert script.main([*args, "--cohort-dir", str(tmp_path / "cohort"), "--out", str(out)]) == 0

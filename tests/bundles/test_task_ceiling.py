@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medkd3d.pipeline.run import PipelineSettings, run_pipeline
-
 SHAPE = (24, 24, 20)
 
 
@@ -44,21 +42,7 @@ def test_the_table_lists_each_run_with_the_mean(script) -> None:
 @pytest.mark.slow
 def test_a_pipeline_run_gets_its_floor_ceiling_and_teacher_rows(script, bundle_kit, tmp_path: Path) -> None:
     teacher = "brats_teacher_vggvit3d"
-    settings = PipelineSettings(
-        out_dir=tmp_path / "run",
-        dataset_dir=tmp_path / "brats",
-        synthetic={"n_hgg": 6, "n_lgg": 6, "shape": SHAPE, "seed": 0},
-        profiles=["quick"],
-        epochs=1,
-        batch_size=2,
-        num_workers=0,
-        num_folds=3,
-        bundles=[teacher],
-        bundle_overrides={teacher: {**bundle_kit.network_overrides(teacher), "network_def#name": "vggvit3d"}},
-        latency_repeats=1,
-        export_formats=(),
-    )
-    run_pipeline(settings)
+    settings = bundle_kit.teacher_pipeline(tmp_path, SHAPE)
     out = tmp_path / "ceiling.md"
     assert script.main([str(settings.out_dir), "--out", str(out)]) == 0
 
