@@ -18,7 +18,7 @@ from torch import nn
 
 from medkd3d.networks.mbcsa import MBCSABlock
 from medkd3d.networks.pooling import check_global_pooling, global_pool, pooled_width
-from medkd3d.networks.readout import CompartmentReadout
+from medkd3d.networks.readout import stage_readout
 from medkd3d.networks.registry import register_model
 from medkd3d.networks.vit3d import TransformerBlock
 
@@ -172,21 +172,14 @@ class HDKDTeacher(_MBCSABackbone):
         self.head_pooling = head_pooling
         self.classifier = nn.Linear(pooled_width(self.feature_info[-1]["num_chs"], head_pooling), num_classes)
         self.readout_stage = readout_stage
-        self.readout: CompartmentReadout | None = None
-        if readout_stage is not None:
-            if not 0 <= readout_stage < len(self.feature_info):
-                raise ValueError(f"readout_stage {readout_stage} is not one of the {len(self.feature_info)} stages")
-            in_channels = self.feature_info[readout_stage]["num_chs"]
-            self.readout = CompartmentReadout(in_channels, num_classes, spatial_dims=spatial_dims)
+        self.readout = stage_readout(self.feature_info, readout_stage, num_classes, spatial_dims)
 
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Logits ``[B, num_classes]``: the fitted readout's if there is one, else the pooled last stage's."""
         logits = self.classifier(self.dropout(global_pool(features[-1], self.head_pooling)))
         if self.readout is None:
             return logits
-        # a tensor switch rather than a Python branch, so traced and ONNX exports follow the buffer's value
-        fitted = self.readout.fitted.to(logits.dtype)
-        return fitted * self.readout(features[self.readout_stage]).to(logits.dtype) + (1 - fitted) * logits
+        return self.readout.replace(logits, features[self.readout_stage])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -288,10 +281,13 @@ class HDKDStudent(_MBCSABackbone):
         mlp_ratio: DFLT MLP ratio.
         dropout_rate: DFLT dropout.
         spatial_dims: 3 for volumes, 2 for slices.
+        readout_stage: add a :class:`~medkd3d.networks.readout.CompartmentReadout` on this stage (``None``: none),
+            whose head is the teacher's, copied and frozen (:class:`~medkd3d.engines.FitCompartmentReadout` with
+            ``head_from``). Once fitted (after training, on the training subjects), its logits replace DFLT's.
 
     Raises:
-        ValueError: if ``channels`` and ``depths`` differ in length, a stage has no block, or ``embed_dim`` is not
-            divisible by ``num_heads``.
+        ValueError: if ``channels`` and ``depths`` differ in length, a stage has no block, ``embed_dim`` is not
+            divisible by ``num_heads``, or ``readout_stage`` is not a stage.
     """
 
     def __init__(
@@ -313,6 +309,7 @@ class HDKDStudent(_MBCSABackbone):
         mlp_ratio: float = 4.0,
         dropout_rate: float = 0.0,
         spatial_dims: int = 3,
+        readout_stage: int | None = None,
     ) -> None:
         super().__init__(
             in_channels=in_channels,
@@ -338,6 +335,8 @@ class HDKDStudent(_MBCSABackbone):
             dropout_rate=dropout_rate,
             spatial_dims=spatial_dims,
         )
+        self.readout_stage = readout_stage
+        self.readout = stage_readout(self.feature_info, readout_stage, num_classes, spatial_dims)
 
     @classmethod
     def from_teacher(cls, teacher: HDKDTeacher, depths: Sequence[int] = (2, 2, 3), **kwargs: Any) -> HDKDStudent:
@@ -367,9 +366,13 @@ class HDKDStudent(_MBCSABackbone):
         return self.dflt(self.forward_features(x)[-1])
 
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Mean of the class-token and distillation-token logits, computed by DFLT on the last stage feature."""
+        """The fitted readout's logits if there is one, else the mean of DFLT's class- and distillation-token
+        logits on the last stage feature."""
         cls_logits, dist_logits = self.dflt(features[-1])
-        return (cls_logits + dist_logits) / 2
+        logits = (cls_logits + dist_logits) / 2
+        if self.readout is None:
+            return logits
+        return self.readout.replace(logits, features[self.readout_stage])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

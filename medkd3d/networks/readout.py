@@ -10,11 +10,14 @@ inside the network, so that checkpoints, evaluation, distillation and every expo
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CompartmentReadout", "compartment_log_volumes"]
+__all__ = ["CompartmentReadout", "compartment_log_volumes", "stage_readout"]
 
 
 def compartment_log_volumes(logits: Tensor, eps: float = 1e-4) -> Tensor:
@@ -63,6 +66,31 @@ class CompartmentReadout(nn.Module):
         """Logits ``[B, num_classes]`` of the fitted classifier."""
         return self.classifier(self.log_volumes(feature))
 
+    def replace(self, logits: Tensor, feature: Tensor) -> Tensor:
+        """``logits`` (the network's own) until the readout is fitted, the readout's logits on ``feature`` after.
+
+        A tensor switch rather than a Python branch, so that traced and ONNX exports follow the buffer's value.
+        """
+        fitted = self.fitted.to(logits.dtype)
+        return fitted * self(feature).to(logits.dtype) + (1 - fitted) * logits
+
+    @torch.no_grad()
+    def adopt_head(self, source: CompartmentReadout) -> None:
+        """Copy the head of another network's readout and freeze it: this readout then reads the compartments the
+        way ``source``'s network learned to see them (a student reusing its teacher's head on features distilled
+        to match the teacher's, as SimKD reuses the teacher's classifier).
+
+        Raises:
+            ValueError: if the heads' shapes differ.
+        """
+        if source.head.weight.shape != self.head.weight.shape:
+            raise ValueError(
+                f"Cannot adopt a compartment head of shape {tuple(source.head.weight.shape)} into one of shape "
+                f"{tuple(self.head.weight.shape)}: the stages the two readouts read differ in width."
+            )
+        self.head.load_state_dict(source.head.state_dict())
+        self.head.requires_grad_(False)
+
     @torch.no_grad()
     def fit(self, log_volumes: Tensor | np.ndarray, labels: Tensor | np.ndarray, regularization: float = 1.0) -> None:
         """Fit the classifier: a standardised, class-balanced logistic regression, folded into one linear layer.
@@ -95,3 +123,24 @@ class CompartmentReadout(nn.Module):
         self.classifier.weight.copy_(torch.as_tensor(weight))
         self.classifier.bias.copy_(torch.as_tensor(bias))
         self.fitted.fill_(True)
+
+
+def stage_readout(
+    feature_info: Sequence[Mapping[str, Any]], stage: int | None, num_classes: int, spatial_dims: int = 3
+) -> CompartmentReadout | None:
+    """The :class:`CompartmentReadout` a network holds on its stage ``stage`` (``None``: no readout).
+
+    Args:
+        feature_info: the network's timm-style ``feature_info`` (``num_chs`` of each stage).
+        stage: index into ``feature_info`` of the stage the readout reads, or ``None``.
+        num_classes: number of classes.
+        spatial_dims: 3 for volumes, 2 for slices.
+
+    Raises:
+        ValueError: if ``stage`` is not an index of ``feature_info``.
+    """
+    if stage is None:
+        return None
+    if not 0 <= stage < len(feature_info):
+        raise ValueError(f"readout_stage {stage} is not one of the {len(feature_info)} stages")
+    return CompartmentReadout(feature_info[stage]["num_chs"], num_classes, spatial_dims=spatial_dims)

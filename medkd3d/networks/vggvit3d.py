@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from medkd3d.networks.msgff import MultiScaleGeometricFeatureFusion
+from medkd3d.networks.readout import stage_readout
 from medkd3d.networks.registry import register_model
 from medkd3d.networks.vgg3d import VGG3D
 from medkd3d.networks.vit3d import ViT3D
@@ -60,10 +61,13 @@ class VGGViT3D(nn.Module):
         max_tokens_per_axis: MSGFF pooling bound per axis and scale.
         dropout_rate: dropout in the ViT and before the classifier.
         spatial_dims: 3 for volumes.
+        readout_stage: add a :class:`~medkd3d.networks.readout.CompartmentReadout` on this VGG stage (``None``:
+            none). Once fitted (after training, on the training subjects), its logits replace the classifier's;
+            before, the network is the plain teacher.
 
     Raises:
-        ValueError: if an entry of ``msgff_stages`` is not a VGG stage index (or the branches reject their
-            arguments).
+        ValueError: if an entry of ``msgff_stages`` or ``readout_stage`` is not a VGG stage index (or the branches
+            reject their arguments).
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class VGGViT3D(nn.Module):
         max_tokens_per_axis: int = 8,
         dropout_rate: float = 0.1,
         spatial_dims: int = 3,
+        readout_stage: int | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -141,6 +146,12 @@ class VGGViT3D(nn.Module):
         self._num_vgg_features = num_vgg_stages
         self.feature_info = [{**info, "module": f"vgg.{info['module']}"} for info in self.vgg.feature_info]
         self.feature_info += [{**info, "module": f"vit.{info['module']}"} for info in self.vit.feature_info]
+        if readout_stage is not None and not 0 <= readout_stage < num_vgg_stages:
+            raise ValueError(
+                f"VGGViT3D: readout_stage {readout_stage} must be a VGG stage in [0, {num_vgg_stages - 1}]."
+            )
+        self.readout_stage = readout_stage
+        self.readout = stage_readout(self.feature_info, readout_stage, num_classes, spatial_dims)
 
     @property
     def last_gates(self) -> Tensor | None:
@@ -162,7 +173,10 @@ class VGGViT3D(nn.Module):
         else:
             local = self.msgff([vgg_features[s] for s in self.msgff_stages] + [vit_token_map])
             assert isinstance(local, Tensor)  # without return_gates MSGFF returns a tensor; narrows it for TorchScript
-        return self.head(torch.cat((local, context), dim=1))
+        logits = self.head(torch.cat((local, context), dim=1))
+        if self.readout is None:
+            return logits
+        return self.readout.replace(logits, features[self.readout_stage])
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[B, num_classes]``."""

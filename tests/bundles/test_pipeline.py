@@ -371,3 +371,35 @@ def test_two_jobs_train_in_worker_processes_each_teacher_before_its_student(bund
         marker = json.loads((tmp_path / name / "models" / "pipeline_training.json").read_text())
         assert marker["state"] == "finished"
     assert all(0.0 <= float(row["auc"]) <= 1.0 for row in rows.values())
+
+
+@pytest.mark.slow
+def test_quick_hdkd_student_reads_compartments_through_its_teachers_head(bundle_kit, tmp_path: Path) -> None:
+    """The ``quick`` profiles wire the readouts: the teacher fits its own, the distilled student adopts the teacher's
+    head (frozen, so still equal after training) and fits its own regression, the no-KD twin has none."""
+    student, teacher = "brats_hdkd_student3d", "brats_hdkd_teacher3d"
+    settings = PipelineSettings(
+        out_dir=tmp_path,
+        dataset_dir=tmp_path / "brats",
+        synthetic=TINY_DATASET,
+        profiles=["quick"],
+        epochs=1,
+        batch_size=2,
+        num_workers=0,
+        num_folds=3,
+        bundles=[student],
+        bundle_overrides={b: bundle_kit.network_overrides(b) for b in (student, teacher)},
+        latency_repeats=1,
+        export_formats=("onnx",),
+    )
+    run_pipeline(settings)
+    weights = {
+        name: torch.load(tmp_path / name / "models" / "model.pt", map_location="cpu", weights_only=True)
+        for name in (teacher, student, f"{student}_no_kd")
+    }
+    assert weights[teacher]["readout.fitted"] and weights[student]["readout.fitted"]
+    for key in ("readout.head.weight", "readout.head.bias"):
+        torch.testing.assert_close(weights[student][key], weights[teacher][key], rtol=0, atol=0)
+    assert not torch.equal(weights[student]["readout.classifier.weight"], weights[teacher]["readout.classifier.weight"])
+    assert not any(key.startswith("readout.") for key in weights[f"{student}_no_kd"])
+    assert json.loads((tmp_path / student / "eval" / "metrics.json").read_text())["num_samples"] > 0

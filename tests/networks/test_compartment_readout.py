@@ -1,5 +1,5 @@
-"""The compartment readout: its fitted regression, the HDKD teacher with it, the shared auxiliary head, the handler
-that fits it at the end of training, and its exports."""
+"""The compartment readout: its fitted regression, both teachers and the HDKD student with it, the shared auxiliary
+head, the handler that fits it at the end of training (and gives a student its teacher's head), and its exports."""
 
 from __future__ import annotations
 
@@ -14,10 +14,20 @@ from ignite.engine import Engine, Events
 from medkd3d.bundles import unique_parameters
 from medkd3d.engines import FitCompartmentReadout
 from medkd3d.losses import TumourCompartmentLoss
-from medkd3d.networks.hdkd import HDKDTeacher
+from medkd3d.networks.hdkd import HDKDStudent, HDKDTeacher
 from medkd3d.networks.readout import CompartmentReadout
+from medkd3d.networks.registry import get_model_entry
+from medkd3d.networks.vggvit3d import VGGViT3D
 
 TINY = {"channels": (8, 16, 16), "depths": (1, 1, 1), "stem_channels": 8}
+TINY_VGGVIT = {**get_model_entry("vggvit3d").tiny_kwargs, "img_size": 16}
+TINY_DFLT = {"patch_size": 1, "embed_dim": 16, "transformer_depth": 1, "num_heads": 2}
+NETWORKS = {
+    "hdkd": lambda **kwargs: HDKDTeacher(**TINY, **kwargs),
+    "vggvit": lambda **kwargs: VGGViT3D(**TINY_VGGVIT, **kwargs),
+    "hdkd_student": lambda **kwargs: HDKDStudent(**TINY, **TINY_DFLT, **kwargs),
+}
+TEACHERS = ["hdkd", "vggvit"]
 
 
 def _volumes_and_labels(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,30 +70,37 @@ def test_log_volumes_are_the_mean_predicted_shares() -> None:
     torch.testing.assert_close(readout.log_volumes(feature), torch.log(shares + 1e-4))
 
 
-def test_teacher_uses_its_classifier_until_the_readout_is_fitted() -> None:
+@pytest.mark.parametrize("kind, stage", [("hdkd", 0), ("vggvit", 2), ("hdkd_student", 0)])
+def test_network_uses_its_classifier_until_the_readout_is_fitted(kind: str, stage: int) -> None:
     torch.manual_seed(0)
-    teacher = HDKDTeacher(**TINY, readout_stage=0).eval()
+    teacher = NETWORKS[kind](readout_stage=stage).eval()
     x = torch.randn(2, 4, 16, 16, 16)
-    plain = HDKDTeacher(**TINY)
+    plain = NETWORKS[kind]()
     plain.load_state_dict({k: v for k, v in teacher.state_dict().items() if not k.startswith("readout.")})
     torch.testing.assert_close(teacher(x), plain.eval()(x))
 
     teacher.readout.fit(*_volumes_and_labels())
     features = teacher.forward_features(x)
-    torch.testing.assert_close(teacher(x), teacher.readout(features[0]))
+    torch.testing.assert_close(teacher(x), teacher.readout(features[stage]))
+
+
+def test_readout_stage_must_be_a_stage_of_the_network() -> None:
     with pytest.raises(ValueError, match="readout_stage 3 is not one of the 3 stages"):
         HDKDTeacher(**TINY, readout_stage=3)
+    with pytest.raises(ValueError, match="readout_stage 5 must be a VGG stage in \\[0, 4\\]"):
+        VGGViT3D(**TINY_VGGVIT, readout_stage=5)  # 5 is the ViT's token map, not a VGG stage
 
 
-def test_the_auxiliary_loss_supervises_the_readouts_own_head() -> None:
-    teacher = HDKDTeacher(**TINY, readout_stage=0)
+@pytest.mark.parametrize("kind", TEACHERS)
+def test_the_auxiliary_loss_supervises_the_readouts_own_head(kind: str) -> None:
+    teacher = NETWORKS[kind](readout_stage=1)
     loss = TumourCompartmentLoss.for_network(teacher, stages=[0, 1])
-    assert loss.heads[0] is teacher.readout.head and loss.heads[1] is not teacher.readout.head
+    assert loss.heads[1] is teacher.readout.head and loss.heads[0] is not teacher.readout.head
     parameters = unique_parameters([teacher, loss])
     assert len(parameters) == len({id(p) for p in parameters})
-    assert len(parameters) == len(list(teacher.parameters())) + len(list(loss.heads[1].parameters()))
+    assert len(parameters) == len(list(teacher.parameters())) + len(list(loss.heads[0].parameters()))
     with pytest.raises(ValueError, match="reads stage 1, which the auxiliary task does not supervise"):
-        TumourCompartmentLoss.for_network(HDKDTeacher(**TINY, readout_stage=1), [0])
+        TumourCompartmentLoss.for_network(teacher, [0])
 
 
 def test_handler_fits_on_the_training_subjects_at_the_last_epoch() -> None:
@@ -111,10 +128,46 @@ def test_handler_fits_on_the_training_subjects_at_the_last_epoch() -> None:
         FitCompartmentReadout(HDKDTeacher(**TINY), records, transform)
 
 
-def test_fitted_readout_survives_tracing_and_onnx() -> None:
+def test_student_adopts_its_teachers_head_frozen_and_fits_its_own_regression() -> None:
+    torch.manual_seed(0)
+    teacher = HDKDTeacher(**TINY, readout_stage=0)
+    teacher.readout.fit(*_volumes_and_labels())
+    student = HDKDStudent(**TINY, **TINY_DFLT, readout_stage=0)
+    images = {f"s{i}": torch.randn(4, 16, 16, 16) + (i % 2) for i in range(8)}
+    records = [{"image": name, "label": i % 2} for i, name in enumerate(images)]
+    handler = FitCompartmentReadout(student, records, lambda r: {"image": images[r["image"]]}, head_from=teacher)
+    heads: list[bool] = []
+    engine = Engine(lambda engine, batch: None)
+    handler.attach(engine)
+    engine.add_event_handler(
+        Events.STARTED, lambda: heads.append(torch.equal(student.readout.head.weight, teacher.readout.head.weight))
+    )
+    engine.run([0], max_epochs=2)
+    assert heads == [True]  # adopted before the first iteration
+    assert not any(p.requires_grad for p in student.readout.head.parameters())
+    assert bool(student.readout.fitted)
+    assert not torch.equal(student.readout.classifier.weight, teacher.readout.classifier.weight)  # its own fit
+    x = torch.randn(2, 4, 16, 16, 16)
+    student.eval()
+    torch.testing.assert_close(student(x), student.readout(student.forward_features(x)[0]))
+
+
+def test_student_needs_a_teacher_with_a_fitted_readout_on_its_stage() -> None:
+    student = HDKDStudent(**TINY, **TINY_DFLT, readout_stage=0)
+    fitted_elsewhere = HDKDTeacher(**TINY, readout_stage=1)
+    fitted_elsewhere.readout.fit(*_volumes_and_labels())
+    for teacher in (HDKDTeacher(**TINY), HDKDTeacher(**TINY, readout_stage=0), fitted_elsewhere):
+        with pytest.raises(ValueError, match="has no fitted readout on that stage"):
+            FitCompartmentReadout(student, [], lambda r: r, head_from=teacher)
+    with pytest.raises(ValueError, match="stages the two readouts read differ in width"):
+        student.readout.adopt_head(fitted_elsewhere.readout)  # stage 1 is 16 wide, stage 0 8
+
+
+@pytest.mark.parametrize("kind", list(NETWORKS))
+def test_fitted_readout_survives_tracing_and_onnx(kind: str) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    teacher = HDKDTeacher(**TINY, readout_stage=0).eval()
+    teacher = NETWORKS[kind](readout_stage=0).eval()
     teacher.readout.fit(*_volumes_and_labels())
     x = torch.randn(2, 4, 16, 16, 16)
     buffer = io.BytesIO()
