@@ -337,6 +337,10 @@ class HDKDStudent(_MBCSABackbone):
         )
         self.readout_stage = readout_stage
         self.readout = stage_readout(self.feature_info, readout_stage, num_classes, spatial_dims)
+        if self.readout is not None:
+            # the head is the teacher's, adopted when training starts, and no loss reaches it: frozen from the start,
+            # so that DistributedDataParallel does not wait for its gradients
+            self.readout.head.requires_grad_(False)
 
     @classmethod
     def from_teacher(cls, teacher: HDKDTeacher, depths: Sequence[int] = (2, 2, 3), **kwargs: Any) -> HDKDStudent:

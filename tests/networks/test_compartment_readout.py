@@ -133,6 +133,8 @@ def test_student_adopts_its_teachers_head_frozen_and_fits_its_own_regression() -
     teacher = HDKDTeacher(**TINY, readout_stage=0)
     teacher.readout.fit(*_volumes_and_labels())
     student = HDKDStudent(**TINY, **TINY_DFLT, readout_stage=0)
+    # no loss reaches the student's readout: none of it may wait for a gradient (DistributedDataParallel)
+    assert not any(p.requires_grad for p in student.readout.parameters())
     images = {f"s{i}": torch.randn(4, 16, 16, 16) + (i % 2) for i in range(8)}
     records = [{"image": name, "label": i % 2} for i, name in enumerate(images)]
     handler = FitCompartmentReadout(student, records, lambda r: {"image": images[r["image"]]}, head_from=teacher)
