@@ -387,8 +387,9 @@ def _markdown(results: Sequence[ModelResult], context: Mapping[str, Any], evalua
         "is the median of eager PyTorch forward passes on this machine's CPU."
         + (
             f" A '{NO_KD_ROLE}' row (<bundle>_no_kd) is the same student bundle, split and recipe trained with "
-            "kd_mode=none, the reference of its student's KD gain; it has its student's network, so its parameters "
-            "and GFLOPs are the student's and it is neither timed nor exported."
+            "kd_mode=none, the reference of its student's KD gain: its student's network but for what only distillation "
+            "gives (the HDKD student's compartment readout), counted from its own checkpoint; it is neither timed nor "
+            "exported."
             if any(r.role == NO_KD_ROLE for r in results)
             else ""
         ),

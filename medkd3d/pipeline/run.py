@@ -130,7 +130,8 @@ class PipelineSettings:
         kd_baselines: also train every selected student without KD (its bundle with ``kd_mode=none``, into
             ``<out_dir>/<bundle>_no_kd/``) and evaluate it on the same test subjects; the report shows it as its own
             row and each student's KD gain over it. Costs one more student training and evaluation per student; the
-            twin shares its student's network, so it is neither exported nor timed.
+            twin has its student's network (but for a compartment readout, which only distillation gives), so it is
+            neither exported nor timed.
         overrides: config overrides of every bundle (``{"learning_rate": 3e-4}``), over the profiles and shorthands.
         bundle_overrides: config overrides per bundle, over ``overrides``, e.g. smaller networks. A student builds
             its teacher from the teacher's checkpoint, which records the teacher's network, so a teacher's
@@ -339,6 +340,18 @@ class ExportParityError(RuntimeError):
     """An exported artefact of the pipeline did not match its eager network; the report, naming it, is written."""
 
 
+def _trained_bundle(
+    model: PipelineModel, bundle_root: Path, overrides: dict[str, Any], settings: PipelineSettings
+) -> tuple[Any, list[int], int]:
+    """``(bundle, shape, stacks)``: the trained model as inference builds it, and its input per subject."""
+    from medkd3d.export import load_bundle
+
+    infer_overrides = {k: v for k, v in overrides.items() if k in _INFERENCE_KNOBS or k.startswith("network_def#")}
+    shape, stacks = _subject_input(bundle_root, infer_overrides, model.slice_stacks)
+    checkpoint = settings.out_dir / model.name / "models" / "model.pt"
+    return load_bundle(bundle_root, checkpoint=checkpoint, overrides=infer_overrides), shape, stacks
+
+
 def _measure(
     model: PipelineModel, bundle_root: Path, overrides: dict[str, Any], settings: PipelineSettings, datalist: Path
 ) -> ModelResult:
@@ -348,14 +361,12 @@ def _measure(
     tolerance is not kept (:class:`medkd3d.export.ParityError`); the model is still profiled and reported with
     its other formats, and the failure in its ``export_error``.
     """
-    from medkd3d.export import ParityError, export_model, load_bundle
+    from medkd3d.export import ParityError, export_model
     from medkd3d.networks.profile import count_gflops, count_parameters, measure_latency
     from medkd3d.pipeline.report import ModelResult
 
     out = settings.out_dir / model.name
-    infer_overrides = {k: v for k, v in overrides.items() if k in _INFERENCE_KNOBS or k.startswith("network_def#")}
-    shape, stacks = _subject_input(bundle_root, infer_overrides, model.slice_stacks)
-    bundle = load_bundle(bundle_root, checkpoint=out / "models" / "model.pt", overrides=infer_overrides)
+    bundle, shape, stacks = _trained_bundle(model, bundle_root, overrides, settings)
     exports, errors = {}, []
     for fmt in settings.export_formats:  # one by one, so that one format's failure keeps the others
         try:
@@ -380,16 +391,25 @@ def _measure(
     )
 
 
-def _no_kd_result(model: PipelineModel, student: ModelResult, settings: PipelineSettings) -> ModelResult:
-    """The report row of a no-KD twin: its own test evaluation, its student's network description.
+def _no_kd_result(
+    model: PipelineModel, student: ModelResult, bundle_root: Path, overrides: dict[str, Any], settings: PipelineSettings
+) -> ModelResult:
+    """The report row of a no-KD twin: its own test evaluation and parameter and GFLOP counts, its student's input.
 
-    The twin differs from its student only by ``kd_mode``, which no network reads: parameters and GFLOPs are the
-    student's, and exporting or timing the same network again would only cost time (latency is left n/a).
+    The twin is its student's bundle trained with ``kd_mode=none``; its network is the student's but for the parts
+    only distillation gives (the HDKD student's compartment readout takes its head from the teacher), so it is
+    counted from its own checkpoint. Exporting or timing it would only cost time (latency is left n/a).
     """
+    from medkd3d.networks.profile import count_gflops, count_parameters
+
+    bundle, shape, stacks = _trained_bundle(model, bundle_root, overrides, settings)
+    network = bundle.network
     return replace(
         student,
         bundle=model.name,
         role=model.role,
+        parameters=count_parameters(network),
+        gflops=count_gflops(network, shape, batch_size=stacks),
         latency_ms=math.nan,
         exports={},
         export_max_abs_diff={},
@@ -718,7 +738,8 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     for model in models:  # a twin comes after its student, whose network it shares
         if not model.kd and model.teacher:
             results[model.bundle].no_kd_twin = model.name  # the report measures the student's KD gain against it
-            results[model.name] = _no_kd_result(model, results[model.bundle], settings)
+            twin = (model, results[model.bundle], roots[model.bundle], overrides[model.name], settings)
+            results[model.name] = _no_kd_result(*twin)
             continue
         with clock.step() as progress:
             logger.info("=== %s exporting and profiling %s ===", progress, model.name)

@@ -392,7 +392,7 @@ def test_quick_hdkd_student_reads_compartments_through_its_teachers_head(bundle_
         latency_repeats=1,
         export_formats=("onnx",),
     )
-    run_pipeline(settings)
+    _, table = run_pipeline(settings)
     weights = {
         name: torch.load(tmp_path / name / "models" / "model.pt", map_location="cpu", weights_only=True)
         for name in (teacher, student, f"{student}_no_kd")
@@ -402,4 +402,8 @@ def test_quick_hdkd_student_reads_compartments_through_its_teachers_head(bundle_
         torch.testing.assert_close(weights[student][key], weights[teacher][key], rtol=0, atol=0)
     assert not torch.equal(weights[student]["readout.classifier.weight"], weights[teacher]["readout.classifier.weight"])
     assert not any(key.startswith("readout.") for key in weights[f"{student}_no_kd"])
+    with table.open(newline="") as stream:  # the twin's row counts its own network: the student's less the readout
+        rows = {row["bundle"]: row for row in csv.DictReader(stream)}
+    readout = sum(v.numel() for k, v in weights[student].items() if k.startswith("readout.") and k != "readout.fitted")
+    assert int(rows[student]["parameters"]) - int(rows[f"{student}_no_kd"]["parameters"]) == readout > 0
     assert json.loads((tmp_path / student / "eval" / "metrics.json").read_text())["num_samples"] > 0
