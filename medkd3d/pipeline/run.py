@@ -735,11 +735,11 @@ def run_pipeline(settings: PipelineSettings) -> tuple[Path, Path]:
     overrides = {m.name: {**read_profiles(roots[m.bundle], profiles[m.bundle]), **runs[m.name]} for m in models}
     results: dict[str, ModelResult] = {}
     clock.phase("exports", sum(m.kd or not m.teacher for m in models))
-    for model in models:  # a twin comes after its student, whose network it shares
+    for model in models:  # a twin comes after its student, whose row it extends
         if not model.kd and model.teacher:
-            results[model.bundle].no_kd_twin = model.name  # the report measures the student's KD gain against it
-            twin = (model, results[model.bundle], roots[model.bundle], overrides[model.name], settings)
-            results[model.name] = _no_kd_result(*twin)
+            student = results[model.bundle]
+            student.no_kd_twin = model.name  # the report measures the student's KD gain against it
+            results[model.name] = _no_kd_result(model, student, roots[model.bundle], overrides[model.name], settings)
             continue
         with clock.step() as progress:
             logger.info("=== %s exporting and profiling %s ===", progress, model.name)
