@@ -9,6 +9,7 @@ import logging
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,10 +24,12 @@ from medkd3d.pipeline.run import QUICK, PipelineSettings, run_pipeline
 TINY_DATASET = {"n_hgg": 6, "n_lgg": 6, "shape": (48, 48, 40), "seed": 0}
 
 
-@pytest.mark.slow
-def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_path: Path, caplog) -> None:
-    student, teacher = "brats_student_effnet3d", "brats_teacher_vggvit3d"
-    settings = PipelineSettings(
+def _one_quick_epoch(
+    tmp_path: Path, student: str, bundle_overrides: dict[str, Any], **changes: Any
+) -> PipelineSettings:
+    """``medkd3d pipeline --quick`` for ``student`` (its teacher is added) and one epoch of each training, into
+    ``tmp_path`` on :data:`TINY_DATASET`, with ``bundle_overrides`` (e.g. tiny networks) and other ``changes``."""
+    return PipelineSettings(
         out_dir=tmp_path,
         dataset_dir=tmp_path / "brats",  # does not exist: the pipeline generates it
         synthetic=TINY_DATASET,
@@ -35,15 +38,27 @@ def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_
         batch_size=2,
         num_workers=0,
         num_folds=3,
-        test_fraction=0.34,  # reaches every bundle's split and the baseline: 2 of each class's 6 subjects
-        bundles=[student],  # its teacher is added
-        # tiny networks of train.json's models (the quick profile's student is a ResNet; the tiny overrides are
-        # EfficientNet's), so the test keeps running the bundle's own default student
-        bundle_overrides={
-            b: {**bundle_kit.network_overrides(b), "network_def#name": bundle_kit.model_of[b]}
-            for b in (student, teacher)
-        },
+        bundles=[student],
+        bundle_overrides=bundle_overrides,
         latency_repeats=1,
+        **changes,
+    )
+
+
+def _tiny_train_json_models(bundle_kit, *bundles: str) -> dict[str, dict[str, Any]]:
+    """Tiny networks of ``train.json``'s models (the ``quick`` profiles' 3D student is a ResNet, the tiny overrides
+    are EfficientNet's), so that a test runs each bundle's own default network."""
+    return {b: {**bundle_kit.network_overrides(b), "network_def#name": bundle_kit.model_of[b]} for b in bundles}
+
+
+@pytest.mark.slow
+def test_pipeline_trains_distills_evaluates_exports_and_reports(bundle_kit, tmp_path: Path, caplog) -> None:
+    student, teacher = "brats_student_effnet3d", "brats_teacher_vggvit3d"
+    settings = _one_quick_epoch(
+        tmp_path,
+        student,
+        _tiny_train_json_models(bundle_kit, student, teacher),
+        test_fraction=0.34,  # reaches every bundle's split and the baseline: 2 of each class's 6 subjects
     )
     with caplog.at_level(logging.WARNING, logger="medkd3d.bundles.data"):
         markdown, table = run_pipeline(settings)
@@ -334,24 +349,8 @@ def test_unknown_bundle_is_refused() -> None:
 
 def test_two_jobs_train_in_worker_processes_each_teacher_before_its_student(bundle_kit, tmp_path: Path) -> None:
     student, teacher = "brats_student_effnet3d", "brats_teacher_vggvit3d"
-    settings = PipelineSettings(
-        out_dir=tmp_path,
-        dataset_dir=tmp_path / "brats",
-        synthetic=TINY_DATASET,
-        profiles=["quick"],
-        epochs=1,
-        batch_size=2,
-        num_workers=0,
-        num_folds=3,
-        bundles=[student],
-        bundle_overrides={
-            b: {**bundle_kit.network_overrides(b), "network_def#name": bundle_kit.model_of[b]}
-            for b in (student, teacher)
-        },
-        latency_repeats=1,
-        export_formats=("torchscript",),
-        jobs=2,
-    )
+    bundle_overrides = _tiny_train_json_models(bundle_kit, student, teacher)
+    settings = _one_quick_epoch(tmp_path, student, bundle_overrides, export_formats=("torchscript",), jobs=2)
     _, table = run_pipeline(settings)
     with table.open(newline="") as stream:
         rows = {row["bundle"]: row for row in csv.DictReader(stream)}
@@ -378,21 +377,8 @@ def test_quick_hdkd_student_reads_compartments_through_its_teachers_head(bundle_
     """The ``quick`` profiles wire the readouts: the teacher fits its own, the distilled student adopts the teacher's
     head (frozen, so still equal after training) and fits its own regression, the no-KD twin has none."""
     student, teacher = "brats_hdkd_student3d", "brats_hdkd_teacher3d"
-    settings = PipelineSettings(
-        out_dir=tmp_path,
-        dataset_dir=tmp_path / "brats",
-        synthetic=TINY_DATASET,
-        profiles=["quick"],
-        epochs=1,
-        batch_size=2,
-        num_workers=0,
-        num_folds=3,
-        bundles=[student],
-        bundle_overrides={b: bundle_kit.network_overrides(b) for b in (student, teacher)},
-        latency_repeats=1,
-        export_formats=("onnx",),
-    )
-    _, table = run_pipeline(settings)
+    bundle_overrides = {b: bundle_kit.network_overrides(b) for b in (student, teacher)}
+    _, table = run_pipeline(_one_quick_epoch(tmp_path, student, bundle_overrides, export_formats=("onnx",)))
     weights = {
         name: torch.load(tmp_path / name / "models" / "model.pt", map_location="cpu", weights_only=True)
         for name in (teacher, student, f"{student}_no_kd")
