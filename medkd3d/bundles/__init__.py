@@ -12,7 +12,8 @@ package, tested, and never in copied config code.
   settings that make a run fit);
 - :mod:`medkd3d.bundles.data`: :func:`prepare_dataset` (synthesise the embedded default when ``dataset_dir`` is
   missing, discover or load the datalist, validate every file before training), :func:`split_dataset`
-  (patient-level stratified folds), :func:`split_side`, :func:`drop_last_batch`, :func:`inference_records`;
+  (patient-level stratified folds), :func:`split_side`, :func:`threshold_records` (the subjects the decision
+  threshold is chosen on), :func:`drop_last_batch`, :func:`inference_records`;
 - :mod:`medkd3d.bundles.teacher`: :func:`load_teacher` (a student's frozen teacher, built as it was trained),
   :func:`require_teacher_checkpoint` (a clear "train the teacher first");
 - :mod:`medkd3d.bundles.training`: the bundles' knob ``model_selection`` (:func:`selects_best_checkpoint`) and the
@@ -74,6 +75,7 @@ _EXPORTS: dict[str, str] = {
             "prepare_dataset",
             "split_dataset",
             "split_side",
+            "threshold_records",
         ],
         "data",
     ),

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medkd3d.bundles.training import UNLABELLED
+
 __all__ = [
     "SYNTHETIC_DEFAULT",
     "drop_last_batch",
@@ -18,6 +20,7 @@ __all__ = [
     "prepare_dataset",
     "split_dataset",
     "split_side",
+    "threshold_records",
 ]
 
 logger = logging.getLogger(__name__)
@@ -272,6 +275,47 @@ def split_side(split: Mapping[str, Sequence[dict[str, Any]]], side: str = "test"
                 "the validation subjects, which model selection has seen."
             )
         raise ValueError(f"The {side} split is empty; check the split settings (fold, num_folds, splits_file).")
+    return records
+
+
+def threshold_records(
+    split: Mapping[str, Sequence[dict[str, Any]]],
+    sides: str | Sequence[str] = "val",
+    train_records: Sequence[Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The labelled subjects ``evaluate.json`` chooses the decision threshold on, each tagged with its ``side``.
+
+    Forty validation subjects give a noisy threshold; adding the training subjects gives it four times as many,
+    at the price of scoring them with a model fitted to them (see the bundles' ``threshold_split``).
+
+    Args:
+        split: ``{"train": [...], "val": [...], "test": [...]}``.
+        sides: one side or several, e.g. ``"val"`` or ``["train", "val"]``.
+        train_records: the run's own training items (``train_records`` of ``train.json``); the ``train`` side
+            then takes only their labelled ones, so a student trained on ``train_per_class`` subjects per class
+            reads no other training label. ``None``: every subject of the split's training side.
+
+    Returns:
+        The sides' records in order, each with ``side`` added.
+
+    Raises:
+        ValueError: for ``test`` (the subjects the metrics are reported on cannot choose the threshold), or an
+            empty side.
+        KeyError: for an unknown side.
+    """
+    sides = [sides] if isinstance(sides, str) else list(sides)
+    if "test" in sides:
+        raise ValueError(
+            f"threshold_split={sides!r}: the test subjects are what evaluate.json reports on, so they cannot choose "
+            "the decision threshold; use 'val' or ['train', 'val']."
+        )
+    records = []
+    for side in sides:
+        if side == "train" and train_records is not None:
+            side_records = [dict(r) for r in train_records if r.get("label", UNLABELLED) != UNLABELLED]
+        else:
+            side_records = split_side(split, side)
+        records += [{**r, "side": side} for r in side_records]
     return records
 
 

@@ -483,8 +483,8 @@ class ClassProbabilityWriter:
 
     Attach it to a MONAI evaluator whose postprocessing turns ``pred`` into probabilities (``Activationsd``
     with ``softmax=True``). Columns: ``subject``, ``prob_<class>`` for each class, ``predicted`` (class name: the
-    argmax, or at ``threshold``, as :func:`medkd3d.engines.predicted_classes`) and, when the batch carries labels,
-    ``label`` (class name). Under DDP the rows of all ranks are gathered
+    argmax, or at ``threshold``, as :func:`medkd3d.engines.predicted_classes`), ``label`` (class name, empty for an
+    unlabelled subject) and any ``extra_columns``. Under DDP the rows of all ranks are gathered
     and ``save_rank`` writes the file. The file is replaced atomically at the end of each run.
 
     Args:
@@ -497,6 +497,8 @@ class ClassProbabilityWriter:
         save_rank: rank that writes the file under DDP.
         threshold: the two-class decision threshold (a number or a :class:`medkd3d.engines.OperatingPoint`, read
             when the file is written), ``None`` for the argmax.
+        extra_columns: batch keys written as columns after ``label`` (e.g. ``side``, the split side of
+            :func:`medkd3d.bundles.threshold_records`), empty for an item without the key.
     """
 
     def __init__(
@@ -509,6 +511,7 @@ class ClassProbabilityWriter:
         pred_key: str = "pred",
         save_rank: int = 0,
         threshold: Any = None,
+        extra_columns: Sequence[str] = (),
     ) -> None:
         self.path = Path(output_dir) / filename
         self.class_names = list(class_names)
@@ -517,7 +520,9 @@ class ClassProbabilityWriter:
         self.pred_key = pred_key
         self.save_rank = save_rank
         self.threshold = threshold
+        self.extra_columns = list(extra_columns)
         self._subjects: list[str] = []
+        self._extras: dict[str, list[str]] = {key: [] for key in self.extra_columns}
         self._probabilities: list[torch.Tensor] = []
         self._labels: list[int] = []
 
@@ -529,6 +534,7 @@ class ClassProbabilityWriter:
 
     def _reset(self, _engine: Engine) -> None:
         self._subjects, self._probabilities, self._labels = [], [], []
+        self._extras = {key: [] for key in self.extra_columns}
 
     def _collect(self, engine: Engine) -> None:
         # MONAI decollates both batch and output into lists of per-sample dicts; inputs stay in the batch.
@@ -543,34 +549,41 @@ class ClassProbabilityWriter:
             self._subjects.append(str(item.get(self.subject_key, f"sample_{len(self._subjects)}")))
             self._probabilities.append(probabilities)
             self._labels.append(_label_index(item.get(self.label_key)))
+            for key, values in self._extras.items():
+                values.append(str(item.get(key, "")))
 
     def _write(self, engine: Engine) -> None:
         probabilities = (
             torch.stack(self._probabilities) if self._probabilities else torch.zeros(0, len(self.class_names))
         )
         labels = torch.tensor(self._labels, dtype=torch.long)
-        subjects = self._subjects
+        subjects, extras = self._subjects, self._extras
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             probabilities = evenly_divisible_all_gather(probabilities, concat=True)
             labels = evenly_divisible_all_gather(labels, concat=True)
             subjects = string_list_all_gather(subjects)
+            extras = {key: string_list_all_gather(values) for key, values in extras.items()}
             if torch.distributed.get_rank() != self.save_rank:
                 return
-        atomic_write_text(self.path, self._to_csv(subjects, probabilities, labels.tolist()))
+        atomic_write_text(self.path, self._to_csv(subjects, probabilities, labels.tolist(), extras))
         engine.logger.info(f"Wrote class probabilities of {len(subjects)} subjects to {self.path}.")
 
-    def _to_csv(self, subjects: list[str], probabilities: torch.Tensor, labels: list[int]) -> str:
-        columns = ["subject", *(f"prob_{name}" for name in self.class_names), "predicted", "label"]
+    def _to_csv(
+        self, subjects: list[str], probabilities: torch.Tensor, labels: list[int], extras: Mapping[str, list[str]]
+    ) -> str:
+        columns = ["subject", *(f"prob_{name}" for name in self.class_names), "predicted", "label", *self.extra_columns]
         predicted = predicted_classes(probabilities, self.threshold)
         rows = [
             dict(
                 zip(
                     columns,
                     [subject, *(f"{p:.6f}" for p in probs), self.class_names[index],
-                     self.class_names[label] if label >= 0 else ""],
+                     self.class_names[label] if label >= 0 else "", *(extras[key][row] for key in self.extra_columns)],
                 )
             )
-            for subject, probs, index, label in zip(subjects, probabilities.tolist(), predicted, labels)
+            for row, (subject, probs, index, label) in enumerate(
+                zip(subjects, probabilities.tolist(), predicted, labels)
+            )
         ]  # fmt: skip
         return csv_text(rows, columns)
 

@@ -35,19 +35,41 @@ def test_leave_one_out_scores_a_threshold_chosen_without_the_subject(rules) -> N
         rules.leave_one_out_balanced_accuracy(SHIFTED_SCORES[2:], SHIFTED_LABELS[2:], rules.youden)
 
 
-def test_markdown_counts_models_where_a_rule_beats_youden(rules, tmp_path: Path) -> None:
-    eval_dir = tmp_path / "run" / "brats_teacher_vggvit3d" / "eval"
+def test_training_subjects_join_every_choice_but_are_never_scored(rules) -> None:
+    # training LGG at 0.86-0.89 and HGG at 0.92-0.95 pull Youden's cut to 0.895 (0.905 without the validation HGG
+    # at 0.9): every validation HGG falls below it, every validation LGG stays below, so (0/3 + 3/3) / 2
+    training = (np.array([0.86, 0.87, 0.88, 0.89, 0.92, 0.93, 0.94, 0.95]), np.array([0] * 4 + [1] * 4))
+    assert rules.youden(np.r_[SHIFTED_SCORES[:3], SHIFTED_SCORES[4:], training[0]],
+                        np.r_[SHIFTED_LABELS[:3], SHIFTED_LABELS[4:], training[1]]) == pytest.approx(0.895)  # fmt: skip
+    assert rules.leave_one_out_balanced_accuracy(SHIFTED_SCORES, SHIFTED_LABELS, rules.youden, training) == 0.5
+    assert rules.leave_one_out_balanced_accuracy(SHIFTED_SCORES, SHIFTED_LABELS, rules.youden) == 1.0
+
+
+def _write_threshold_predictions(eval_dir: Path, scores, labels, sides=None) -> None:
     eval_dir.mkdir(parents=True)
     with (eval_dir / "threshold_predictions.csv").open("w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["subject", "prob_LGG", "prob_HGG", "predicted", "label"])
-        for i, (p, y) in enumerate(zip(SHIFTED_SCORES, SHIFTED_LABELS)):
-            writer.writerow([f"s{i}", f"{1 - p:.6f}", f"{p:.6f}", "HGG", ["LGG", "HGG"][y]])
+        writer.writerow(["subject", "prob_LGG", "prob_HGG", "predicted", "label", *(["side"] if sides else [])])
+        for i, (p, y) in enumerate(zip(scores, labels)):
+            side = [sides[i]] if sides else []
+            writer.writerow([f"s{i}", f"{1 - p:.6f}", f"{p:.6f}", "HGG", ["LGG", "HGG"][y], *side])
+
+
+def test_markdown_counts_models_where_a_rule_beats_youden(rules, tmp_path: Path) -> None:
+    # a file without a side column (validation subjects only) and one with training subjects
+    _write_threshold_predictions(tmp_path / "run" / "brats_teacher_vggvit3d" / "eval", SHIFTED_SCORES, SHIFTED_LABELS)
+    training_scores = [0.86, 0.87, 0.88, 0.89, 0.92, 0.93, 0.94, 0.95]
+    _write_threshold_predictions(
+        tmp_path / "run" / "brats_student_effnet3d" / "eval", [*SHIFTED_SCORES, *training_scores],
+        [*SHIFTED_LABELS, 0, 0, 0, 0, 1, 1, 1, 1], ["val"] * 6 + ["train"] * 8,
+    )  # fmt: skip
     out = tmp_path / "rules.md"
     assert rules.main([str(tmp_path / "run"), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "1 models." in text and "No test subject is read." in text
-    assert "| youden | 1.000 | 0 | 0 |" in text and "| argmax | 0.500 | 0 | 1 |" in text
+    assert "2 models." in text and "No test subject is read." in text
+    # the training rows are never scored: every rule sees the same six validation subjects of each model
+    assert "| youden | 2 | 1.000 | 1.000 | 0 | 0 |" in text and "| argmax | 2 | 0.500 | 1.000 | 0 | 2 |" in text
+    assert "| youden_with_training | 1 | 0.500 | 1.000 | 0 | 1 |" in text
 
 
 def test_a_run_without_threshold_predictions_is_named(rules, tmp_path: Path) -> None:

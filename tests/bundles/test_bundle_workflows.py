@@ -64,6 +64,7 @@ def test_train_evaluate_infer(
     # the validation subjects' probabilities the threshold was chosen from are written beside them, auditable
     chosen_on = _read_csv(out / "eval" / "threshold_predictions.csv")
     assert sorted(row["subject"] for row in chosen_on) == sorted(r["subject"] for r in split["val"])
+    assert {row["side"] for row in chosen_on} == {"val"}
     probabilities = [[float(row["prob_LGG"]), float(row["prob_HGG"])] for row in chosen_on]
     labels = [int(row["label"] == "HGG") for row in chosen_on]
     assert youden_threshold(probabilities, labels) == pytest.approx(threshold, abs=1e-5)

@@ -154,6 +154,22 @@ def test_probability_writer_writes_softmax_per_subject(tmp_path: Path) -> None:
     assert predicted == ["HGG" if p[1] >= threshold else "LGG" for p in expected.tolist()]
     assert predicted.count("LGG") == 1
 
+    # extra columns come from the batch, empty for an item without the key
+    for batch, sides in zip(data, (["train"], ["val", "val"])):
+        batch["side"] = sides
+    ClassProbabilityWriter(
+        tmp_path, class_names=["LGG", "HGG"], filename="sides.csv", extra_columns=["side", "site"]
+    ).attach(evaluator)
+    evaluator.run()
+    with (tmp_path / "sides.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert list(rows[0]) == ["subject", "prob_LGG", "prob_HGG", "predicted", "label", "side", "site"]
+    assert [(r["subject"], r["side"], r["site"]) for r in rows] == [
+        ("s1", "train", ""),
+        ("s2", "val", ""),
+        ("s3", "val", ""),
+    ]
+
 
 def test_slice_stack_inferer_averages_stack_logits() -> None:
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
@@ -224,6 +240,19 @@ def test_bundle_configs_select_on_val_and_report_on_held_out_test(bundle: str, b
     # model selection (the validation evaluator of train.json) sees the validation side, evaluate.json the test side
     assert "@split['val']" in json.dumps(parser.get("validate#dataset"))
     assert {r["subject"] for r in parser.get_parsed_content("dataset#data")} == subjects["test"]
+
+    # the decision threshold is chosen on the validation subjects, or on the (labelled) training ones too
+    chosen_on = parser.get_parsed_content("operating_point#dataset#data")
+    assert {r["subject"] for r in chosen_on} == subjects["val"] and {r["side"] for r in chosen_on} == {"val"}
+    parser.update({"threshold_split": ["train", "val"]})
+    student = "kd_mode" in parser
+    assert student == ("student" in bundle)
+    if student:  # a student reads only the labels it trained on: 2 per class here
+        parser.update({"train_per_class": 2, "unlabelled_train": True})
+    chosen_on = parser.get_parsed_content("operating_point#dataset#data", lazy=False)
+    train = [r["subject"] for r in chosen_on if r["side"] == "train"]
+    assert set(train) <= subjects["train"] and len(train) == (4 if student else len(subjects["train"]))
+    assert {r["subject"] for r in chosen_on if r["side"] == "val"} == subjects["val"]
 
     parser.update({"test_fraction": 0.0})
     with pytest.raises(Exception) as error:

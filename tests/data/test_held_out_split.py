@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from medkd3d.bundles.data import split_dataset, split_side
+from medkd3d.bundles.data import split_dataset, split_side, threshold_records
+from medkd3d.bundles.training import UNLABELLED, training_records
 from medkd3d.data.splits import make_splits, write_splits
 
 
@@ -59,6 +60,25 @@ def test_empty_test_split_is_refused_with_the_fix() -> None:
         split_side(sides, "holdout")
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         split_dataset(_datalist(), test_fraction=1.0)
+
+
+def test_threshold_subjects_are_labelled_training_and_validation_subjects_never_test() -> None:
+    sides = split_dataset(_datalist(), fold=0, num_folds=5, seed=3)
+    records = threshold_records(sides, ["train", "val"])
+    assert [r["subject"] for r in records] == [r["subject"] for r in sides["train"] + sides["val"]]
+    assert [r["side"] for r in records] == ["train"] * len(sides["train"]) + ["val"] * len(sides["val"])
+    assert threshold_records(sides, "val") == [{**r, "side": "val"} for r in sides["val"]]
+    assert "side" not in sides["val"][0]  # the split's own records are not modified
+    # a student trained on 2 labelled subjects per class (the rest unlabelled) reads no other training label
+    items = training_records(sides["train"], train_per_class=2, seed=0, unlabelled=True)
+    assert sum(r["label"] == UNLABELLED for r in items) == len(sides["train"]) - 4
+    chosen_on = threshold_records(sides, ["train", "val"], train_records=items)
+    assert Counter(r["label"] for r in chosen_on if r["side"] == "train") == {0: 2, 1: 2}
+    assert len(chosen_on) == 4 + len(sides["val"])
+    with pytest.raises(ValueError, match=r"test subjects are what evaluate\.json reports on"):
+        threshold_records(sides, ["val", "test"])
+    with pytest.raises(KeyError, match="holdout"):
+        threshold_records(sides, "holdout")
 
 
 def test_splits_file_still_decides_the_sides(tmp_path) -> None:
