@@ -10,8 +10,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medkd3d.bundles.training import UNLABELLED
-
 __all__ = [
     "SYNTHETIC_DEFAULT",
     "drop_last_batch",
@@ -303,6 +301,8 @@ def threshold_records(
             empty side.
         KeyError: for an unknown side.
     """
+    from medkd3d.engines import has_label
+
     sides = [sides] if isinstance(sides, str) else list(sides)
     if "test" in sides:
         raise ValueError(
@@ -312,7 +312,7 @@ def threshold_records(
     records = []
     for side in sides:
         if side == "train" and train_records is not None:
-            side_records = [dict(r) for r in train_records if r.get("label", UNLABELLED) != UNLABELLED]
+            side_records = [r for r in train_records if has_label(r)]
         else:
             side_records = split_side(split, side)
         records += [{**r, "side": side} for r in side_records]
