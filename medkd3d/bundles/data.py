@@ -283,8 +283,8 @@ def threshold_records(
 ) -> list[dict[str, Any]]:
     """The labelled subjects ``evaluate.json`` chooses the decision threshold on, each tagged with its ``side``.
 
-    Forty validation subjects give a noisy threshold; adding the training subjects gives it four times as many,
-    at the price of scoring them with a model fitted to them (see the bundles' ``threshold_split``).
+    A threshold from a few validation subjects is noisy; adding the training subjects gives it more, at the price
+    of scoring them with a model fitted to them (see the bundles' ``threshold_split``).
 
     Args:
         split: ``{"train": [...], "val": [...], "test": [...]}``.
