@@ -70,7 +70,8 @@ def held_out_metrics(
 
 @torch.no_grad()
 def predicted_volumes(parser: Any, checkpoint: Path, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """:func:`~medkd3d.networks.readout.compartment_log_volumes` of a trained teacher's auxiliary heads, per head.
+    """:func:`~medkd3d.networks.readout.compartment_log_volumes` of a trained teacher's auxiliary heads, per head (and
+    of its compartment decoder, last, when the auxiliary task has one).
 
     Args:
         parser: the teacher bundle's ``train.json`` with the profiles and overrides it was trained with.
@@ -78,7 +79,7 @@ def predicted_volumes(parser: Any, checkpoint: Path, records: Sequence[Mapping[s
         records: datalist records; only their images are read.
 
     Returns:
-        ``[N, heads * 3]`` features.
+        ``[N, (heads + decoder) * 3]`` features.
     """
     from medkd3d.engines import forward_with_features, plain_tensor
     from medkd3d.networks.readout import compartment_log_volumes
@@ -94,7 +95,10 @@ def predicted_volumes(parser: Any, checkpoint: Path, records: Sequence[Mapping[s
     for record in records:
         image = torch.as_tensor(plain_tensor(preprocess(dict(record))["image"]))[None]
         _, features = forward_with_features(network, image)
-        volumes = [compartment_log_volumes(head(features[s].float()))[0] for s, head in zip(stages, heads.heads)]
+        maps = [features[s].float() for s in stages]
+        volumes = [compartment_log_volumes(head(feature))[0] for feature, head in zip(maps, heads.heads)]
+        if heads.decoder is not None:
+            volumes.append(compartment_log_volumes(heads.decoder(*(maps[i] for i in heads.decoder_inputs)))[0])
         rows.append(torch.cat(volumes).double().numpy())
     return np.stack(rows)
 

@@ -10,6 +10,8 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from medkd3d.networks.readout import readout_stages
+
 from .baseline import has_label
 from .batch import plain_tensor
 from .taps import unwrap_model
@@ -61,7 +63,8 @@ class FitCompartmentReadout:
         if head_from is not None:
             teacher = unwrap_model(head_from)
             readout = getattr(teacher, "readout", None)
-            if readout is None or not bool(readout.fitted) or teacher.readout_stage != model.readout_stage:
+            same_stages = readout_stages(teacher.readout_stage) == readout_stages(model.readout_stage)
+            if readout is None or not bool(readout.fitted) or not same_stages:
                 raise ValueError(
                     f"The student's compartment readout on stage {model.readout_stage} adopts its teacher's head, "
                     f"but the teacher ({type(teacher).__name__}) has no fitted readout on that stage: train the "
@@ -99,7 +102,8 @@ class FitCompartmentReadout:
         for record in self.records:
             image = torch.as_tensor(plain_tensor(self.transform(dict(record))[self.image_key]))
             features = model.forward_features(image[None].to(device))
-            volumes.append(model.readout.log_volumes(features[model.readout_stage]).cpu())
+            maps = [features[stage] for stage in readout_stages(model.readout_stage)]
+            volumes.append(model.readout.log_volumes(maps).cpu())
             labels.append(int(record["label"]))
         model.readout.fit(torch.cat(volumes), torch.tensor(labels))
         model.train(was_training)

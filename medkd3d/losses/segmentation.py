@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medkd3d.networks import feature_stages
+from medkd3d.networks.readout import readout_stages
 
 __all__ = ["BRATS_COMPARTMENTS", "TumourCompartmentLoss"]
 
@@ -31,16 +32,20 @@ class TumourCompartmentLoss(nn.Module):
     fraction of each feature voxel covered by the compartment: the segmentation's one-hot masks average-pooled to
     ``S_i``. The loss is binary cross-entropy on those fractions plus a soft Dice per compartment over the whole
     batch, so the few tumour voxels weigh as much as the many background ones (BCE alone is dominated by the
-    background and learns "no tumour anywhere"); it is averaged over the feature maps.
+    background and learns "no tumour anywhere"). A ``decoder`` (e.g. a
+    :class:`~medkd3d.networks.readout.CompartmentDecoder`) reading two of the maps is scored the same way at its
+    output's resolution. The loss is the mean of these terms.
 
     Args:
         in_channels: channels of each supervised feature map, in the order the features are passed.
         labels: segmentation labels of the compartments (default BraTS: 1, 2, 4).
         dice: add the soft Dice term.
         spatial_dims: spatial dimensions of the feature maps.
+        decoder: ``decoder(fine, coarse)`` giving per-voxel compartment logits, or ``None``.
+        decoder_inputs: positions, among the feature maps passed, of the fine and the coarse map the decoder reads.
 
     Raises:
-        ValueError: if ``in_channels`` or ``labels`` is empty.
+        ValueError: if ``in_channels`` or ``labels`` is empty, or ``decoder_inputs`` are not two of the maps.
     """
 
     def __init__(
@@ -49,6 +54,8 @@ class TumourCompartmentLoss(nn.Module):
         labels: Sequence[int] = BRATS_COMPARTMENTS,
         dice: bool = True,
         spatial_dims: int = 3,
+        decoder: nn.Module | None = None,
+        decoder_inputs: Sequence[int] = (0, 1),
     ) -> None:
         super().__init__()
         if not in_channels or not labels:
@@ -60,6 +67,15 @@ class TumourCompartmentLoss(nn.Module):
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         self.heads = nn.ModuleList(conv(int(c), len(self.labels), kernel_size=1) for c in in_channels)
         self.pool = F.adaptive_avg_pool3d if spatial_dims == 3 else F.adaptive_avg_pool2d
+        self.decoder_inputs = tuple(int(i) for i in decoder_inputs)
+        if decoder is not None and (
+            len(self.decoder_inputs) != 2 or not all(0 <= i < len(in_channels) for i in self.decoder_inputs)
+        ):
+            raise ValueError(
+                f"decoder_inputs must be the positions of two of the {len(in_channels)} feature maps, got "
+                f"{list(self.decoder_inputs)}"
+            )
+        self.decoder = decoder
 
     @classmethod
     def for_network(cls, network: nn.Module, stages: Sequence[int], **kwargs) -> TumourCompartmentLoss:
@@ -71,27 +87,43 @@ class TumourCompartmentLoss(nn.Module):
             kwargs: other arguments of the constructor.
 
         Returns:
-            The loss, with one head per stage. For the stage of a network's
+            The loss, with one head per stage. A network's
             :class:`~medkd3d.networks.readout.CompartmentReadout` (``network.readout`` on ``network.readout_stage``)
-            the head is the readout's own, shared, so that the volumes the readout reads are the ones this loss
-            teaches; list the optimizer's parameters once
-            (:func:`medkd3d.bundles.unique_parameters`).
+            is shared, so that the volumes the readout reads are the ones this loss teaches: on one stage its head
+            replaces that stage's; a decoder over two stages becomes the loss's ``decoder``, beside the stages' own
+            heads. List the optimizer's parameters once (:func:`medkd3d.bundles.unique_parameters`).
 
         Raises:
             ValueError: if a stage is not an index of ``feature_info``, or the network's readout reads a stage
                 that is not supervised (its head would stay untrained).
         """
         loss = cls([stage["num_chs"] for stage in feature_stages(network, stages)], **kwargs)
-        readout, readout_stage = getattr(network, "readout", None), getattr(network, "readout_stage", None)
+        readout, read = getattr(network, "readout", None), readout_stages(getattr(network, "readout_stage", None))
         stages = [int(s) for s in stages]
         if readout is not None:
-            if readout_stage not in stages:
+            missing = ", ".join(str(s) for s in read if s not in stages)
+            if missing:
                 raise ValueError(
-                    f"The compartment readout reads stage {readout_stage}, which the auxiliary task does not "
-                    f"supervise (stages {stages}): add it to seg_aux_stages, or set readout_stage to null."
+                    f"The compartment readout reads stage {missing}, which the auxiliary task does not supervise "
+                    f"(stages {stages}): add it to seg_aux_stages, or set readout_stage to null."
                 )
-            loss.heads[stages.index(readout_stage)] = readout.head
+            if len(read) == 1:
+                loss.heads[stages.index(read[0])] = readout.head
+            else:
+                loss.decoder, loss.decoder_inputs = readout.decoder, tuple(stages.index(s) for s in read)
         return loss
+
+    def _term(self, logits: Tensor, masks: Tensor) -> Tensor:
+        """BCE on each compartment's share of every voxel of ``logits``, plus the batch's soft Dice if enabled."""
+        target = self.pool(masks, logits.shape[2:])
+        term = F.binary_cross_entropy_with_logits(logits, target)
+        if self.dice:
+            probabilities = torch.sigmoid(logits)
+            axes = [0, *range(2, logits.ndim)]  # the whole batch: a subject without enhancement is no NaN
+            overlap = (probabilities * target).sum(axes)
+            size = probabilities.sum(axes) + target.sum(axes)
+            term = term + (1.0 - (2.0 * overlap + 1e-3) / (size + 1e-3)).mean()
+        return term
 
     def forward(self, features: Sequence[Tensor], seg: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of the compartment maps predicted from ``features`` against ``seg``.
@@ -101,7 +133,7 @@ class TumourCompartmentLoss(nn.Module):
             seg: label map ``[B, 1, *spatial]`` (any numeric dtype).
 
         Returns:
-            ``(total, {"compartments": total})``.
+            ``(total, {"compartments": total})``, the mean of the heads' and the decoder's terms.
 
         Raises:
             ValueError: if the number of feature maps differs from the number of heads.
@@ -110,16 +142,8 @@ class TumourCompartmentLoss(nn.Module):
             raise ValueError(f"TumourCompartmentLoss has {len(self.heads)} heads but got {len(features)} feature maps")
         seg = seg.as_tensor() if hasattr(seg, "as_tensor") else seg
         masks = torch.cat([(seg == label).float() for label in self.labels], dim=1)
-        total = masks.new_zeros(())
-        for feature, head in zip(features, self.heads):
-            logits = head(feature.float())
-            target = self.pool(masks, logits.shape[2:])
-            total = total + F.binary_cross_entropy_with_logits(logits, target)
-            if self.dice:
-                probabilities = torch.sigmoid(logits)
-                axes = [0, *range(2, logits.ndim)]  # the whole batch: a subject without enhancement is no NaN
-                overlap = (probabilities * target).sum(axes)
-                size = probabilities.sum(axes) + target.sum(axes)
-                total = total + (1.0 - (2.0 * overlap + 1e-3) / (size + 1e-3)).mean()
-        total = total / len(self.heads)
+        terms = [self._term(head(feature.float()), masks) for feature, head in zip(features, self.heads)]
+        if self.decoder is not None:
+            terms.append(self._term(self.decoder(*(features[i].float() for i in self.decoder_inputs)), masks))
+        total = torch.stack(terms).mean()
         return total, {"compartments": total}

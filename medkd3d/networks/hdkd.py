@@ -1,9 +1,10 @@
 """HDKD (seed 001): a pure-CNN MBCSA teacher and a hybrid student that shares its convolutional stages.
 
 The teacher is ``stem -> 3 stages of MBCSA blocks -> pooled linear head``. The student repeats the same stem
-and stages with fewer blocks but the same channels and strides, so its stage features have exactly the
-teacher's shapes and feature distillation needs no adapter. On top of the last stage the student runs DFLT, a
-DeiT-style transformer over patches of that feature map with a class token and a distillation token.
+and stages with fewer blocks but the same channels and strides, so its features (the stem's and each stage's, as
+timm lists a stride-2 stem level first) have exactly the teacher's shapes and feature distillation needs no
+adapter. On top of the last stage the student runs DFLT, a DeiT-style transformer over patches of that feature map
+with a class token and a distillation token.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 
 from medkd3d.networks.mbcsa import MBCSABlock
 from medkd3d.networks.pooling import check_global_pooling, global_pool, pooled_width
-from medkd3d.networks.readout import stage_readout
+from medkd3d.networks.readout import readout_stages, stage_readout
 from medkd3d.networks.registry import register_model
 from medkd3d.networks.vit3d import TransformerBlock
 
@@ -33,8 +34,10 @@ def scale_channels(channels: Sequence[int], width_multiplier: float, divisor: in
 class _MBCSABackbone(nn.Module):
     """Stem plus stages of MBCSA blocks: the convolutional structure HDKD teacher and student share.
 
-    The stem halves the resolution (3x3 conv, BN, GELU) and the first block of every stage halves it again,
-    so stage ``i`` has stride ``2 ** (i + 2)`` relative to the input.
+    The stem halves the resolution (3x3 conv, BN, GELU) and the first block of every stage halves it again, so
+    MBCSA stage ``i`` has stride ``2 ** (i + 2)`` relative to the input. ``feature_info`` lists the stem's output
+    first (stride 2, as timm's CNNs list their stem level), then the stages: a readout can decode the compartments
+    at the stem's resolution, and a student that reuses it learns the teacher's stem by feature distillation.
     """
 
     def __init__(
@@ -96,14 +99,15 @@ class _MBCSABackbone(nn.Module):
             stages.append(nn.Sequential(*blocks))
             prev = width
         self.stages = nn.ModuleList(stages)
-        self.feature_info = [
+        self.feature_info = [{"num_chs": stem_channels, "reduction": 2, "module": "stem"}] + [
             {"num_chs": width, "reduction": 2 ** (i + 2), "module": f"stages.{i}"} for i, width in enumerate(widths)
         ]
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Stage outputs ``[B, C_i, *spatial / 2**(i+2)]``, one per entry of ``feature_info``."""
+        """The stem's output ``[B, C_stem, *spatial / 2]``, then each stage's ``[B, C_i, *spatial / 2**(i+2)]``: one per
+        entry of ``feature_info``."""
         x = self.stem(x)
-        features = []
+        features = [x]
         for stage in self.stages:
             x = stage(x)
             features.append(x)
@@ -128,9 +132,10 @@ class HDKDTeacher(_MBCSABackbone):
         spatial_dims: 3 for volumes, 2 for slices.
         head_pooling: global pooling of the last stage, one of :data:`~medkd3d.networks.pooling.GLOBAL_POOLINGS`
             (HDKD: ``"avg"``; ``"avgmax"`` also passes each channel's strongest response, e.g. a small lesion).
-        readout_stage: add a :class:`~medkd3d.networks.readout.CompartmentReadout` on this stage (``None``: none).
-            Once fitted (after training, on the training subjects), its logits replace the pooled classifier's;
-            before, the network is the plain teacher.
+        readout_stage: add a :class:`~medkd3d.networks.readout.CompartmentReadout` on this stage, or a pair
+            ``[fine, coarse]`` of stages for a compartment decoder (``None``: none). Once fitted (after training, on
+            the training subjects), its logits replace the pooled classifier's; before, the network is the plain
+            teacher.
 
     Raises:
         ValueError: if ``channels`` and ``depths`` differ in length, a stage has no block, ``head_pooling``
@@ -152,7 +157,7 @@ class HDKDTeacher(_MBCSABackbone):
         dropout_rate: float = 0.0,
         spatial_dims: int = 3,
         head_pooling: str = "avg",
-        readout_stage: int | None = None,
+        readout_stage: int | Sequence[int] | None = None,
     ) -> None:
         check_global_pooling(head_pooling, "HDKDTeacher")
         super().__init__(
@@ -172,6 +177,7 @@ class HDKDTeacher(_MBCSABackbone):
         self.head_pooling = head_pooling
         self.classifier = nn.Linear(pooled_width(self.feature_info[-1]["num_chs"], head_pooling), num_classes)
         self.readout_stage = readout_stage
+        self.readout_indices = list(readout_stages(readout_stage))  # a typed list for TorchScript
         self.readout = stage_readout(self.feature_info, readout_stage, num_classes, spatial_dims)
 
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -179,7 +185,7 @@ class HDKDTeacher(_MBCSABackbone):
         logits = self.classifier(self.dropout(global_pool(features[-1], self.head_pooling)))
         if self.readout is None:
             return logits
-        return self.readout.replace(logits, features[self.readout_stage])
+        return self.readout.replace(logits, [features[i] for i in self.readout_indices])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -281,8 +287,9 @@ class HDKDStudent(_MBCSABackbone):
         mlp_ratio: DFLT MLP ratio.
         dropout_rate: DFLT dropout.
         spatial_dims: 3 for volumes, 2 for slices.
-        readout_stage: add a :class:`~medkd3d.networks.readout.CompartmentReadout` on this stage (``None``: none),
-            whose head is the teacher's, copied and frozen (:class:`~medkd3d.engines.FitCompartmentReadout` with
+        readout_stage: add a :class:`~medkd3d.networks.readout.CompartmentReadout` on this stage, or a pair
+            ``[fine, coarse]`` for a compartment decoder, as its teacher's (``None``: none), whose head is the
+            teacher's, copied and frozen (:class:`~medkd3d.engines.FitCompartmentReadout` with
             ``head_from``). Once fitted (after training, on the training subjects), its logits replace DFLT's.
 
     Raises:
@@ -309,7 +316,7 @@ class HDKDStudent(_MBCSABackbone):
         mlp_ratio: float = 4.0,
         dropout_rate: float = 0.0,
         spatial_dims: int = 3,
-        readout_stage: int | None = None,
+        readout_stage: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__(
             in_channels=in_channels,
@@ -336,11 +343,12 @@ class HDKDStudent(_MBCSABackbone):
             spatial_dims=spatial_dims,
         )
         self.readout_stage = readout_stage
+        self.readout_indices = list(readout_stages(readout_stage))  # a typed list for TorchScript
         self.readout = stage_readout(self.feature_info, readout_stage, num_classes, spatial_dims)
         if self.readout is not None:
             # the head is the teacher's, adopted when training starts, and no loss reaches it: frozen from the start,
             # so that DistributedDataParallel does not wait for its gradients
-            self.readout.head.requires_grad_(False)
+            self.readout.predictor.requires_grad_(False)
 
     @classmethod
     def from_teacher(cls, teacher: HDKDTeacher, depths: Sequence[int] = (2, 2, 3), **kwargs: Any) -> HDKDStudent:
@@ -376,7 +384,7 @@ class HDKDStudent(_MBCSABackbone):
         logits = (cls_logits + dist_logits) / 2
         if self.readout is None:
             return logits
-        return self.readout.replace(logits, features[self.readout_stage])
+        return self.readout.replace(logits, [features[i] for i in self.readout_indices])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -6,6 +6,10 @@ map; the means of those shares over the map are soft compartment volumes. On the
 regression on their logarithms, fitted on the training subjects after training, ranks the held-out subjects better
 than the network's own pooled classifier (``benchmarks/results/task_ceiling.md``). This module puts that regression
 inside the network, so that checkpoints, evaluation, distillation and every export carry it.
+
+The shares come from a 1x1x1 convolution on one stage map, or from a :class:`CompartmentDecoder` over a finer and a
+coarser stage map: a small enhancing focus, which tells many low-grade from high-grade tumours, covers a fraction of
+one voxel of a coarse map but whole voxels of the finer one (``benchmarks/results/teacher_seeds.md``).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CompartmentReadout", "compartment_log_volumes", "stage_readout"]
+__all__ = ["CompartmentDecoder", "CompartmentReadout", "compartment_log_volumes", "readout_stages", "stage_readout"]
 
 
 def compartment_log_volumes(logits: Tensor, eps: float = 1e-4) -> Tensor:
@@ -30,49 +35,141 @@ def compartment_log_volumes(logits: Tensor, eps: float = 1e-4) -> Tensor:
     return torch.log(torch.sigmoid(logits.float()).flatten(2).mean(2) + eps)
 
 
+class CompartmentDecoder(nn.Module):
+    """Per-voxel compartment logits at a fine stage map's resolution, from that map and a coarser one.
+
+    One top-down step of a feature pyramid: each map is projected to ``width`` channels by a 1x1x1 convolution, the
+    coarse one is upsampled (trilinear) onto the fine one and concatenated with it, then a 3x3x3 convolution with
+    instance norm (batch statistics are poor at batch 8) and ReLU mixes them, and a 1x1x1 convolution gives one logit
+    per compartment. The coarse map brings context (where the tumour is, what it is made of), the fine one the
+    boundaries and the small foci a coarse voxel blurs.
+
+    Args:
+        fine_channels: channels of the fine map.
+        coarse_channels: channels of the coarse map.
+        compartments: number of compartments (BraTS: 3).
+        width: channels of the projections and of the mixing convolution.
+        spatial_dims: 3 for volumes, 2 for slices.
+    """
+
+    def __init__(
+        self, fine_channels: int, coarse_channels: int, compartments: int = 3, width: int = 16, spatial_dims: int = 3
+    ) -> None:
+        super().__init__()
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        norm = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
+        self.fine = conv(fine_channels, width, kernel_size=1)
+        self.coarse = conv(coarse_channels, width, kernel_size=1)
+        self.mix = nn.Sequential(
+            conv(2 * width, width, kernel_size=3, padding=1), norm(width, affine=True), nn.ReLU(inplace=True)
+        )
+        self.out = conv(width, compartments, kernel_size=1)
+        self.mode = "trilinear" if spatial_dims == 3 else "bilinear"
+
+    def forward(self, fine: Tensor, coarse: Tensor) -> Tensor:
+        """Logits ``[B, compartments, *fine.shape[2:]]``."""
+        fine = self.fine(fine)
+        coarse = F.interpolate(self.coarse(coarse), size=fine.shape[2:], mode=self.mode, align_corners=False)
+        return self.out(self.mix(torch.cat([fine, coarse], dim=1)))
+
+
+def readout_stages(stage: int | Sequence[int] | None) -> tuple[int, ...]:
+    """The stages a readout reads: ``(stage,)`` for one stage, ``(fine, coarse)`` for a decoder, ``()`` for none.
+
+    Raises:
+        ValueError: if a sequence does not hold one or two stages.
+    """
+    if stage is None:
+        return ()
+    if isinstance(stage, int):
+        return (stage,)
+    stages = tuple(int(s) for s in stage)
+    if len(stages) not in (1, 2):
+        raise ValueError(
+            f"readout_stage must be one stage or a pair [fine, coarse] for a compartment decoder, got {list(stage)}"
+        )
+    return stages
+
+
 class CompartmentReadout(nn.Module):
     """Compartment shares of a stage map, their log-volumes, and a linear classifier fitted on them after training.
 
-    ``head`` is a 1x1x1 convolution giving one logit per compartment and voxel; the auxiliary loss supervises it
-    (:meth:`~medkd3d.losses.TumourCompartmentLoss.for_network` shares it instead of creating its own head).
+    One logit per compartment and voxel comes from ``head``, a 1x1x1 convolution on one stage map, or from
+    ``decoder``, a :class:`CompartmentDecoder` on a fine and a coarse one (the other is ``None``; :attr:`predictor`
+    is whichever is set). The auxiliary loss supervises it
+    (:meth:`~medkd3d.losses.TumourCompartmentLoss.for_network` shares it instead of creating its own).
     ``classifier`` is not trained by gradient: :meth:`fit` sets it from a logistic regression on the log-volumes
     of the training subjects, and only then does :attr:`fitted` become true. Networks holding a readout use its
     logits once it is fitted and their own classifier before.
 
     Args:
-        in_channels: channels of the stage map the head reads.
+        in_channels: channels of the stage map the head reads, or of the fine and the coarse map a decoder reads.
         num_classes: number of classes (the fit needs 2).
         compartments: number of compartments (BraTS: 3).
         eps: added to each mean share before the logarithm (a compartment can be absent).
         spatial_dims: 3 for volumes, 2 for slices.
+        decoder_width: channels of a :class:`CompartmentDecoder`.
+
+    Raises:
+        ValueError: if ``in_channels`` lists neither one nor two maps.
     """
 
+    __jit_unused_properties__ = ["predictor"]
+
     def __init__(
-        self, in_channels: int, num_classes: int = 2, compartments: int = 3, eps: float = 1e-4, spatial_dims: int = 3
+        self,
+        in_channels: int | Sequence[int],
+        num_classes: int = 2,
+        compartments: int = 3,
+        eps: float = 1e-4,
+        spatial_dims: int = 3,
+        decoder_width: int = 16,
     ) -> None:
         super().__init__()
+        channels = [in_channels] if isinstance(in_channels, int) else [int(c) for c in in_channels]
+        if len(channels) not in (1, 2):
+            raise ValueError(f"CompartmentReadout reads one stage map or two (a decoder), got channels {channels}")
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-        self.head = conv(in_channels, compartments, kernel_size=1)
+        # exactly one of the two is set; both are attributes so that TorchScript resolves the branch when scripting
+        self.head = conv(channels[0], compartments, kernel_size=1) if len(channels) == 1 else None
+        self.decoder = (
+            CompartmentDecoder(*channels, compartments, decoder_width, spatial_dims) if len(channels) == 2 else None
+        )
         self.classifier = nn.Linear(compartments, num_classes)
         self.classifier.requires_grad_(False)  # set by fit(), never by the optimizer
         self.eps = eps
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
-    def log_volumes(self, feature: Tensor) -> Tensor:
-        """``[B, compartments]``: :func:`compartment_log_volumes` of the head's logits on ``feature``."""
-        return compartment_log_volumes(self.head(feature.float()), self.eps)
+    @property
+    def predictor(self) -> nn.Module:
+        """The module that predicts the compartments: ``head`` or ``decoder``."""
+        return self.head if self.decoder is None else self.decoder
 
-    def forward(self, feature: Tensor) -> Tensor:
-        """Logits ``[B, num_classes]`` of the fitted classifier."""
-        return self.classifier(self.log_volumes(feature))
+    def log_volumes(self, features: list[Tensor]) -> Tensor:
+        """``[B, compartments]``: :func:`compartment_log_volumes` of the predicted compartment logits.
 
-    def replace(self, logits: Tensor, feature: Tensor) -> Tensor:
-        """``logits`` (the network's own) until the readout is fitted, the readout's logits on ``feature`` after.
+        Args:
+            features: the stage map the head reads, or the fine and the coarse map the decoder reads.
+        """
+        if self.decoder is not None:
+            logits = self.decoder(features[0].float(), features[1].float())
+        elif self.head is not None:
+            logits = self.head(features[0].float())
+        else:
+            raise RuntimeError("CompartmentReadout has neither a head nor a decoder")
+        return compartment_log_volumes(logits, self.eps)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        """Logits ``[B, num_classes]`` of the fitted classifier on the stage map(s) (see :meth:`log_volumes`)."""
+        return self.classifier(self.log_volumes(features))
+
+    def replace(self, logits: Tensor, features: list[Tensor]) -> Tensor:
+        """``logits`` (the network's own) until the readout is fitted, the readout's logits on ``features`` after.
 
         A tensor switch rather than a Python branch, so that traced and ONNX exports follow the buffer's value.
         """
         fitted = self.fitted.to(logits.dtype)
-        return fitted * self(feature).to(logits.dtype) + (1 - fitted) * logits
+        return fitted * self(features).to(logits.dtype) + (1 - fitted) * logits
 
     @torch.no_grad()
     def adopt_head(self, source: CompartmentReadout) -> None:
@@ -83,13 +180,17 @@ class CompartmentReadout(nn.Module):
         Raises:
             ValueError: if the heads' shapes differ.
         """
-        if source.head.weight.shape != self.head.weight.shape:
+        theirs, mine = (
+            {name: tuple(t.shape) for name, t in head.state_dict().items()}
+            for head in (source.predictor, self.predictor)
+        )
+        if theirs != mine:
             raise ValueError(
-                f"Cannot adopt a compartment head of shape {tuple(source.head.weight.shape)} into one of shape "
-                f"{tuple(self.head.weight.shape)}: the stages the two readouts read differ in width."
+                f"Cannot adopt a compartment head with weights {theirs} into one with {mine}: the stages the two "
+                "readouts read differ in width, or one reads a decoder and the other a single stage."
             )
-        self.head.load_state_dict(source.head.state_dict())
-        self.head.requires_grad_(False)
+        self.predictor.load_state_dict(source.predictor.state_dict())
+        self.predictor.requires_grad_(False)
 
     @torch.no_grad()
     def fit(self, log_volumes: Tensor | np.ndarray, labels: Tensor | np.ndarray, regularization: float = 1.0) -> None:
@@ -126,21 +227,36 @@ class CompartmentReadout(nn.Module):
 
 
 def stage_readout(
-    feature_info: Sequence[Mapping[str, Any]], stage: int | None, num_classes: int, spatial_dims: int = 3
+    feature_info: Sequence[Mapping[str, Any]],
+    stage: int | Sequence[int] | None,
+    num_classes: int,
+    spatial_dims: int = 3,
 ) -> CompartmentReadout | None:
-    """The :class:`CompartmentReadout` a network holds on its stage ``stage`` (``None``: no readout).
+    """The :class:`CompartmentReadout` a network holds on its stage(s) ``stage`` (``None``: no readout).
 
     Args:
-        feature_info: the network's timm-style ``feature_info`` (``num_chs`` of each stage).
-        stage: index into ``feature_info`` of the stage the readout reads, or ``None``.
+        feature_info: the network's timm-style ``feature_info`` (``num_chs`` and ``reduction`` of each stage).
+        stage: index into ``feature_info`` of the stage the readout reads; a pair ``[fine, coarse]`` for a
+            :class:`CompartmentDecoder` over two stages; or ``None``.
         num_classes: number of classes.
         spatial_dims: 3 for volumes, 2 for slices.
 
     Raises:
-        ValueError: if ``stage`` is not an index of ``feature_info``.
+        ValueError: if a stage is not an index of ``feature_info``, or a decoder's fine stage is not finer than its
+            coarse one.
     """
-    if stage is None:
+    stages = readout_stages(stage)
+    if not stages:
         return None
-    if not 0 <= stage < len(feature_info):
-        raise ValueError(f"readout_stage {stage} is not one of the {len(feature_info)} stages")
-    return CompartmentReadout(feature_info[stage]["num_chs"], num_classes, spatial_dims=spatial_dims)
+    for s in stages:
+        if not 0 <= s < len(feature_info):
+            raise ValueError(f"readout_stage {s} is not one of the {len(feature_info)} stages")
+    if len(stages) == 2:
+        fine, coarse = (feature_info[s].get("reduction") for s in stages)
+        if fine is not None and coarse is not None and fine >= coarse:
+            raise ValueError(
+                f"A compartment decoder reads [fine, coarse] stages, but stage {stages[0]} (reduction {fine}) is not "
+                f"finer than stage {stages[1]} (reduction {coarse})."
+            )
+    channels = [feature_info[s]["num_chs"] for s in stages]
+    return CompartmentReadout(channels, num_classes, spatial_dims=spatial_dims)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from medkd3d.networks.msgff import MultiScaleGeometricFeatureFusion
-from medkd3d.networks.readout import stage_readout
+from medkd3d.networks.readout import readout_stages, stage_readout
 from medkd3d.networks.registry import register_model
 from medkd3d.networks.vgg3d import VGG3D
 from medkd3d.networks.vit3d import ViT3D
@@ -61,8 +61,8 @@ class VGGViT3D(nn.Module):
         max_tokens_per_axis: MSGFF pooling bound per axis and scale.
         dropout_rate: dropout in the ViT and before the classifier.
         spatial_dims: 3 for volumes.
-        readout_stage: add a :class:`~medkd3d.networks.readout.CompartmentReadout` on this VGG stage (``None``:
-            none). Once fitted (after training, on the training subjects), its logits replace the classifier's;
+        readout_stage: add a :class:`~medkd3d.networks.readout.CompartmentReadout` on this VGG stage, or a pair
+            ``[fine, coarse]`` of VGG stages for a compartment decoder (``None``: none). Once fitted (after training, on the training subjects), its logits replace the classifier's;
             before, the network is the plain teacher.
 
     Raises:
@@ -92,7 +92,7 @@ class VGGViT3D(nn.Module):
         max_tokens_per_axis: int = 8,
         dropout_rate: float = 0.1,
         spatial_dims: int = 3,
-        readout_stage: int | None = None,
+        readout_stage: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -146,11 +146,12 @@ class VGGViT3D(nn.Module):
         self._num_vgg_features = num_vgg_stages
         self.feature_info = [{**info, "module": f"vgg.{info['module']}"} for info in self.vgg.feature_info]
         self.feature_info += [{**info, "module": f"vit.{info['module']}"} for info in self.vit.feature_info]
-        if readout_stage is not None and not 0 <= readout_stage < num_vgg_stages:
+        if any(not 0 <= s < num_vgg_stages for s in readout_stages(readout_stage)):
             raise ValueError(
-                f"VGGViT3D: readout_stage {readout_stage} must be a VGG stage in [0, {num_vgg_stages - 1}]."
+                f"VGGViT3D: readout_stage {readout_stage} must be a VGG stage in [0, {num_vgg_stages - 1}] (or a pair of them)."
             )
         self.readout_stage = readout_stage
+        self.readout_indices = list(readout_stages(readout_stage))  # a typed list for TorchScript
         self.readout = stage_readout(self.feature_info, readout_stage, num_classes, spatial_dims)
 
     @property
@@ -176,7 +177,7 @@ class VGGViT3D(nn.Module):
         logits = self.head(torch.cat((local, context), dim=1))
         if self.readout is None:
             return logits
-        return self.readout.replace(logits, features[self.readout_stage])
+        return self.readout.replace(logits, [features[i] for i in self.readout_indices])
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[B, num_classes]``."""

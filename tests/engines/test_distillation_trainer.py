@@ -287,7 +287,8 @@ def test_hdkd_recipe_with_zoo_models(items):
     )  # fmt: skip
     trainer.run()
     terms = loss_terms(trainer.state.output)
-    assert set(terms) == {"loss", "loss_ce", "loss_kd", "loss_feat_1", "loss_feat_2", "loss_feat_3"}
+    # the stem and the three stages
+    assert set(terms) == {"loss", "loss_ce", "loss_kd", "loss_feat_1", "loss_feat_2", "loss_feat_3", "loss_feat_4"}
     assert terms["loss"] == pytest.approx(sum(v for k, v in terms.items() if k != "loss"), rel=1e-5)
     assert _hook_count(student) == 0
 

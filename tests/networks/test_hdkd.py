@@ -63,13 +63,15 @@ def test_teacher_and_student_stage_features_match_exactly() -> None:
     student = HDKDStudent.from_teacher(teacher, depths=(1, 1, 1), embed_dim=16, num_heads=2, transformer_depth=1)
     direct = create_model("hdkd_student3d", **TINY, depths=(1, 1, 1), width_multiplier=0.5, embed_dim=16, num_heads=2)
     assert student.feature_info == teacher.feature_info == direct.feature_info
-    assert [info["num_chs"] for info in teacher.feature_info] == [8, 8, 16]  # widths scaled, rounded to 8
+    # the stem first (its width: half the first stage's, at least 8), then the stages, widths scaled, rounded to 8
+    assert [info["num_chs"] for info in teacher.feature_info] == [8, 8, 8, 16]
+    assert [info["reduction"] for info in teacher.feature_info] == [2, 4, 8, 16]
 
     x = torch.randn(2, 4, 19, 16, 13)
     teacher_shapes = [f.shape for f in teacher.forward_features(x)]
     assert teacher_shapes == [f.shape for f in student.forward_features(x)]
     assert teacher_shapes == [f.shape for f in direct.forward_features(x)]
-    assert teacher_shapes[-1] == (2, 16, 2, 1, 1)
+    assert teacher_shapes[0] == (2, 8, 10, 8, 7) and teacher_shapes[-1] == (2, 16, 2, 1, 1)
     assert sum(p.numel() for p in student.stages.parameters()) < sum(p.numel() for p in teacher.stages.parameters())
 
 
