@@ -76,6 +76,12 @@ class CompartmentDecoder(nn.Module):
 def readout_stages(stage: int | Sequence[int] | None) -> tuple[int, ...]:
     """The stages a readout reads: ``(stage,)`` for one stage, ``(fine, coarse)`` for a decoder, ``()`` for none.
 
+    Args:
+        stage: a network's ``readout_stage``: one index into its ``feature_info``, a pair of them, or ``None``.
+
+    Returns:
+        The indices as a tuple.
+
     Raises:
         ValueError: if a sequence does not hold one or two stages.
     """
