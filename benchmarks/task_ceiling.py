@@ -95,10 +95,8 @@ def predicted_volumes(parser: Any, checkpoint: Path, records: Sequence[Mapping[s
     for record in records:
         image = torch.as_tensor(plain_tensor(preprocess(dict(record))["image"]))[None]
         _, features = forward_with_features(network, image)
-        maps = [features[s].float() for s in stages]
-        volumes = [compartment_log_volumes(head(feature))[0] for feature, head in zip(maps, heads.heads)]
-        if heads.decoder is not None:
-            volumes.append(compartment_log_volumes(heads.decoder(*(maps[i] for i in heads.decoder_inputs)))[0])
+        predictions = heads.predictions([features[s] for s in stages])
+        volumes = [compartment_log_volumes(logits)[0] for logits in predictions]
         rows.append(torch.cat(volumes).double().numpy())
     return np.stack(rows)
 

@@ -125,6 +125,23 @@ class TumourCompartmentLoss(nn.Module):
             term = term + (1.0 - (2.0 * overlap + 1e-3) / (size + 1e-3)).mean()
         return term
 
+    def predictions(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """Compartment logits of each head on its feature map, then the decoder's (if any) on its two maps.
+
+        Args:
+            features: one feature map ``[B, C_i, *S_i]`` per head, any floating dtype.
+
+        Raises:
+            ValueError: if the number of feature maps differs from the number of heads.
+        """
+        if len(features) != len(self.heads):
+            raise ValueError(f"TumourCompartmentLoss has {len(self.heads)} heads but got {len(features)} feature maps")
+        maps = [feature.float() for feature in features]
+        logits = [head(feature) for feature, head in zip(maps, self.heads)]
+        if self.decoder is not None:
+            logits.append(self.decoder(*(maps[i] for i in self.decoder_inputs)))
+        return logits
+
     def forward(self, features: Sequence[Tensor], seg: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of the compartment maps predicted from ``features`` against ``seg``.
 
@@ -138,12 +155,8 @@ class TumourCompartmentLoss(nn.Module):
         Raises:
             ValueError: if the number of feature maps differs from the number of heads.
         """
-        if len(features) != len(self.heads):
-            raise ValueError(f"TumourCompartmentLoss has {len(self.heads)} heads but got {len(features)} feature maps")
+        logits = self.predictions(features)
         seg = seg.as_tensor() if hasattr(seg, "as_tensor") else seg
         masks = torch.cat([(seg == label).float() for label in self.labels], dim=1)
-        terms = [self._term(head(feature.float()), masks) for feature, head in zip(features, self.heads)]
-        if self.decoder is not None:
-            terms.append(self._term(self.decoder(*(features[i].float() for i in self.decoder_inputs)), masks))
-        total = torch.stack(terms).mean()
+        total = torch.stack([self._term(prediction, masks) for prediction in logits]).mean()
         return total, {"compartments": total}

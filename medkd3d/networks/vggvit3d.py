@@ -62,8 +62,9 @@ class VGGViT3D(nn.Module):
         dropout_rate: dropout in the ViT and before the classifier.
         spatial_dims: 3 for volumes.
         readout_stage: add a :class:`~medkd3d.networks.readout.CompartmentReadout` on this VGG stage, or a pair
-            ``[fine, coarse]`` of VGG stages for a compartment decoder (``None``: none). Once fitted (after training, on the training subjects), its logits replace the classifier's;
-            before, the network is the plain teacher.
+            ``[fine, coarse]`` of VGG stages for a compartment decoder (``None``: none). Once fitted (after
+            training, on the training subjects), its logits replace the classifier's; before, the network is the
+            plain teacher.
 
     Raises:
         ValueError: if an entry of ``msgff_stages`` or ``readout_stage`` is not a VGG stage index (or the branches
@@ -148,7 +149,8 @@ class VGGViT3D(nn.Module):
         self.feature_info += [{**info, "module": f"vit.{info['module']}"} for info in self.vit.feature_info]
         if any(not 0 <= s < num_vgg_stages for s in readout_stages(readout_stage)):
             raise ValueError(
-                f"VGGViT3D: readout_stage {readout_stage} must be a VGG stage in [0, {num_vgg_stages - 1}] (or a pair of them)."
+                f"VGGViT3D: readout_stage {readout_stage} must be a VGG stage in [0, {num_vgg_stages - 1}] "
+                "(or a pair of them)."
             )
         self.readout_stage = readout_stage
         self.readout_indices = list(readout_stages(readout_stage))  # a typed list for TorchScript
