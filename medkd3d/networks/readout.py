@@ -172,8 +172,12 @@ class CompartmentReadout(nn.Module):
     def replace(self, logits: Tensor, features: list[Tensor]) -> Tensor:
         """``logits`` (the network's own) until the readout is fitted, the readout's logits on ``features`` after.
 
-        A tensor switch rather than a Python branch, so that traced and ONNX exports follow the buffer's value.
+        A tensor switch rather than a Python branch, so that traced and ONNX exports follow the buffer's value. In
+        eager mode an unfitted readout is not computed at all: its weight in the switch is 0, and while the network
+        trains its predictor is trained by the auxiliary loss, which runs it itself.
         """
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing() and not bool(self.fitted):
+            return logits
         fitted = self.fitted.to(logits.dtype)
         return fitted * self(features).to(logits.dtype) + (1 - fitted) * logits
 

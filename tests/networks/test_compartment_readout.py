@@ -101,7 +101,10 @@ def test_network_uses_its_classifier_until_the_readout_is_fitted(kind: str, stag
     x = torch.randn(2, 4, 16, 16, 16)
     plain = NETWORKS[kind]()
     plain.load_state_dict({k: v for k, v in teacher.state_dict().items() if not k.startswith("readout.")})
+    calls: list[int] = []
+    teacher.readout.predictor.register_forward_hook(lambda *_: calls.append(1))
     torch.testing.assert_close(teacher(x), plain.eval()(x))
+    assert not calls  # unfitted, the eager network does not compute its readout
 
     teacher.readout.fit(*_volumes_and_labels())
     features = teacher.forward_features(x)
