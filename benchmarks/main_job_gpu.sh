@@ -13,7 +13,8 @@
 # CPU rehearsal: OUT=/tmp/o DEVICE_CHECK=0 INSTALL_WHEELS=0 VARIANTS="cpu_f0:0::epochs=1" bash benchmarks/main_job_gpu.sh
 #
 # VARIANTS: space-separated NAME:FOLD:ENV:OVERRIDES; ENV is one VAR=VALUE for the pipeline's environment (or empty),
-# OVERRIDES comma-separated KEY=VALUE for `--override` (or empty). Default: AMP (the bundles' choice wherever CUDA
+# OVERRIDES comma-separated KEY=VALUE for `--override` (or empty); PIPELINE_ARGS (e.g. --no-kd-baselines) go to every
+# variant's pipeline. Default: AMP (the bundles' choice wherever CUDA
 # is) and float32 (amp=false) on folds 0-2, and float32 without TF32 (NVIDIA_TF32_OVERRIDE=0) on fold 0.
 # Writes to $OUT: summary.md (test AUC / balanced accuracy of every model per variant, wall times) and
 # main_job_gpu.tar.gz (each variant's report.md, report.csv, pipeline log and training logs).
@@ -26,6 +27,7 @@ CPUS_PER_RUN=${CPUS_PER_RUN:-2}
 INSTALL_WHEELS=${INSTALL_WHEELS:-1}
 DEVICE_CHECK=${DEVICE_CHECK:-1}    # 1: stop unless CUDA is available
 PY=${PY:-python3}
+PIPELINE_ARGS=${PIPELINE_ARGS:-}
 VARIANTS=${VARIANTS:-"amp_f0:0:: fp32_f0:0::amp=false fp32_notf32_f0:0:NVIDIA_TF32_OVERRIDE=0:amp=false \
 amp_f1:1:: fp32_f1:1::amp=false amp_f2:2:: fp32_f2:2::amp=false"}
 
@@ -64,7 +66,8 @@ for variant in $VARIANTS; do
     IFS=: read -r name fold env overrides <<<"$variant"
     first=$(((i * CPUS_PER_RUN) % ncpu))
     cpus=$(seq -s, "$first" $((first + CPUS_PER_RUN - 1)))
-    args=(--quick --dataset-dir "$DATA" --fold "$fold" --out "$WORK/$name")
+    # shellcheck disable=SC2206  # PIPELINE_ARGS is split into words on purpose
+    args=(--quick --dataset-dir "$DATA" --fold "$fold" --out "$WORK/$name" $PIPELINE_ARGS)
     for o in ${overrides//,/ }; do args+=(--override "$o"); done
     t=$((START + BUDGET_S - $(date +%s)))
     log "variant $name: fold $fold, CPUs $cpus${env:+, $env}${overrides:+, overrides $overrides}"

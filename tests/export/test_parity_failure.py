@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medkd3d.export import exporter
+from medkd3d.export import exporter, load_runtime
 from medkd3d.export.parity import ParityReport, ParityTolerance, check_parity, compare_logits
 from medkd3d.export.tensorrt import tensorrt_status
 
@@ -91,30 +91,28 @@ def test_tensorrt_export_without_tensorrt_fails_before_any_work(exported, tmp_pa
     assert not (tmp_path / "trt").exists()
 
 
-def test_artefacts_are_checked_in_full_float32_and_the_math_mode_is_restored(
-    tiny_bundles, synthetic_brats_root, tmp_path, monkeypatch, broken_onnx_export, run_cli
+def test_float32_artefacts_are_checked_on_the_cpu_where_the_eager_reference_ran(
+    tiny_bundles, synthetic_brats_root, tmp_path, monkeypatch, run_cli
 ):
-    # TF32 (PyTorch's default for cuDNN convolutions on recent GPUs) made a TorchScript artefact on a GPU differ
-    # from the eager CPU reference by its own rounding; the check runs without it, and gives the mode back.
-    seen = []
+    # On a GPU, a TorchScript artefact checked there against the eager network on the CPU differed by the device's
+    # float32 kernels (up to 0.0026 on an H200) and an intact HDKD export failed; on the CPU the check measures
+    # the export alone. The runtime is asked for the CPU even where PyTorch sees a GPU.
+    devices = []
 
-    def recording(*args, **kwargs):
-        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
-        return check_parity(*args, **kwargs)
+    def recording(path, backend="auto", device="auto", **kwargs):
+        devices.append((backend, device))
+        return load_runtime(path, backend=backend, device="cpu", **kwargs)
 
-    monkeypatch.setattr(exporter, "check_parity", recording)  # the second check, of the broken ONNX file, fails
+    monkeypatch.setattr(exporter, "load_runtime", recording)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     tiny = tiny_bundles["brats_student_effnet3d"]
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
-        code = run_cli([
-            "export", "--bundle", str(tiny.root), "--checkpoint", str(tiny.checkpoint), "--formats", "torchscript",
-            "onnx", "--data", str(synthetic_brats_root), "--legacy-onnx-exporter", "--out", str(tmp_path),
-            *tiny.override_args(),
-        ])  # fmt: skip
-        restored = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    code = run_cli([
+        "export", "--bundle", str(tiny.root), "--checkpoint", str(tiny.checkpoint), "--formats", "torchscript",
+        "onnx", "--data", str(synthetic_brats_root), "--legacy-onnx-exporter", "--out", str(tmp_path),
+        *tiny.override_args(),
+    ])  # fmt: skip
 
-    assert code == 1 and seen == [(False, False), (False, False)]
-    assert restored == (True, True)
+    assert code == 0 and devices == [("torchscript", "cpu"), ("onnxruntime", "cpu")]
+    for name in ("model.ts", "model.onnx"):
+        report = json.loads((tmp_path / f"{name}.parity.json").read_text())
+        assert report["backend"].endswith("(cpu)") or "CPUExecutionProvider" in report["backend"]
