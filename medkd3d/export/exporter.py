@@ -1,10 +1,11 @@
 """Export a trained bundle to TorchScript, ONNX and TensorRT, each artefact checked against eager PyTorch.
 
 :func:`export_bundle` is what ``medkd3d export`` runs. For every format it writes the artefact under a temporary
-name in the output directory, loads it with its runtime, compares it with the eager network on seeded random
-inputs and on real subjects after the bundle's preprocessing (:mod:`medkd3d.export.parity`), writes the
-report as ``<artefact>.parity.json``, and renames the artefact into place only when the check passes. On a
-failure the artefact (and any older one of the same name) is removed and :class:`ParityError` is raised.
+name in the output directory, loads it with its runtime (TorchScript and ONNX on the CPU, where the eager reference
+runs; a TensorRT engine on its GPU), compares it with the eager network on seeded random inputs and on real
+subjects after the bundle's preprocessing (:mod:`medkd3d.export.parity`), writes the report as
+``<artefact>.parity.json``, and renames the artefact into place only when the check passes. On a failure the
+artefact (and any older one of the same name) is removed and :class:`ParityError` is raised.
 
 The output directory also receives the deployment documents (``metadata.json``, ``inference.json``,
 ``export.json``, see :mod:`medkd3d.export.deployment`), and for TensorRT the per-layer precision report

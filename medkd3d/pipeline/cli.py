@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="--profile quick (32^3 volumes, 16-48 epochs, slimmer teachers, ResNet students) plus a synthetic "
+        help="--profile quick (32^3 volumes, 24-48 epochs, slimmer teachers, ResNet students) plus a synthetic "
         "dataset of 320 subjects with half of them held out for testing (--test-fraction 0.5) and --jobs 2: the whole "
         "job in under 10 minutes on 2 idle CPU cores",
     )

@@ -168,7 +168,7 @@ class PipelineSettings:
     jobs: int = 1
 
 
-#: ``--quick``: the ``quick`` profile of every bundle (``configs/profiles/quick.json``: 32^3 volumes, 16 epochs - 48
+#: ``--quick``: the ``quick`` profile of every bundle (``configs/profiles/quick.json``: 32^3 volumes, 32 epochs - 48
 #: for the VGG-ViT teacher, 36 and 24 for the HDKD teacher and student -, batch 8, a slimmer VGG-ViT teacher - VGG-11
 #: at a quarter of the width, a 4-block ViT; the 160M-parameter default is made for GPUs - and ResNet 3D/2.5D
 #: students) plus a small synthetic dataset with half of it held out for testing, fewer folds and latency repeats, and
