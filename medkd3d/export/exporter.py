@@ -199,7 +199,8 @@ def _export_checked(
             # The float32 formats are checked on the CPU, where the eager reference ran, so that the check measures
             # the export. On a GPU the same artefact differs from the CPU by the device's float32 kernels: up to
             # 0.0026 on random inputs on an H200 (cuDNN without TF32), against at most 8e-6 for ONNX Runtime on the
-            # CPU, enough to fail an intact HDKD export (benchmarks/results/main_job_seeds.md). TensorRT runs on GPUs only.
+            # CPU, enough to fail an intact HDKD export (benchmarks/results/main_job_seeds.md). TensorRT runs on GPUs
+            # only.
             device = "auto" if fmt == "tensorrt" else "cpu"
             runtime = load_runtime(partial, backend=_BACKEND_OF_FORMAT[fmt], device=device)
             report = check_parity(
