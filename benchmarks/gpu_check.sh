@@ -8,14 +8,14 @@
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_TINY=1 bash benchmarks/gpu_check.sh   # CPU smoke run of the same steps
 #
 # Wheels in .whl/ (monai, nibabel, pytorch-ignite for an image without them) are installed to /tmp/site first.
-# Time boxes (seconds): GPU_CHECK_T_TESTS (45), GPU_CHECK_T_AMP (140), GPU_CHECK_T_LATENCY (75);
+# Time boxes (seconds): GPU_CHECK_T_TESTS (90: 18 CUDA tests and the TensorRT ones), GPU_CHECK_T_AMP (140), GPU_CHECK_T_LATENCY (75);
 # GPU_CHECK_SKIP_TESTS=1 skips step 1.
 set -o pipefail
 OUT=${OUT:-${TMPDIR:-/tmp}/gpu_check_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
-T_TESTS=${GPU_CHECK_T_TESTS:-45}
+T_TESTS=${GPU_CHECK_T_TESTS:-90}
 T_AMP=${GPU_CHECK_T_AMP:-140}
 T_LATENCY=${GPU_CHECK_T_LATENCY:-75}
 PY=${PYTHON:-python3}
