@@ -8,7 +8,8 @@
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_TINY=1 bash benchmarks/gpu_check.sh   # CPU smoke run of the same steps
 #
 # Wheels in .whl/ (monai, nibabel, pytorch-ignite for an image without them) are installed to /tmp/site first.
-# Time boxes (seconds): GPU_CHECK_T_TESTS (90: 18 CUDA tests and the TensorRT ones), GPU_CHECK_T_AMP (140), GPU_CHECK_T_LATENCY (75);
+# Time boxes (seconds): GPU_CHECK_T_TESTS (90: 18 CUDA tests and the TensorRT ones), GPU_CHECK_T_AMP (140),
+# GPU_CHECK_T_LATENCY (75);
 # GPU_CHECK_SKIP_TESTS=1 skips step 1.
 set -o pipefail
 OUT=${OUT:-${TMPDIR:-/tmp}/gpu_check_out}

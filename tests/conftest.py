@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny synthetic BraTS datasets made by ``medkd3d synth``'s Python API, seeded, and the benchmark scripts."""
+"""Shared fixtures: tiny synthetic BraTS datasets made by ``medkd3d synth``'s Python API, seeded, the benchmark scripts, and
+the log-volumes a compartment readout is fitted on."""
 
 from __future__ import annotations
 
@@ -32,6 +33,17 @@ def benchmark_script() -> Callable[[str], ModuleType]:
 def _seeded() -> None:
     """Every test starts from the same random state."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def readout_volumes() -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-volumes of three compartments for 40 subjects, whose first compartment is larger in class 1, and their
+    labels: what a compartment readout's regression is fitted on."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    volumes = torch.randn(40, 3, generator=generator) * torch.tensor([1.0, 3.0, 0.5]) + torch.tensor([-4.0, -2.0, -6.0])
+    volumes[:, 0] += 1.5 * labels
+    return volumes, labels
 
 
 @pytest.fixture

@@ -49,12 +49,9 @@ def test_traced_network_runs_on_cuda_as_the_eager_network_there(name: str, tmp_p
 
 
 @pytest.mark.parametrize("name, stage", [("hdkd_teacher3d", (0, 1)), ("hdkd_student3d", (0, 1)), ("vggvit3d", 0)])
-def test_traced_network_with_a_fitted_readout_runs_on_cuda(name: str, stage, tmp_path: Path) -> None:
+def test_traced_network_with_a_fitted_readout_runs_on_cuda(name: str, stage, tmp_path: Path, readout_volumes) -> None:
     entry = get_model_entry(name)
     torch.manual_seed(0)
     network = create_model(name, readout_stage=stage, **entry.tiny_kwargs)
-    labels = torch.arange(40) % 2
-    log_volumes = torch.randn(40, 3) + torch.tensor([-4.0, -2.0, -6.0])
-    log_volumes[:, 0] += 1.5 * labels  # the first compartment is larger in class 1
-    network.readout.fit(log_volumes, labels)
+    network.readout.fit(*readout_volumes)
     _assert_traced_matches_eager_on_cuda(network, torch.randn(2, *entry.tiny_input_shape), tmp_path)

@@ -31,20 +31,12 @@ NETWORKS = {
 TEACHERS = ["hdkd", "vggvit"]
 
 
-def _volumes_and_labels(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.arange(n) % 2
-    volumes = torch.randn(n, 3, generator=generator) * torch.tensor([1.0, 3.0, 0.5]) + torch.tensor([-4.0, -2.0, -6.0])
-    volumes[:, 0] += 1.5 * labels  # the first compartment is larger in class 1
-    return volumes, labels
-
-
-def test_fit_folds_the_standardised_regression_into_the_linear_layer() -> None:
+def test_fit_folds_the_standardised_regression_into_the_linear_layer(readout_volumes) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    volumes, labels = _volumes_and_labels()
+    volumes, labels = readout_volumes
     readout = CompartmentReadout(in_channels=4)
     assert not readout.fitted
     readout.fit(volumes, labels)
@@ -56,12 +48,12 @@ def test_fit_folds_the_standardised_regression_into_the_linear_layer() -> None:
     assert not any(p.requires_grad for p in readout.classifier.parameters())  # never moved by the optimizer
 
 
-def test_fit_needs_two_classes() -> None:
-    volumes, _ = _volumes_and_labels()
+def test_fit_needs_two_classes(readout_volumes) -> None:
+    volumes, _ = readout_volumes
     with pytest.raises(ValueError, match="both classes"):
         CompartmentReadout(in_channels=4).fit(volumes, torch.zeros(len(volumes)))
     with pytest.raises(ValueError, match="needs 2 classes"):
-        CompartmentReadout(in_channels=4, num_classes=3).fit(*_volumes_and_labels())
+        CompartmentReadout(in_channels=4, num_classes=3).fit(*readout_volumes)
 
 
 def test_log_volumes_are_the_mean_predicted_shares() -> None:
@@ -95,7 +87,9 @@ def test_readout_stages_normalises_one_stage_or_a_pair() -> None:
 @pytest.mark.parametrize(
     "kind, stage", [("hdkd", 0), ("vggvit", 2), ("hdkd_student", 0), ("hdkd", (0, 1)), ("vggvit", (1, 2))]
 )
-def test_network_uses_its_classifier_until_the_readout_is_fitted(kind: str, stage: int | tuple[int, int]) -> None:
+def test_network_uses_its_classifier_until_the_readout_is_fitted(
+    kind: str, stage: int | tuple[int, int], readout_volumes
+) -> None:
     torch.manual_seed(0)
     teacher = NETWORKS[kind](readout_stage=stage).eval()
     x = torch.randn(2, 4, 16, 16, 16)
@@ -106,7 +100,7 @@ def test_network_uses_its_classifier_until_the_readout_is_fitted(kind: str, stag
     torch.testing.assert_close(teacher(x), plain.eval()(x))
     assert not calls  # unfitted, the eager network does not compute its readout
 
-    teacher.readout.fit(*_volumes_and_labels())
+    teacher.readout.fit(*readout_volumes)
     features = teacher.forward_features(x)
     torch.testing.assert_close(teacher(x), teacher.readout([features[s] for s in readout_stages(stage)]))
 
@@ -190,10 +184,12 @@ def test_handler_fits_on_the_training_subjects_at_the_last_epoch() -> None:
 
 
 @pytest.mark.parametrize("stage", [1, (0, 1)])
-def test_student_adopts_its_teachers_head_frozen_and_fits_its_own_regression(stage: int | tuple[int, int]) -> None:
+def test_student_adopts_its_teachers_head_frozen_and_fits_its_own_regression(
+    stage: int | tuple[int, int], readout_volumes
+) -> None:
     torch.manual_seed(0)
     teacher = HDKDTeacher(**TINY, readout_stage=stage)
-    teacher.readout.fit(*_volumes_and_labels())
+    teacher.readout.fit(*readout_volumes)
     student = HDKDStudent(**TINY, **TINY_DFLT, readout_stage=stage)
     # no loss reaches the student's readout: none of it may wait for a gradient (DistributedDataParallel)
     assert not any(p.requires_grad for p in student.readout.parameters())
@@ -223,17 +219,17 @@ def test_student_adopts_its_teachers_head_frozen_and_fits_its_own_regression(sta
     torch.testing.assert_close(student(x), student.readout([features[s] for s in readout_stages(stage)]))
 
 
-def test_student_needs_a_teacher_with_a_fitted_readout_on_its_stage() -> None:
+def test_student_needs_a_teacher_with_a_fitted_readout_on_its_stage(readout_volumes) -> None:
     student = HDKDStudent(**TINY, **TINY_DFLT, readout_stage=1)
     fitted_elsewhere = HDKDTeacher(**TINY, readout_stage=2)
-    fitted_elsewhere.readout.fit(*_volumes_and_labels())
+    fitted_elsewhere.readout.fit(*readout_volumes)
     for teacher in (HDKDTeacher(**TINY), HDKDTeacher(**TINY, readout_stage=1), fitted_elsewhere):
         with pytest.raises(ValueError, match="has no fitted readout on that stage"):
             FitCompartmentReadout(student, [], lambda r: r, head_from=teacher)
     with pytest.raises(ValueError, match="stages the two readouts read differ in width"):
         student.readout.adopt_head(fitted_elsewhere.readout)  # stage 2 is 16 wide, stage 1 8
     decoding = HDKDTeacher(**TINY, readout_stage=(0, 1))
-    decoding.readout.fit(*_volumes_and_labels())
+    decoding.readout.fit(*readout_volumes)
     with pytest.raises(ValueError, match="has no fitted readout on that stage"):
         FitCompartmentReadout(student, [], lambda r: r, head_from=decoding)
     with pytest.raises(ValueError, match="one reads a decoder and the other a single stage"):
@@ -241,11 +237,13 @@ def test_student_needs_a_teacher_with_a_fitted_readout_on_its_stage() -> None:
 
 
 @pytest.mark.parametrize("kind, stage", [*((kind, 0) for kind in NETWORKS), ("hdkd", (0, 1)), ("hdkd_student", (0, 1))])
-def test_fitted_readout_survives_tracing_scripting_and_onnx(kind: str, stage: int | tuple[int, int]) -> None:
+def test_fitted_readout_survives_tracing_scripting_and_onnx(
+    kind: str, stage: int | tuple[int, int], readout_volumes
+) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     teacher = NETWORKS[kind](readout_stage=stage).eval()
-    teacher.readout.fit(*_volumes_and_labels())
+    teacher.readout.fit(*readout_volumes)
     x = torch.randn(2, 4, 16, 16, 16)
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
