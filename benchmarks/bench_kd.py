@@ -273,25 +273,35 @@ def write_csv(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return path
 
 
+def training_seconds(rows: Sequence[Mapping[str, Any]], teacher_rows: Sequence[Mapping[str, Any]]) -> float:
+    """The finished trainings' own times summed: every teacher, and every student bundle run once, although the
+    no-KD run of the data-limited regime also stands for its unlabelled regime (one ``bundle_run``, two rows)."""
+    students = {r.get("bundle_run", id(r)): r.get("train_time_s") for r in rows}
+    times = [*students.values(), *(t.get("train_time_s") for t in teacher_rows)]
+    return float(sum(t for t in times if t is not None and math.isfinite(t)))
+
+
 def format_markdown(
     table: Sequence[Mapping[str, Any]],
     config: StudyConfig,
-    wall_s: float,
+    wall_s: float | None,
     machine: str,
     command: str,
     missing: Sequence[str] = (),
     missing_teachers: Sequence[str] = (),
+    training_s: float | None = None,
 ) -> str:
     """The report: teachers and baseline, the student cells, the runs that did not finish, the verdicts.
 
     Args:
         table: :func:`cell_rows`.
         config: the study.
-        wall_s: the study's wall time in seconds.
+        wall_s: the study's wall time in seconds; ``None`` when unknown (a report stage without ``--since``).
         machine: :func:`machine_info`.
         command: the command that wrote the report.
         missing: keys of the planned student runs without a result (time-boxed out or failed).
         missing_teachers: ``"<teacher>/fold<k>"`` of the teachers without a result.
+        training_s: the finished trainings' own times summed (:func:`training_seconds`), if known.
 
     Returns:
         The Markdown text.
@@ -308,7 +318,17 @@ def format_markdown(
         f"Command: `{command}`  ",
         f"Machine: {machine}  ",
         f"Data: {dataset_description(config.dataset_dir)}  ",
-        f"Wall time: {wall_s / 60:.1f} min (study folder `{config.out_dir}`; a resumed run counts only its own time)  ",
+        (
+            f"Wall time: {wall_s / 60:.1f} min (study folder `{config.out_dir}`; a resumed run counts only its own time)  "
+            if wall_s is not None
+            else f"Wall time: not measured (study folder `{config.out_dir}`; this report stage trained nothing: pass "
+            "`--since` with the study's start time)  "
+        ),
+        *(
+            [f"Training time: {training_s / 60:.1f} min, the finished trainings' own times summed  "]
+            if training_s
+            else []
+        ),
         f"Runs: {sum(r['runs'] for r in students)} student runs finished"
         + (f", **{len(missing)} planned runs missing** (see the end)" if missing else ", none missing")
         + (f"; **teachers missing: {', '.join(missing_teachers)}**" if missing_teachers else ""),
@@ -518,7 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for failure in outcome.failed:
             print(f"FAILED {failure}")
         return 1 if outcome.failed else 0
-    wall = time.perf_counter() - start
+    # a report stage trains nothing: without --since its own seconds say nothing about the study
+    wall = None if args.stage == "report" and args.since is None else time.perf_counter() - start
     rows = outcome.rows
     planned, missing = planned_cells(config)
     teachers_needed = [
@@ -538,12 +559,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.strip(),
         missing=missing,
         missing_teachers=[t for t in teachers_needed if t not in found],
+        training_s=training_seconds(rows, outcome.teacher_rows),
     )
     with atomic_path(args.results_dir / f"{name}.md") as tmp:
         tmp.write_text(text, encoding="utf-8")
     print(
         f"wrote {args.results_dir / f'{name}.md'} and .csv ({len(rows)} student runs, {len(missing)} missing, "
-        f"{wall / 60:.1f} min)"
+        + (f"{wall / 60:.1f} min)" if wall is not None else "wall time not measured)")
     )
     return 0
 

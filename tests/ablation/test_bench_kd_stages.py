@@ -97,6 +97,23 @@ def test_planned_cells_without_runs_are_reported_missing(bench) -> None:
     assert "Every planned run finished." in complete and "none missing" in complete
 
 
+def test_report_stage_states_the_summed_training_time_not_its_own_seconds(bench) -> None:
+    """A staged study's report process trains nothing: its own run time is not the study's wall time. The report
+    then says so and gives the trainings' own times summed, each bundle run once."""
+    shared = {"bundle_run": "s_none_8_s0_f0", "train_time_s": 30.0}  # the no-KD run stands for two regimes
+    rows = [{**shared, "size": 8}, {**shared, "size": "8+unlabelled"}, {"bundle_run": "s_logit_8_s0_f0",
+            "train_time_s": 45.0}, {"bundle_run": "s_logit_all_s0_f0", "train_time_s": None}]  # fmt: skip
+    teachers = [{"model": "t", "fold": 0, "train_time_s": 120.0}, {"model": "t", "fold": 1, "train_time_s": 105.0}]
+    assert bench.training_seconds(rows, teachers) == pytest.approx(30 + 45 + 120 + 105)
+
+    config = bench.study_config(bench.parse_args([]))
+    staged = bench.format_markdown([], config, None, "machine", "cmd", training_s=300.0)
+    assert "Wall time: not measured" in staged and "`--since`" in staged
+    assert "Training time: 5.0 min, the finished trainings' own times summed" in staged
+    timed = bench.format_markdown([], config, 90.0, "machine", "cmd")
+    assert "Wall time: 1.5 min" in timed and "Training time" not in timed
+
+
 def test_student_stage_skips_kd_runs_whose_teacher_is_missing(bench, tmp_path) -> None:
     args = bench.parse_args(["--out", str(tmp_path), "--stage", "students", "--run-folds", "0"])
     config = bench.study_config(args)
